@@ -46,8 +46,8 @@ class ImageFolder:
         return [self.samples[i] for i in indices]
 
 
-def _hidden(path: Path) -> bool:
-    return path.name.startswith((".", "__"))
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "__"))
 
 
 def scan_image_folder(root: Path, expected_classes: list[str] | None = None) -> ImageFolder:
@@ -63,7 +63,7 @@ def scan_image_folder(root: Path, expected_classes: list[str] | None = None) -> 
             f"data folder {root} does not exist or is not a folder; expected an ImageFolder "
             "layout root/<class name>/<image>.jpg"
         )
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
     classes = [p.name for p in class_dirs]
     if not classes:
         raise BadInputError(
@@ -288,3 +288,35 @@ def calibration_record(taken: list[Sample], classes: list[str], root: Path, seed
         source=str(root),
         seed=seed,
     )
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images in memory: what calibration, parity, evaluation and bench consume."""
+
+    arrays: np.ndarray  # float32 N x 3 x crop x crop, normalized by the spec
+    names: list[str]  # paths relative to the data root, for reports and flips
+    targets: np.ndarray  # int64 class indices
+    bad: list[tuple[str, str]]  # (path, reason) of files that could not be decoded
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def load_images(samples: list[Sample], spec, root: Path | None = None, progress: str | None = None) -> ImageSet:
+    """Decode and preprocess `samples` with the one spec; bad files are listed, not fatal."""
+    from dermmobile.progress import progress_bar
+
+    arrays, names, targets, bad = [], [], [], []
+    for sample in progress_bar(samples, desc=progress, unit="img"):
+        name = sample.path.relative_to(root).as_posix() if root else str(sample.path)
+        try:
+            arrays.append(spec.load(sample.path))
+        except BadImageError as exc:
+            bad.append((name, exc.reason))
+            continue
+        names.append(name)
+        targets.append(sample.label)
+    crop = spec.crop
+    stacked = np.stack(arrays) if arrays else np.zeros((0, 3, crop, crop), np.float32)
+    return ImageSet(stacked, names, np.asarray(targets, dtype=np.int64), bad)

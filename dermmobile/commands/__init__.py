@@ -1,0 +1,1 @@
+"""One module per CLI command; see dermmobile/cli.py for the contract."""
