@@ -71,7 +71,7 @@ def scan_image_folder(root: Path, expected_classes: list[str] | None = None) -> 
             "(one sub-folder per class)"
         )
     if expected_classes is not None:
-        check_same_classes(list(expected_classes), classes, f"the model's labels", str(root))
+        check_same_classes(list(expected_classes), classes, "the model's labels", str(root))
     samples: list[Sample] = []
     skipped: list[tuple[Path, str]] = []
     for label, class_dir in enumerate(class_dirs):

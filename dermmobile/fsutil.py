@@ -47,11 +47,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(final: Path, data: bytes) -> None:
-    with atomic_path(final) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_path(final) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_text(final: Path, text: str) -> None:
