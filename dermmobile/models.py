@@ -171,13 +171,16 @@ def build_model(name: str, num_classes: int, weights: str | Path | None = "none"
     if weights is not None and str(weights).lower() != "none":
         state = _pretrained_state(info) if str(weights).upper() == "DEFAULT" else read_state_dict(Path(weights))
     saved_head = state.get(f"{info.head}.weight") if state is not None else None
-    if saved_head is not None and saved_head.shape[0] == num_classes:
-        _set_head(model, info, nn.Linear(head.in_features, num_classes))
+    if saved_head is not None and saved_head.shape[0] == head.out_features:
+        _load(model, state, name, weights)  # an ImageNet head: load it all, then replace the head
+        state = None
+    _set_head(model, info, nn.Linear(head.in_features, num_classes))
+    if state is not None:
+        if saved_head is not None and saved_head.shape[0] != num_classes:
+            # a head for another label set: keep the backbone, start the head fresh
+            new_head = get_head(model, info).state_dict()
+            state = state | {f"{info.head}.{key}": value for key, value in new_head.items()}
         _load(model, state, name, weights)
-    else:
-        if state is not None:
-            _load(model, state, name, weights)  # an ImageNet head: load it all, then replace the head
-        _set_head(model, info, nn.Linear(head.in_features, num_classes))
     if freeze_backbone:
         new_head = get_head(model, info)
         for parameter in model.parameters():

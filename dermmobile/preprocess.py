@@ -91,8 +91,8 @@ class PreprocessSpec:
         out_w, out_h = resized_size(width, height, self.resize)
         top = (out_h - self.crop) // 2
         left = (out_w - self.crop) // 2
-        rows = filter_weights(height, out_h)[top : top + self.crop]
-        cols = filter_weights(width, out_w)[left : left + self.crop]
+        rows = filter_weights(height, out_h, top, self.crop)
+        cols = filter_weights(width, out_w, left, self.crop)
         data = rgb.astype(np.float64)
         # Rows then columns, one channel at a time: two small matrix products each.
         return np.stack([rows @ data[:, :, c] @ cols.T for c in range(3)], axis=-1)
@@ -121,11 +121,14 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return max(shorter, int(np.floor(width * scale + 0.5))), shorter
 
 
-def filter_weights(n_in: int, n_out: int) -> np.ndarray:
-    """n_out x n_in antialiased triangle-filter weights; each row sums to 1."""
+def filter_weights(n_in: int, n_out: int, first: int = 0, count: int | None = None) -> np.ndarray:
+    """Antialiased triangle-filter weights of output pixels first..first+count (of n_out) over
+    n_in input pixels; each row sums to 1. Only the cropped rows are built, so a 20000-pixel
+    wide image costs crop x 20000 weights, not 36000 x 20000."""
     ratio = n_in / n_out
     support = max(ratio, 1.0)
-    centres = (np.arange(n_out) + 0.5) * ratio
+    count = n_out - first if count is None else count
+    centres = (np.arange(first, first + count) + 0.5) * ratio
     positions = np.arange(n_in) + 0.5
     weights = np.maximum(0.0, 1.0 - np.abs(positions[None, :] - centres[:, None]) / support)
     return weights / weights.sum(axis=1, keepdims=True)

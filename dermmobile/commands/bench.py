@@ -1,13 +1,75 @@
-"""`dermmobile bench`: not implemented yet."""
+"""`dermmobile bench`: parity on a labeled set and single-image latency of every artifact vs the PyTorch model.
 
-HELP = "(bench: coming in a later issue)"
+Imports nothing heavy here; the sweep imports torch only inside the jobs that need it, so
+this command also runs where only onnxruntime and ai-edge-litert are installed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HELP = "accuracy parity and latency of exported artifacts against the PyTorch model; JSON, Markdown and PNG reports"
 
 
 def add_arguments(parser) -> None:
-    pass
+    parser.add_argument("--artifacts", type=Path, help="folder of exported artifacts (export/RUN); every manifest in it is benched")
+    parser.add_argument("--checkpoint", type=Path, help="the source checkpoint: its eager PyTorch model is the fp32 reference")
+    parser.add_argument("--data", type=Path, help="labeled ImageFolder; if it is the checkpoint's training root, its held-out test files are used")
+    parser.add_argument("--split", choices=["test", "all"], default="test",
+                        help="test (default): the checkpoint's held-out files when --data is its training root; all: every image")  # fmt: skip
+    parser.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count() or 1], metavar="N",
+                        help="thread counts to time at, e.g. --threads 1 2 (default: all cores)")  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default 10)")
+    parser.add_argument("--iters", type=int, default=100, help="timed single-image calls per row (default 100)")
+    parser.add_argument("--e2e-images", type=int, default=20, help="image files timed end to end: decode + preprocess + inference")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row of the reference")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every job in this process (faster start; peak RSS is then the whole process's)")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="report folder (default benchmarks/results/bench-<artifacts or checkpoint name>)")
+    parser.add_argument("--merge", type=Path, action="append", default=[], metavar="FILE.json",
+                        help="add rows measured on a phone (schema: dermmobile/bench/README.md); alone, merges into --out/bench.json")  # fmt: skip
+
+
+def _default_out(args) -> Path:
+    source = args.artifacts or args.checkpoint
+    if source is None:
+        from dermmobile.errors import BadInputError
+
+        raise BadInputError("--merge without --artifacts/--checkpoint needs --out: the report folder to merge into")
+    name = Path(source).resolve().name.removesuffix(".safetensors")
+    return Path("benchmarks/results") / f"bench-{name}"
 
 
 def run(args) -> int:
-    from dermmobile.errors import DermmobileError
+    import sys
 
-    raise DermmobileError("dermmobile bench is not implemented yet")
+    from dermmobile.bench.merge import merge_rows, read_report, read_rows
+    from dermmobile.bench.report import write_reports
+    from dermmobile.errors import EXIT_GATE_FAILED, BadInputError
+
+    out = args.out or _default_out(args)
+    merged = [row for file in args.merge for row in read_rows(file)]  # validated before any measuring
+    if args.artifacts is None and args.checkpoint is None:
+        if not merged:
+            raise BadInputError("nothing to do: give --artifacts and/or --checkpoint with --data, or --merge FILE.json --out DIR")
+        report = read_report(out / "bench.json")
+    else:
+        if args.data is None:
+            raise BadInputError("--data DIR is required: the labeled images parity is measured on")
+        from dermmobile.bench.sweep import BenchConfig, run_bench
+
+        config = BenchConfig(
+            data=args.data, artifacts=args.artifacts, checkpoint=args.checkpoint, threads=args.threads,
+            warmup=args.warmup, iters=args.iters, split=args.split, e2e_images=args.e2e_images,
+            compile=not args.no_compile, isolate=not args.in_process,
+        )  # fmt: skip
+        report = run_bench(config)
+    if merged:
+        merge_rows(report, merged)
+    written = write_reports(report, out)
+    print(f"wrote {', '.join(str(p) for p in written[:3])}" + (f" and {len(written) - 3} more" if len(written) > 3 else ""))
+    if report.get("problems"):
+        print("dermmobile bench: gate failures or errors:\n  " + "\n  ".join(report["problems"]), file=sys.stderr)
+        return EXIT_GATE_FAILED
+    return 0

@@ -1,13 +1,66 @@
-"""`dermmobile export`: not implemented yet."""
+"""`dermmobile export`: a checkpoint to TorchScript, ONNX, TFLite, Core ML or ExecuTorch, with a manifest each."""
 
-HELP = "(export: coming in a later issue)"
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "export a checkpoint to mobile formats (with quantization), checking parity on real images"
 
 
 def add_arguments(parser) -> None:
-    pass
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors checkpoint from `dermmobile train`")
+    parser.add_argument("--target", default="all", help="torchscript, onnx, tflite, coreml, executorch or all (default)")
+    parser.add_argument("--quantize", default="none", help="none (default), fp16, int8-dynamic or int8")
+    parser.add_argument("--calib-data", type=Path, help="ImageFolder of real images to calibrate int8 on (required for int8)")
+    parser.add_argument("--calib-count", type=int, default=64, help="calibration images, class-balanced (default 64)")
+    parser.add_argument("--check-data", type=Path, help="ImageFolder to check parity on (default: the checkpoint's held-out test split)")
+    parser.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"], help="image input layout of the artifact")
+    parser.add_argument("--out", type=Path, help="output folder (default export/<checkpoint name>)")
+    parser.add_argument("--timeout", type=float, help="run each conversion in a subprocess killed after this many seconds")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args) -> int:
-    from dermmobile.errors import DermmobileError
+    import json
 
-    raise DermmobileError("dermmobile export is not implemented yet")
+    from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.exporter import plan_export, run_plan
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    out = args.out or Path("export") / args.checkpoint.stem
+    plan = plan_export(
+        checkpoint, args.target, args.quantize, out, args.calib_data, args.calib_count, args.check_data, args.layout, args.timeout
+    )
+    if plan.check is None:
+        print("parity: no real images to check on (give --check-data or --calib-data); artifacts are marked unchecked")
+    outcomes = run_plan(checkpoint, plan)
+    rows = [
+        {
+            "target": o.target,
+            "quantization": o.quantization,
+            "file": str(o.artifact.path) if o.artifact else None,
+            "bytes": o.artifact.manifest.bytes if o.artifact else None,
+            "seconds": o.seconds,
+            "agreement": (o.parity or {}).get("agreement"),
+            "max_abs_logit": (o.parity or {}).get("max_abs_logit"),
+            "status": o.artifact.manifest.status if o.artifact else "error",
+            "error": o.error,
+        }
+        for o in outcomes
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_summary(rows))
+    failed = [o for o in outcomes if not o.ok]
+    return max((o.exit_code for o in failed), default=0)
+
+
+def format_summary(rows: list[dict]) -> str:
+    lines = [f"{'target':<12} {'quant':<13} {'size':>9} {'time':>7} {'agree':>7}  status / file"]
+    for row in rows:
+        size = f"{row['bytes'] / 1e6:.2f} MB" if row["bytes"] else "-"
+        agree = f"{row['agreement']:.1%}" if row["agreement"] is not None else "-"
+        where = row["error"] if row["error"] else f"{row['status']}  {row['file']}"
+        lines.append(f"{row['target']:<12} {row['quantization']:<13} {size:>9} {row['seconds']:>6.1f}s {agree:>7}  {where}")
+    return "\n".join(lines)

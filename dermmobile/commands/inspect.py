@@ -1,13 +1,49 @@
-"""`dermmobile inspect`: not implemented yet."""
+"""`dermmobile inspect`: print an artifact's manifest, verify its sha256, list its runtime I/O."""
 
-HELP = "(inspect: coming in a later issue)"
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = "show an artifact's manifest, verify its sha256 and list inputs/outputs as its runtime reports them"
 
 
 def add_arguments(parser) -> None:
-    pass
+    parser.add_argument("artifact", type=Path, help="an exported file or its .json manifest")
+    parser.add_argument("--json", action="store_true", help="print the manifest as JSON only")
 
 
 def run(args) -> int:
-    from dermmobile.errors import DermmobileError
+    import json
 
-    raise DermmobileError("dermmobile inspect is not implemented yet")
+    from dermmobile.artifact import load_artifact
+    from dermmobile.errors import MissingBackendError
+    from dermmobile.targets import get_target
+
+    artifact = load_artifact(args.artifact)
+    manifest = artifact.manifest
+    if args.json:
+        print(json.dumps(manifest.to_dict(), indent=2))
+        return 0
+    print(f"{artifact.path}  sha256 verified ({manifest.sha256[:16]}...)  {manifest.bytes / 1e6:.2f} MB")
+    print(f"format {manifest.format}, quantization {manifest.quantization}, arch {manifest.arch}, status {manifest.status}")
+    print(f"labels ({len(manifest.labels)}): {', '.join(manifest.labels)}")
+    for role, spec in (("input", manifest.input), ("output", manifest.output)):
+        quant = f" scale={spec.scale} zero_point={spec.zero_point}" if spec.scale is not None else ""
+        print(f"manifest {role}: {spec.name} {spec.shape} {spec.dtype} {spec.layout}{quant}")
+    print(f"preprocess: {json.dumps(manifest.preprocess)}")
+    if manifest.calibration:
+        print(f"calibration: {manifest.calibration.get('count')} images, per class {manifest.calibration.get('per_class')}")
+    if manifest.parity:
+        parity = {k: manifest.parity.get(k) for k in ("images", "agreement", "max_abs_logit", "passed", "status") if k in manifest.parity}
+        print(f"parity at export: {parity}")
+    target = get_target(manifest.format)
+    try:
+        runtime = target.load(artifact.path, manifest)
+    except MissingBackendError as exc:
+        print(f"runtime: not loaded ({exc})")
+        return 0
+    describe = getattr(runtime, "describe", None)
+    if describe:
+        for line in describe():
+            print(f"runtime {line}")
+    return 0

@@ -1,0 +1,124 @@
+package org.dermmobile.core;
+
+import java.io.IOException;
+import java.util.List;
+import java.util.Locale;
+
+/**
+ * Compares this module's preprocessing and post-processing with a golden sample that
+ * Python wrote. Used by the JUnit tests on a PC and the instrumentation test on a phone.
+ *
+ * Tolerances (why these numbers):
+ * - pixels: 1e-3 of one 8-bit level. Both sides run the same float64 filter; only the
+ *   summation order differs (~1e-12), and Python's value is recovered from float32 (~3e-5).
+ * - normalized values: 1e-4, far below one pixel level (1 / 255 / std ≈ 0.017).
+ * - quantized input: identical wherever the two float32 tensors are identical; one step
+ *   only where they differ in the last bit and straddle a rounding boundary.
+ * - probabilities: 1e-4 given the same logits (double-precision softmax on both sides).
+ */
+public final class Parity {
+    public static final double PIXEL_TOLERANCE = 1e-3;
+    public static final double NORMALIZED_TOLERANCE = 1e-4;
+    public static final double PROBABILITY_TOLERANCE = 1e-4;
+
+    /** What differed for one sample, and by how much. */
+    public static final class Result {
+        public String id;
+        public double maxPixelDiff;
+        public double maxNormalizedDiff;
+        public int quantizedMismatches; // beyond the rule above; must be 0
+        public boolean inputSha256Equal;
+        public double maxProbabilityDiff;
+        public boolean top1Equal;
+        public String problems = "";
+
+        public boolean passed() {
+            return problems.isEmpty();
+        }
+
+        @Override
+        public String toString() {
+            return String.format(Locale.ROOT,
+                    "%s: max pixel diff %.3g (tol %.0e), max normalized diff %.3g (tol %.0e), quantized mismatches %d, "
+                            + "input sha256 %s, max probability diff %.3g (tol %.0e), top-1 %s%s",
+                    id, maxPixelDiff, PIXEL_TOLERANCE, maxNormalizedDiff, NORMALIZED_TOLERANCE, quantizedMismatches,
+                    inputSha256Equal ? "identical" : "differs in low bits", maxProbabilityDiff, PROBABILITY_TOLERANCE,
+                    top1Equal ? "same" : "DIFFERENT", problems.isEmpty() ? "" : " -- FAILED: " + problems);
+        }
+    }
+
+    private Parity() {}
+
+    public static Result check(Golden golden, Golden.Sample sample) throws IOException {
+        ModelManifest manifest = golden.manifest;
+        Preprocessor pre = new Preprocessor(manifest.preprocess);
+        Layout layout = manifest.layout();
+        Result result = new Result();
+        result.id = sample.id + " (" + sample.sourceName + " " + sample.width + "x" + sample.height + ", " + layout + ", "
+                + manifest.input.dtype + ")";
+        StringBuilder problems = new StringBuilder();
+
+        byte[] rgb = golden.rgb(sample);
+        if (!Golden.sha256(rgb).equals(sample.rgbSha256)) {
+            problems.append("rgb file does not match its sha256 in golden.json; ");
+        }
+        float[] expected = golden.input(sample);
+        float[] actual = pre.tensor(rgb, sample.width, sample.height, layout);
+        if (expected.length != actual.length) {
+            result.problems = "input has " + actual.length + " values, golden has " + expected.length;
+            return result;
+        }
+        int crop = manifest.preprocess.crop;
+        int plane = crop * crop;
+        for (int i = 0; i < actual.length; i++) {
+            int channel = layout == Layout.NHWC ? i % 3 : i / plane;
+            result.maxNormalizedDiff = Math.max(result.maxNormalizedDiff, Math.abs((double) actual[i] - expected[i]));
+            double pixelDiff = Math.abs(pre.toPixel(actual[i], channel) - pre.toPixel(expected[i], channel));
+            result.maxPixelDiff = Math.max(result.maxPixelDiff, pixelDiff);
+        }
+        if (!(result.maxPixelDiff <= PIXEL_TOLERANCE)) {
+            problems.append("pixel diff ").append(result.maxPixelDiff).append(" > ").append(PIXEL_TOLERANCE).append("; ");
+        }
+        if (!(result.maxNormalizedDiff <= NORMALIZED_TOLERANCE)) {
+            problems.append("normalized diff ").append(result.maxNormalizedDiff).append(" > ").append(NORMALIZED_TOLERANCE).append("; ");
+        }
+        result.inputSha256Equal = Golden.sha256(Golden.float32Bytes(actual)).equals(sample.inputSha256);
+
+        int[] expectedQ = golden.quantizedInput(sample);
+        if (manifest.input.isQuantized() != (expectedQ != null)) {
+            problems.append("golden has ").append(expectedQ == null ? "no" : "a").append(" quantized input but the manifest input is ")
+                    .append(manifest.input.dtype).append("; ");
+        } else if (expectedQ != null) {
+            int[] actualQ = TensorCodec.quantizeAll(actual, manifest.input);
+            for (int i = 0; i < actualQ.length; i++) {
+                int step = Math.abs(actualQ[i] - expectedQ[i]);
+                if (step > 1 || (step == 1 && actual[i] == expected[i])) {
+                    result.quantizedMismatches++;
+                }
+            }
+            if (result.quantizedMismatches > 0) {
+                problems.append(result.quantizedMismatches).append(" quantized input values differ; ");
+            }
+        }
+
+        double[] probabilities = Postprocess.softmax(sample.logits);
+        if (probabilities.length != sample.probabilities.length) {
+            problems.append("probabilities have ").append(probabilities.length).append(" values, golden ")
+                    .append(sample.probabilities.length).append("; ");
+        } else {
+            for (int i = 0; i < probabilities.length; i++) {
+                result.maxProbabilityDiff = Math.max(result.maxProbabilityDiff, Math.abs(probabilities[i] - sample.probabilities[i]));
+            }
+        }
+        if (!(result.maxProbabilityDiff <= PROBABILITY_TOLERANCE)) {
+            problems.append("probability diff ").append(result.maxProbabilityDiff).append(" > ").append(PROBABILITY_TOLERANCE).append("; ");
+        }
+        List<Postprocess.Prediction> top = Postprocess.topK(probabilities, manifest.labels, 1);
+        result.top1Equal = top.get(0).index == sample.top1 && top.get(0).label.equals(sample.top1Label);
+        if (!result.top1Equal) {
+            problems.append("top-1 ").append(top.get(0).label).append(" != golden ").append(sample.top1Label).append("; ");
+        }
+        result.problems = problems.toString();
+        return result;
+    }
+}

@@ -1,0 +1,294 @@
+"""The Android demo's Python side: golden samples, copying an artifact into the app, bench rows.
+
+- `write_golden_samples` runs images through the one preprocessing spec and a Runtime and
+  writes what the app must reproduce: decoded RGB bytes, the expected input tensor, the
+  logits, probabilities and top-1. android_demo/preprocess-core's JUnit tests (here, no
+  Android needed) and the app's instrumentation test (on a phone) check against them.
+- `install_into_app` copies a verified .tflite artifact, its manifest and golden samples
+  into android_demo/app/src/main/assets/dermmobile/, replacing the previous set whole.
+- `BENCH_ROW_KEYS` is the schema of the rows the app's benchmark screen writes, which
+  `dermmobile bench --merge` reads beside its own results.
+
+Golden folder layout (schema "dermmobile-golden" version 1):
+
+    golden.json           index: the artifact's manifest, the runtime, tolerances, one entry per sample
+    <id>.rgb              decoded 8-bit RGB, row-major, width x height x 3 (no header)
+    <id>.input.f32        expected input tensor, float32 little-endian, the manifest's layout, batch of 1
+    <id>.input.q          int8/uint8 manifests only: that tensor quantized with the input scale/zero point
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dermmobile.errors import BadInputError
+
+GOLDEN_SCHEMA = "dermmobile-golden"
+GOLDEN_SCHEMA_VERSION = 1
+GOLDEN_INDEX = "golden.json"
+ASSETS_DIR = Path("app/src/main/assets/dermmobile")  # inside the app project; the app reads this folder
+MANIFEST_ASSET = "manifest.json"
+GOLDEN_ASSET_DIR = "golden"
+# Golden images are stored as raw pixels in the APK: 4 MP is 12 MB. Larger photos are
+# refused rather than silently resized (resizing would change what is being tested).
+MAX_GOLDEN_PIXELS = 4_000_000
+TOP_K = 3
+
+# Tolerances the Java side applies (android_demo/preprocess-core Parity.java), written
+# into golden.json so a reader sees what "matches" meant.
+GOLDEN_TOLERANCES = {
+    "pixel": 1e-3,  # of one 8-bit level, before normalization
+    "normalized": 1e-4,  # normalized float32 input values
+    "quantized_steps": 1,  # only where the float32 values differ in their last bit
+    "probability": 1e-4,  # softmax of the same logits
+}
+
+# One row of the app's benchmark file (a JSON list of such rows), as `dermmobile bench --merge`
+# reads it. Key -> (type, meaning).
+BENCH_ROW_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "source": (str, 'always "android"'),
+    "device": (str, "manufacturer, model, Android version and ABI, e.g. 'Google Pixel 8 (Android 15, arm64-v8a)'"),
+    "artifact": (str, "the artifact's file name (manifest 'file')"),
+    "format": (str, 'always "tflite"'),
+    "quantization": (str, "the manifest's quantization: none | fp16 | int8-dynamic | int8"),
+    "threads": (int, "LiteRT interpreter threads (XNNPACK, CPU)"),
+    "latency_ms": (dict, "inference only (interpreter.run), after warm-up: p50, p90, p99 (numpy 'linear'), mean, std (ddof 0)"),
+    "iterations": (int, "timed runs, cycling over the bundled golden images"),
+    "top1_matches_golden": (bool, "every golden image's top-1 on the phone equals the top-1 Python recorded"),
+}
+LATENCY_KEYS = ("p50", "p90", "p99", "mean", "std")
+
+
+def check_bench_row(row: object, where: str = "android bench row") -> dict:
+    """Return `row` if it has exactly the Android bench schema, else raise naming the problem."""
+    if not isinstance(row, dict):
+        raise BadInputError(f"{where}: expected a JSON object with keys {', '.join(BENCH_ROW_KEYS)}")
+    missing = [k for k in BENCH_ROW_KEYS if k not in row]
+    extra = [k for k in row if k not in BENCH_ROW_KEYS]
+    if missing or extra:
+        raise BadInputError(
+            f"{where}: keys differ from the Android bench schema (missing: {missing or 'none'}; unknown: {extra or 'none'}); "
+            "write it with android_demo's benchmark screen"
+        )
+    for key, (kind, meaning) in BENCH_ROW_KEYS.items():
+        value = row[key]
+        wrong_bool = isinstance(value, bool) and kind is not bool  # bool is an int in Python
+        if wrong_bool or not isinstance(value, kind):
+            raise BadInputError(f"{where}: {key!r} is {value!r}; expected {meaning}")
+    if row["source"] != "android" or row["format"] != "tflite":
+        raise BadInputError(f"{where}: source/format are {row['source']!r}/{row['format']!r}; expected 'android'/'tflite'")
+    latency = row["latency_ms"]
+    bad = [k for k in LATENCY_KEYS if not isinstance(latency.get(k), int | float) or isinstance(latency.get(k), bool)]
+    if bad or set(latency) != set(LATENCY_KEYS):
+        raise BadInputError(f"{where}: latency_ms needs numbers for exactly {', '.join(LATENCY_KEYS)}, got {latency}")
+    return row
+
+
+# -- golden samples -------------------------------------------------------------------------
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 softmax of one logit vector (the Java side computes the same in double)."""
+    values = np.asarray(logits, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise BadInputError("the runtime returned non-finite logits; the artifact is broken (NaN/Inf after quantization?)")
+    exp = np.exp(values - values.max())
+    return exp / exp.sum()
+
+
+def top_k(probabilities: np.ndarray, k: int = TOP_K) -> list[int]:
+    """Indices of the k largest, highest first; ties keep the lower index first (as Postprocess.topK)."""
+    return [int(i) for i in np.argsort(-np.asarray(probabilities), kind="stable")[:k]]
+
+
+def quantize_input(values: np.ndarray, dtype: str, scale: float, zero_point: int) -> np.ndarray:
+    """float32 -> int8/uint8 as the app does it (float32 division, round half to even, clip)."""
+    from dermmobile.targets.base import quantize_int8
+
+    if dtype == "int8":
+        return quantize_int8(values.astype(np.float32), scale, zero_point)
+    if dtype == "uint8":
+        return np.clip(np.round(values.astype(np.float32) / scale) + zero_point, 0, 255).astype(np.uint8)
+    raise BadInputError(f"cannot quantize an input of dtype {dtype!r}; expected int8 or uint8")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sample_id(index: int, path: Path) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:40] or "image"
+    return f"{index:03d}-{stem}"
+
+
+def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Path) -> Path:
+    """Write golden samples for `images` into `out_dir` (created; files there are replaced); return golden.json.
+
+    `manifest` is a dermmobile.artifact.Manifest (its preprocess dict, input layout, dtype,
+    scale and zero point, and labels are used); `runtime` is any Runtime (float32 NCHW in,
+    logits out): the artifact's own, or the PyTorch model for tests.
+    """
+    from dermmobile.data import decode_image
+    from dermmobile.fsutil import atomic_write_bytes, atomic_write_json
+    from dermmobile.preprocess import PreprocessSpec
+
+    if not images:
+        raise BadInputError("no golden images given; pass a few real photos with --images (they are bundled in the app)")
+    spec = PreprocessSpec.from_dict(manifest.preprocess)
+    layout = (manifest.input.layout or "NCHW").upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise BadInputError(f"manifest input layout {manifest.input.layout!r} is not NCHW or NHWC; re-export the artifact")
+    dtype = manifest.input.dtype
+    quantized = dtype in ("int8", "uint8")
+    if quantized and (manifest.input.scale is None or manifest.input.zero_point is None):
+        raise BadInputError(f"manifest input is {dtype} but has no scale/zero_point; re-export the artifact")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for index, path in enumerate(Path(p) for p in images):
+        rgb = np.asarray(decode_image(path))
+        height, width = rgb.shape[:2]
+        if width * height > MAX_GOLDEN_PIXELS:
+            raise BadInputError(
+                f"{path}: {width}x{height} is above the {MAX_GOLDEN_PIXELS:,} pixel limit for golden images (they are stored "
+                "as raw pixels in the app); give a smaller copy of the photo"
+            )
+        sample_id = _sample_id(index, path)
+        nchw = spec.array(rgb, "NCHW")
+        tensor = nchw if layout == "NCHW" else np.ascontiguousarray(nchw.transpose(1, 2, 0))
+        tensor_bytes = tensor.astype("<f4").tobytes()
+        logits = np.asarray(runtime.predict(nchw[None]), dtype=np.float32).reshape(-1)
+        if logits.size != len(manifest.labels):
+            raise BadInputError(
+                f"the runtime returned {logits.size} logits but the manifest has {len(manifest.labels)} labels; "
+                "the manifest does not belong to this model"
+            )
+        probabilities = softmax(logits)
+        ranked = top_k(probabilities)
+        rgb_bytes = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+        atomic_write_bytes(out_dir / f"{sample_id}.rgb", rgb_bytes)
+        atomic_write_bytes(out_dir / f"{sample_id}.input.f32", tensor_bytes)
+        entry = {
+            "id": sample_id,
+            "source": path.name,
+            "width": int(width),
+            "height": int(height),
+            "rgb": f"{sample_id}.rgb",
+            "rgb_sha256": _sha256(rgb_bytes),
+            "input": f"{sample_id}.input.f32",
+            "input_shape": [1, *tensor.shape],
+            "input_sha256": _sha256(tensor_bytes),
+            "input_quantized": None,
+            "input_quantized_sha256": None,
+            "logits": [float(v) for v in logits],
+            "probabilities": [float(p) for p in probabilities],
+            "top1": ranked[0],
+            "top1_label": manifest.labels[ranked[0]],
+            "top3": [{"index": i, "label": manifest.labels[i], "probability": float(probabilities[i])} for i in ranked],
+        }
+        if quantized:
+            q_bytes = quantize_input(tensor, dtype, manifest.input.scale, manifest.input.zero_point).tobytes()
+            atomic_write_bytes(out_dir / f"{sample_id}.input.q", q_bytes)
+            entry["input_quantized"] = f"{sample_id}.input.q"
+            entry["input_quantized_sha256"] = _sha256(q_bytes)
+        samples.append(entry)
+    index_path = out_dir / GOLDEN_INDEX
+    atomic_write_json(
+        index_path,
+        {
+            "schema": GOLDEN_SCHEMA,
+            "schema_version": GOLDEN_SCHEMA_VERSION,
+            "manifest": manifest.to_dict(),
+            "runtime": getattr(runtime, "name", type(runtime).__name__),
+            "layout": layout,
+            "tolerances": GOLDEN_TOLERANCES,
+            "samples": samples,
+        },
+    )
+    return index_path
+
+
+# -- copying into the app ---------------------------------------------------------------------
+
+
+@dataclass
+class Installed:
+    """What `install_into_app` put where."""
+
+    assets: Path
+    artifact: Path
+    manifest: Path
+    golden: Path
+    samples: int
+
+
+def _load_runtime(artifact):
+    from dermmobile.errors import MissingBackendError
+    from dermmobile.targets import get_target
+
+    try:
+        target = get_target("tflite")
+    except ModuleNotFoundError as exc:
+        raise MissingBackendError(
+            f"the tflite target is not available in this dermmobile ({exc}); golden samples need the artifact's own runtime"
+        ) from exc
+    return target.load(artifact.path, artifact.manifest)
+
+
+def install_into_app(artifact_path: Path, images: Sequence[Path], app_dir: Path, runtime=None) -> Installed:
+    """Copy a verified .tflite artifact, its manifest and golden samples into the app's assets.
+
+    The new set is assembled in a temporary folder beside the assets and swapped in with
+    renames, so the app never sees a mix of two artifacts. `runtime` defaults to the
+    artifact's own LiteRT runtime (the tflite target); tests pass another.
+    """
+    from dermmobile.artifact import load_artifact
+
+    app_dir = Path(app_dir)
+    if not (app_dir / "app" / "src" / "main" / "AndroidManifest.xml").is_file():
+        raise BadInputError(
+            f"{app_dir} is not the android_demo project (no app/src/main/AndroidManifest.xml); pass --app PATH/TO/android_demo"
+        )
+    artifact = load_artifact(Path(artifact_path))  # refuses a missing manifest or a sha256 mismatch
+    manifest = artifact.manifest
+    if manifest.format != "tflite" or artifact.path.suffix != ".tflite" or not artifact.path.is_file():
+        raise BadInputError(
+            f"{artifact.path} is a {manifest.format} artifact; the Android demo runs .tflite files only. "
+            "Export one with `dermmobile export --target tflite`"
+        )
+    if runtime is None:
+        runtime = _load_runtime(artifact)
+    assets = app_dir / ASSETS_DIR
+    assets.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{assets.name}.", suffix=".partial", dir=assets.parent))
+    old = None
+    try:
+        shutil.copy2(artifact.path, staging / artifact.path.name)
+        shutil.copy2(artifact.manifest_file, staging / MANIFEST_ASSET)
+        write_golden_samples(images, manifest, runtime, staging / GOLDEN_ASSET_DIR)
+        if assets.exists():
+            old = assets.parent / f".{assets.name}.old-{os.getpid()}"
+            os.replace(assets, old)
+        os.replace(staging, assets)
+    except BaseException:
+        if old is not None and old.exists() and not assets.exists():
+            os.replace(old, assets)  # put the previous set back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return Installed(
+        assets=assets,
+        artifact=assets / artifact.path.name,
+        manifest=assets / MANIFEST_ASSET,
+        golden=assets / GOLDEN_ASSET_DIR / GOLDEN_INDEX,
+        samples=len(images),
+    )

@@ -1,0 +1,158 @@
+"""Latency: how long a Runtime takes to load, to answer once, and to answer again and again.
+
+Everything here sees only a Runtime (`predict(float32 NCHW) -> logits`) or a plain callable;
+it never knows which format it is timing. Times are wall clock from `time.perf_counter_ns`
+around each single-image call, so the harness adds one clock read per call and nothing else
+(benchmarks/harness_overhead.py measures that claim).
+
+Percentiles use numpy's default linear interpolation between order statistics
+(p50 of 1..10 is 5.5, p90 is 9.1, p99 is 9.91); std is the sample standard deviation
+(ddof=1) because the timed calls are a sample of the runtime's behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Read by OpenMP, OpenBLAS, MKL, Accelerate and numexpr when their pools start: the
+# only portable way to cap a runtime we do not control, so the worker sets them first.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@dataclass
+class LatencyStats:
+    """Milliseconds over `n` calls."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(samples_ms) -> LatencyStats:
+    values = np.asarray(samples_ms, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no timings to summarize")
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return LatencyStats(
+        p50=float(p50),
+        p90=float(p90),
+        p99=float(p99),
+        mean=float(values.mean()),
+        std=float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        min=float(values.min()),
+        max=float(values.max()),
+        n=int(values.size),
+    )
+
+
+def time_calls(fn: Callable[[], object], iters: int) -> list[float]:
+    """Milliseconds of each of `iters` calls of `fn`."""
+    clock = time.perf_counter_ns
+    out = []
+    for _ in range(iters):
+        start = clock()
+        fn()
+        out.append((clock() - start) / 1e6)
+    return out
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """(result, milliseconds) of one call."""
+    start = time.perf_counter_ns()
+    result = fn()
+    return result, (time.perf_counter_ns() - start) / 1e6
+
+
+@dataclass
+class EndToEnd:
+    """Per image file: decode + preprocess, and decode + preprocess + inference."""
+
+    preprocess: LatencyStats
+    total: LatencyStats
+
+
+def end_to_end(predict: Callable[[np.ndarray], np.ndarray], files: list[Path], spec) -> EndToEnd:
+    """Time what an app does per photo: decode the file, preprocess with the one spec, predict."""
+    pre, total = [], []
+    clock = time.perf_counter_ns
+    for path in files:
+        start = clock()
+        array = spec.load(Path(path))
+        decoded = clock()
+        predict(array[None])
+        done = clock()
+        pre.append((decoded - start) / 1e6)
+        total.append((done - start) / 1e6)
+    return EndToEnd(summarize(pre), summarize(total))
+
+
+def gflops_per_second(flops: float | None, milliseconds: float | None) -> float | None:
+    """Effective GFLOP/s of a model that needs `flops` per image and answers in `milliseconds`."""
+    if not flops or not milliseconds:
+        return None
+    return flops / (milliseconds / 1e3) / 1e9
+
+
+def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 matrix-multiply throughput of this machine (numpy/BLAS), best of `repeats`.
+
+    A size x size product is 2 * size**3 FLOPs. Best-of rather than mean: a peak is what
+    the hardware can do when nothing else interferes, the yardstick model GFLOP/s is read against.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    a @ b  # first call spins up BLAS threads and pages the buffers in
+    best = min(time_calls(lambda: a @ b, repeats))
+    return 2.0 * size**3 / (best / 1e3) / 1e9
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """Cap numpy's BLAS pool in this process (the worker subprocess sets THREAD_ENV instead)."""
+    if not threads:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # the environment variables set at process start are all we have
+        yield
+        return
+    with threadpool_limits(limits=threads):
+        yield
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process so far, MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def count_flops(model, input_shape: list[int]) -> int:
+    """FLOPs of one forward pass of a PyTorch model (a multiply-add counts 2), via FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(input_shape))
+    return int(counter.get_total_flops())

@@ -1,0 +1,152 @@
+"""One measurement job: load a Runtime, time it, run it over the test images, report as a dict.
+
+The sweep runs every job in a fresh `python -m dermmobile.bench.worker JOB.json RESULT.json`:
+- peak RSS (`ru_maxrss`) only ever grows within a process, so only a process of its own
+  gives one artifact's peak memory;
+- thread caps (OMP_NUM_THREADS, ...) are read when a runtime starts its pool, so they are
+  set in the child's environment before anything is imported;
+- a runtime that crashes the interpreter costs its row, not the sweep.
+The same `run_job` runs in-process when isolation is off (tests, `--in-process`); peak RSS
+is then the whole process's and reported as such.
+
+Order inside a job: load, first inference, warm-up, timed single-image calls, end-to-end per
+file, peak RSS, and only then parity over the whole test set, so the images paged in for
+parity do not count towards the runtime's memory.
+
+Torch is imported only by jobs that need it (the checkpoint reference, torch-based targets):
+`torch_imported` in the result says whether it was.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dermmobile.bench.latency import end_to_end, gemm_peak_gflops, peak_rss_mb, summarize, thread_limit, time_calls, timed
+from dermmobile.errors import BadInputError, MissingBackendError
+
+
+@dataclass
+class Job:
+    kind: str  # "artifact" | "checkpoint" | "gemm"
+    threads: int
+    path: str = ""  # artifact (or its manifest) or checkpoint
+    compile: bool = False  # checkpoint only: wrap the model in torch.compile
+    warmup: int = 10
+    iters: int = 100
+    images: str = ""  # .npy of float32 N x 3 x H x W preprocessed test images; image 0 is timed
+    logits_out: str = ""  # where to save N x C logits; "" skips parity
+    e2e_files: list[str] = field(default_factory=list)
+    spec: dict = field(default_factory=dict)  # PreprocessSpec for end-to-end timing
+    count_flops: bool = False  # checkpoint only: FLOPs of one forward pass
+    gemm_size: int = 2048
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _open(job: Job):
+    """(load callable returning a Runtime, model for FLOP counting or None)."""
+    if job.kind == "checkpoint":
+        from dermmobile.checkpoint import load_checkpoint
+        from dermmobile.targets.base import TorchRuntime
+
+        holder: dict = {}
+
+        def load():
+            model = load_checkpoint(Path(job.path)).model
+            holder["model"] = model
+            if job.compile:
+                import torch
+
+                model = torch.compile(model)  # lazy: compiling happens in the first inference
+            return TorchRuntime(model, job.threads)
+
+        return load, holder
+    from dermmobile.artifact import load_artifact
+    from dermmobile.targets import get_target
+
+    artifact = load_artifact(Path(job.path))  # sha256 checked here, outside the timed load
+    target = get_target(artifact.manifest.format)
+    accepts_threads = "threads" in inspect.signature(target.load).parameters
+    kwargs = {"threads": job.threads} if accepts_threads else {}
+    return (lambda: target.load(artifact.path, artifact.manifest, **kwargs)), {}
+
+
+def _logits(runtime, batch: np.ndarray) -> np.ndarray:
+    out = np.asarray(runtime.predict(batch))
+    if out.ndim != 2 or out.shape[0] != len(batch):
+        raise BadInputError(f"runtime returned shape {out.shape} for {len(batch)} image(s); expected (N, classes) logits")
+    return out.astype(np.float32, copy=False)
+
+
+def run_job(job: Job) -> dict:
+    """Measure one job; never raises: failures come back as status "error" or "not-run"."""
+    result: dict = {"status": "ok", "error": None, "threads": job.threads}
+    stage = "setup"
+    try:
+        if job.kind == "gemm":
+            stage = "gemm"
+            with thread_limit(job.threads):
+                result["gemm_gflops"] = gemm_peak_gflops(job.gemm_size)
+            return result
+        images = np.load(job.images, mmap_mode="r")
+        sample = np.ascontiguousarray(images[:1], dtype=np.float32)
+        result["rss_before_load_mb"] = peak_rss_mb()
+        stage = "load"
+        load, holder = _open(job)
+        runtime, result["load_ms"] = timed(load)
+        result["runtime"] = getattr(runtime, "name", type(runtime).__name__)
+        stage = "first inference"
+        _, result["first_inference_ms"] = timed(lambda: _logits(runtime, sample))
+        stage = "warm-up"
+        time_calls(lambda: runtime.predict(sample), job.warmup)
+        stage = "latency"
+        result["latency_ms"] = summarize(time_calls(lambda: runtime.predict(sample), job.iters)).to_dict()
+        result["iterations"] = job.iters
+        result["warmup"] = job.warmup
+        if job.e2e_files:
+            stage = "end-to-end"
+            from dermmobile.preprocess import PreprocessSpec
+
+            e2e = end_to_end(runtime.predict, [Path(p) for p in job.e2e_files], PreprocessSpec.from_dict(job.spec))
+            result["end_to_end_ms"] = e2e.total.to_dict()
+            result["preprocess_ms"] = e2e.preprocess.to_dict()
+        result["peak_rss_mb"] = peak_rss_mb()
+        if job.count_flops and holder.get("model") is not None:
+            stage = "flop count"
+            from dermmobile.bench.latency import count_flops
+
+            result["flops"] = count_flops(holder["model"], list(sample.shape))
+        if job.logits_out:
+            stage = "parity"
+            logits = np.concatenate([_logits(runtime, np.ascontiguousarray(images[i : i + 1])) for i in range(len(images))])
+            np.save(job.logits_out, logits)
+            result["logits"] = job.logits_out
+    except MissingBackendError as exc:
+        result.update(status="not-run", error=f"not run: {exc}")
+    except Exception as exc:  # any runtime failure becomes this row's error; the sweep goes on
+        result.update(status="error", error=f"{stage}: {type(exc).__name__}: {' '.join(str(exc).split())[:600]}")
+        result["traceback"] = traceback.format_exc(limit=8)[-4000:]
+    finally:
+        result["torch_imported"] = "torch" in sys.modules
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dermmobile.fsutil import atomic_write_json
+
+    job_file, result_file = (argv or sys.argv[1:])[:2]
+    job = Job(**json.loads(Path(job_file).read_text(encoding="utf-8")))
+    atomic_write_json(Path(result_file), run_job(job))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Run one format's conversion in a child process with a time limit.
+
+Converters are large native libraries; one that hangs or segfaults must cost one row
+of a sweep, not the whole run. The child is forked (it inherits the model, no pickling
+of modules), sends back the ExportResult through a pipe, and is killed at the limit.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import traceback
+
+from dermmobile.errors import ExportFailedError
+
+
+def _child(connection, target_name: str, request) -> None:
+    try:
+        from dermmobile.targets import get_target
+
+        connection.send(("ok", get_target(target_name).export(request)))
+    except BaseException as exc:  # everything goes back to the parent as text
+        connection.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"))
+    finally:
+        connection.close()
+
+
+def run_isolated(target_name: str, request, timeout: float):
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(sender, target_name, request), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout):
+            process.kill()
+            process.join()
+            raise ExportFailedError(f"{target_name} {request.quantize}: conversion exceeded --timeout {timeout:g} s and was killed")
+        try:
+            status, payload = receiver.recv()
+        except EOFError:
+            process.join()
+            raise ExportFailedError(
+                f"{target_name} {request.quantize}: the converter process died (exit code {process.exitcode}, "
+                "a crash such as a segfault); the other targets are unaffected"
+            ) from None
+        process.join()
+        if status == "error":
+            raise ExportFailedError(f"{target_name} {request.quantize} export failed in its subprocess: {payload}")
+        return payload
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
+        receiver.close()

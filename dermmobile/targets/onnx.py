@@ -1,0 +1,154 @@
+"""ONNX: torch.onnx's dynamo exporter, onnxruntime's quantizers, and an onnxruntime Runtime.
+
+Every artifact is one self-contained `.onnx` file (no external data) with a dynamic
+batch axis, input "image" (float32 NCHW) and output "logits" (float32); quantized
+variants keep float32 I/O and quantize inside the graph.
+
+Loading needs onnxruntime only (no torch), so the bench runs where just the runtime is
+installed. Before a file reaches onnxruntime, tensors stored as external data must name
+files inside the model's folder (CVE-2024-27318). That check parses the file with the
+`onnx` package; where `onnx` is not installed it is skipped and onnxruntime's own check
+(since 1.17: absolute paths and paths escaping the model's folder are refused, measured
+with 1.32) is the guard.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dermmobile.errors import BadInputError, UnsafeFileError, require
+from dermmobile.targets.base import ExportRequest, ExportResult, package_version
+
+CALIBRATION_BATCH = 16
+# int8 weights use 7 bits (reduce_range): x86 CPUs without VNNI (AVX2 only, like this project's
+# machine) multiply int8 pairs into saturating int16 sums, which wrecked per-channel Conv here
+# (66 % top-1 agreement with full range, 100 % with 7 bits on tiny_cnn).
+
+
+class OnnxRuntime:
+    name = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        ort = require("onnxruntime", "onnx")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over an array of preprocessed real images."""
+
+    def __init__(self, images: np.ndarray):
+        self.batches = iter([{"image": images[i : i + CALIBRATION_BATCH]} for i in range(0, len(images), CALIBRATION_BATCH)])
+
+    def get_next(self) -> dict | None:
+        return next(self.batches, None)
+
+
+class OnnxTarget:
+    name = "onnx"
+    extension = ".onnx"
+    quantizations = frozenset({"none", "fp16", "int8-dynamic", "int8"})
+    extra = "onnx"
+
+    def export(self, request: ExportRequest) -> ExportResult:
+        torch = require("torch", "onnx")
+        onnx = require("onnx", "onnx")
+        if request.layout != "NCHW":
+            raise BadInputError(f"onnx takes NCHW input only, got --layout {request.layout}; drop --layout NHWC")
+        if request.quantize == "int8" and request.calibration is None:
+            raise BadInputError(
+                "onnx int8 quantizes activations and needs real calibration images; pass --calib-data FOLDER "
+                "(an ImageFolder of training images), or use --quantize int8-dynamic, which needs none"
+            )
+        out = Path(request.out_file)
+        with tempfile.TemporaryDirectory(prefix="dermmobile-onnx-") as tmp:
+            fp32 = out if request.quantize == "none" else Path(tmp) / "fp32.onnx"
+            program = torch.onnx.export(
+                request.model.eval(),
+                (request.example_input(),),
+                dynamo=True,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
+            program.save(str(fp32), external_data=False)
+            if request.quantize == "fp16":
+                from onnxruntime.transformers.float16 import convert_float_to_float16
+                from onnxruntime.transformers.onnx_model import OnnxModel
+
+                # keep_io_types: callers keep feeding float32 and reading float32 logits. The converter
+                # appends the input's Cast node after its consumers; onnx.checker wants them sorted.
+                half = OnnxModel(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True))
+                half.topological_sort()
+                onnx.save_model(half.model, str(out))
+            elif request.quantize == "int8-dynamic":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(fp32, out, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
+            elif request.quantize == "int8":
+                from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+                quantize_static(
+                    fp32,
+                    out,
+                    _Calibration(np.ascontiguousarray(request.calibration, dtype=np.float32)),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    reduce_range=True,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                )
+        onnx.checker.check_model(str(out), full_check=True)
+        return ExportResult(
+            input={"name": "image", "shape": request.input_shape, "dtype": "float32", "layout": "NCHW"},
+            output={"name": "logits", "shape": [1, len(request.labels)], "dtype": "float32", "layout": ""},
+            toolchain={name: package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime")},
+            notes={"dynamic_batch": True, "opset": _opset(onnx.load(str(out), load_external_data=False))},
+        )
+
+    def load(self, path: Path, manifest, threads: int | None = None) -> OnnxRuntime:
+        check_external_data(Path(path))
+        return OnnxRuntime(Path(path), threads)
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse a model whose external-data tensors name files outside its own folder (CVE-2024-27318)."""
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    except ImportError:
+        return  # onnxruntime refuses escaping paths itself; see the module docstring
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError and friends: the file is not an ONNX model
+        raise BadInputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc}); re-export it") from None
+    folder = path.resolve().parent
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        resolved = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or folder not in resolved.parents:
+            raise UnsafeFileError(
+                f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, outside the model's folder "
+                f"{folder}; refused (CVE-2024-27318). Load only models whose external data sits beside them, "
+                "or re-export it with dermmobile (its files hold all data inline)"
+            )
+
+
+TARGET = OnnxTarget()

@@ -1,0 +1,192 @@
+"""TFLite (LiteRT): litert-torch converts without TensorFlow, ai-edge-quantizer and PT2E quantize, ai-edge-litert runs.
+
+Every artifact is one `.tflite` file with batch 1 (what a phone app feeds) and one
+signature, `serving_default`, with input "image" (NCHW, or NHWC for Android via
+`to_channel_last_io`) and output "logits".
+
+- none: float32 throughout.
+- fp16: weights stored as float16 (ai-edge-quantizer FLOAT_CASTING); the runtime
+  computes in float32, so it halves the file, not the latency.
+- int8-dynamic: int8 weights, activations quantized on the fly (`dynamic_wi8_afp32`).
+- int8: full integer, int8 input and output, activation ranges calibrated by PT2E on
+  real images; the runtime quantizes images and dequantizes logits with the scale and
+  zero point recorded in the manifest.
+
+Loading needs ai-edge-litert only (no torch), so the bench runs where just the runtime is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dermmobile.errors import BadInputError, ExportFailedError, require
+from dermmobile.targets.base import (
+    ExportRequest,
+    ExportResult,
+    batched,
+    dequantize,
+    package_version,
+    quantize_int8,
+    to_layout,
+)
+
+LAYOUTS = ("NCHW", "NHWC")
+TOOLCHAIN = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torchao")
+
+
+class TFLiteRuntime:
+    name = "tflite"
+
+    def __init__(self, path: Path, manifest, threads: int | None = None):
+        interpreter = require("ai_edge_litert.interpreter", "tflite")
+        self.interpreter = interpreter.Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.layout = manifest.input.layout or "NCHW"
+        self.input_q = (manifest.input.scale, manifest.input.zero_point)
+        self.output_q = (manifest.output.scale, manifest.output.zero_point)
+        if self.input["dtype"] == np.int8 and manifest.input.scale is None:
+            raise BadInputError(f"{path}: the model takes int8 input but its manifest has no input scale; re-export it")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        if not len(batch):
+            return np.zeros((0, int(self.output["shape"][-1])), np.float32)
+        # The file is built for batch 1; looping keeps the graph exactly as exported.
+        return batched(self._predict_one, np.asarray(batch, dtype=np.float32), 1)
+
+    def _predict_one(self, image: np.ndarray) -> np.ndarray:
+        values = to_layout(image, self.layout)
+        if self.input["dtype"] == np.int8:
+            values = quantize_int8(values, *self.input_q)
+        self.interpreter.set_tensor(self.input["index"], values)
+        self.interpreter.invoke()
+        logits = self.interpreter.get_tensor(self.output["index"])
+        return dequantize(logits, *self.output_q) if self.output["dtype"] == np.int8 else logits.astype(np.float32)
+
+
+class TFLiteTarget:
+    name = "tflite"
+    extension = ".tflite"
+    quantizations = frozenset({"none", "fp16", "int8-dynamic", "int8"})
+    extra = "tflite"
+
+    def export(self, request: ExportRequest) -> ExportResult:
+        torch = require("torch", "tflite")
+        if request.layout not in LAYOUTS:
+            raise BadInputError(f"tflite takes --layout {' or '.join(LAYOUTS)}, got {request.layout!r}")
+        if request.quantize == "int8" and request.calibration is None:
+            raise BadInputError(
+                "tflite int8 calibrates activation ranges on real images: --calib-data is needed "
+                "(an ImageFolder of training images), or use --quantize int8-dynamic, which needs none"
+            )
+        # litert-torch prints a progress tree per conversion; keep it for those who ask for it.
+        os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+        litert_torch = require("litert_torch", "tflite")
+
+        model = _with_names(request.model.eval()).eval()
+        if request.layout == "NHWC":
+            model = litert_torch.to_channel_last_io(model, args=[0]).eval()
+        example = torch.from_numpy(to_layout(request.example_input().numpy(), request.layout))
+        quant_config = None
+        if request.quantize == "int8":
+            images = to_layout(np.ascontiguousarray(request.calibration, dtype=np.float32), request.layout)
+            model, quant_config = _pt2e_int8(model, example, images)
+        with torch.no_grad():
+            content = litert_torch.convert(model, (example,), quant_config=quant_config).model_content()
+        if request.quantize in ("fp16", "int8-dynamic"):
+            content = _ai_edge_quantize(content, request.quantize)
+        out = Path(request.out_file)
+        out.write_bytes(content)
+
+        interpreter = require("ai_edge_litert.interpreter", "tflite").Interpreter(model_path=str(out))
+        notes = {"dynamic_batch": False, "signature": "serving_default"}
+        if request.quantize == "fp16":
+            notes["fp16"] = "weights stored as float16, dequantized at load: compute stays float32 on CPU"
+        if request.quantize == "int8":
+            notes["int8"] = "PT2E static int8 (per-channel weights), int8 input and output; see input/output scale"
+        return ExportResult(
+            input=_tensor_spec(interpreter.get_input_details()[0], "image", request.layout),
+            output=_tensor_spec(interpreter.get_output_details()[0], "logits", ""),
+            toolchain={name: package_version(name) for name in TOOLCHAIN},
+            notes=notes,
+        )
+
+    def load(self, path: Path, manifest, threads: int | None = None) -> TFLiteRuntime:
+        return TFLiteRuntime(Path(path), manifest, threads)
+
+
+def _with_names(model):
+    """Wrap the model so the TFLite signature reads `image` -> `logits`, the names the manifest and apps use."""
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, image):
+            return {"logits": self.inner(image)}
+
+    return Named(model)
+
+
+def _pt2e_int8(model, example, images: np.ndarray):
+    """Static int8 by PT2E: observe activation ranges on the calibration images, then fold in the scales."""
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not len(images):
+        raise BadInputError("tflite int8 got an empty calibration set; --calib-data must hold at least one image")
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+    with torch.no_grad():
+        for image in images:  # the graph was exported for batch 1
+            prepared(torch.from_numpy(image[None]))
+    quantized = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+    quantized.training = False  # batch norm is already in eval form; this silences litert-torch's "training mode" warning
+    return quantized, QuantConfig(pt2e_quantizer=quantizer)
+
+
+def _ai_edge_quantize(content: bytes, quantize: str) -> bytes:
+    """Post-conversion weight quantization of a float .tflite by ai-edge-quantizer."""
+    require("ai_edge_quantizer", "tflite")
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe, recipe_manager
+    from ai_edge_quantizer.quantizer import Quantizer
+
+    if quantize == "fp16":
+        # No ready-made fp16 recipe exists: FLOAT_CASTING with 16 float bits is its weight-only fp16 path.
+        manager = recipe_manager.RecipeManager()
+        manager.add_weight_only_config(
+            regex=".*",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
+            algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING,
+        )
+        chosen = manager.get_quantization_recipe()
+    else:
+        chosen = recipe.dynamic_wi8_afp32()
+    # Its size report goes to stdout; the manifest records the size instead.
+    result = Quantizer(bytearray(content), chosen).quantize(enable_progress_bar=False, enable_progress_report=False)
+    if result.quantized_model is None:
+        raise ExportFailedError(f"ai-edge-quantizer returned no model for {quantize}; try --quantize none")
+    return bytes(result.quantized_model)
+
+
+def _tensor_spec(details: dict, name: str, layout: str) -> dict:
+    """Manifest fields from the interpreter's own tensor details, so the numbers are those the runtime uses."""
+    dtype = np.dtype(details["dtype"]).name
+    spec = {"name": name, "shape": [int(v) for v in details["shape"]], "dtype": dtype, "layout": layout}
+    if dtype == "int8":
+        scale, zero_point = details["quantization"]
+        spec |= {"scale": float(scale), "zero_point": int(zero_point)}
+    return spec
+
+
+TARGET = TFLiteTarget()

@@ -1,0 +1,194 @@
+"""Image folders, safe decoding of awkward files, splits, k-fold and calibration sampling."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermmobile.data import (
+    balanced_sample,
+    calibration_record,
+    check_same_classes,
+    decode_image,
+    kfold_indices,
+    load_images,
+    scan_image_folder,
+    stratified_split,
+)
+from dermmobile.errors import BadImageError, BadInputError
+from dermmobile.preprocess import PreprocessSpec
+
+
+def _save(img: Image.Image, path: Path, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kwargs)
+    return path
+
+
+def _folder(root: Path, spec: dict[str, int]) -> Path:
+    for name, count in spec.items():
+        for i in range(count):
+            _save(Image.new("RGB", (8, 8), (i * 10 % 255, 0, 0)), root / name / f"{name}{i:02d}.png")
+    return root
+
+
+def test_scan_skips_hidden_folders_and_files(tmp_path):
+    _folder(tmp_path, {"a": 2, "b": 3})
+    _save(Image.new("RGB", (4, 4)), tmp_path / ".git" / "x.png")
+    _save(Image.new("RGB", (4, 4)), tmp_path / "a" / ".ipynb_checkpoints" / "y.png")
+    _save(Image.new("RGB", (4, 4)), tmp_path / "a" / ".hidden.png")
+    (tmp_path / "a" / "notes.txt").write_text("hi")
+    folder = scan_image_folder(tmp_path)
+    assert folder.classes == ["a", "b"]
+    assert len(folder.samples) == 5
+    assert [p.name for p, _ in folder.skipped] == ["notes.txt"]
+    assert folder.counts() == {"a": 2, "b": 3}
+
+
+def test_scan_rejects_missing_and_empty(tmp_path):
+    with pytest.raises(BadInputError, match="does not exist"):
+        scan_image_folder(tmp_path / "nope")
+    with pytest.raises(BadInputError, match="no class folders"):
+        scan_image_folder(tmp_path)
+
+
+def test_class_list_difference_is_named(tmp_path):
+    _folder(tmp_path, {"acne": 1, "ulcer": 1, "wheal": 1})
+    with pytest.raises(BadInputError, match="missing from .*: crust.*not in .*: ulcer"):
+        scan_image_folder(tmp_path, expected_classes=["acne", "crust", "wheal"])
+    with pytest.raises(BadInputError, match="different order"):
+        check_same_classes(["a", "b"], ["b", "a"], "x", "y")
+    check_same_classes(["a", "b"], ["a", "b"], "x", "y")
+
+
+# -- decoding -------------------------------------------------------------------------
+
+
+def test_decode_modes_become_rgb(tmp_path):
+    gray16 = Image.fromarray(np.full((4, 5), 65535, np.uint16))
+    assert gray16.mode.startswith("I;16")
+    cmyk = Image.new("CMYK", (3, 3), (0, 255, 255, 0))  # pure red in CMYK
+    palette = Image.new("P", (3, 3), 0)
+    palette.putpalette([10, 20, 30] + [0] * 765)
+    palette.info["transparency"] = 0
+    rgba = Image.new("RGBA", (3, 3), (255, 0, 0, 0))  # fully transparent red
+    gray = Image.new("L", (3, 3), 77)
+    cases = {
+        "g16.png": (gray16, (255, 255, 255)),
+        "cmyk.jpg": (cmyk, None),
+        "p.png": (palette, (255, 255, 255)),
+        "rgba.png": (rgba, (255, 255, 255)),
+        "gray.png": (gray, (77, 77, 77)),
+    }
+    for name, (img, expected) in cases.items():
+        rgb = decode_image(_save(img, tmp_path / name))
+        assert rgb.mode == "RGB", name
+        if expected:
+            assert rgb.getpixel((0, 0)) == expected, name
+    red = decode_image(tmp_path / "cmyk.jpg").getpixel((1, 1))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+
+def test_decode_applies_exif_rotation(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 0, 0), (0, 0, 10, 20))  # red stripe on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    path = _save(img, tmp_path / "rot.jpg", exif=exif, quality=95)
+    upright = decode_image(path)
+    assert upright.size == (20, 40)
+    r, g, b = upright.getpixel((10, 2))  # the stripe is now on top
+    assert r > 200 and g < 60
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"", "empty file"), (b"this is not an image at all", "not an image"), (None, "corrupt or truncated")],
+)
+def test_decode_bad_files_name_the_problem(tmp_path, content, reason):
+    path = tmp_path / "bad.jpg"
+    if content is None:
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, "JPEG")
+        content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    path.write_bytes(content)
+    with pytest.raises(BadImageError, match=reason) as info:
+        decode_image(path)
+    assert info.value.path == path
+
+
+def test_decode_refuses_decompression_bomb(tmp_path):
+    path = _save(Image.new("L", (3000, 3000)), tmp_path / "bomb.png")
+    with pytest.raises(BadImageError, match="pixel cap"):
+        decode_image(path, max_pixels=1_000_000)
+
+
+def test_extreme_shapes_preprocess(tmp_path):
+    spec = PreprocessSpec(resize=36, crop=32)
+    for size in [(1, 1), (20000, 20), (20, 20000)]:
+        path = _save(Image.new("RGB", size, (200, 100, 50)), tmp_path / f"{size[0]}x{size[1]}.png")
+        array = spec.load(path)
+        assert array.shape == (3, 32, 32)
+        expected = (200 / 255 - spec.mean[0]) / spec.std[0]
+        assert np.allclose(array[0], expected, atol=1e-5)
+
+
+def test_load_images_skips_bad_files_and_keeps_labels(tmp_path):
+    _folder(tmp_path, {"a": 2, "b": 2})
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
+    folder = scan_image_folder(tmp_path)
+    images = load_images(folder.samples, PreprocessSpec(resize=8, crop=8), folder.root)
+    assert len(images) == 4 and [b[0] for b in images.bad] == ["a/broken.jpg"]
+    assert images.targets.tolist() == [0, 0, 1, 1]
+    assert images.names == ["a/a00.png", "a/a01.png", "b/b00.png", "b/b01.png"]
+
+
+# -- splits ---------------------------------------------------------------------------
+
+
+def test_split_is_stratified_deterministic_and_disjoint(tmp_path):
+    folder = scan_image_folder(_folder(tmp_path, {"a": 20, "b": 30}))
+    split = stratified_split(folder.samples, val_fraction=0.1, test_fraction=0.2, seed=3)
+    assert split == stratified_split(folder.samples, val_fraction=0.1, test_fraction=0.2, seed=3)
+    parts = [set(split.train), set(split.val), set(split.test)]
+    assert sum(map(len, parts)) == 50 and len(set().union(*parts)) == 50
+    labels = [[folder.samples[i].label for i in p] for p in (split.test, split.val)]
+    assert labels[0].count(0) == 4 and labels[0].count(1) == 6
+    assert labels[1].count(0) == 2 and labels[1].count(1) == 2
+    assert stratified_split(folder.samples, seed=4).test != split.test
+
+
+def test_split_of_a_class_does_not_move_when_other_classes_grow(tmp_path):
+    folder = scan_image_folder(_folder(tmp_path, {"a": 20, "b": 10}))
+    before = stratified_split(folder.samples)
+    a_test = {folder.samples[i].path for i in before.test if folder.samples[i].label == 0}
+    _folder(tmp_path, {"b": 25})
+    grown = scan_image_folder(tmp_path)
+    after = stratified_split(grown.samples)
+    assert {grown.samples[i].path for i in after.test if grown.samples[i].label == 0} == a_test
+
+
+def test_kfold_covers_each_image_once_per_class_balanced(tmp_path):
+    folder = scan_image_folder(_folder(tmp_path, {"a": 10, "b": 7}))
+    folds = kfold_indices(folder.samples, 5, seed=1)
+    val_all = sorted(i for _, val in folds for i in val)
+    assert val_all == list(range(17))
+    for train, val in folds:
+        assert not set(train) & set(val)
+        assert [folder.samples[i].label for i in val].count(0) == 2
+    with pytest.raises(BadInputError, match="at least 8 images per class"):
+        kfold_indices(folder.samples, 8)
+
+
+def test_balanced_calibration_sample_records_what_it_took(tmp_path):
+    folder = scan_image_folder(_folder(tmp_path, {"a": 10, "b": 10, "c": 2}))
+    taken = balanced_sample(folder.samples, 9, seed=0)
+    record = calibration_record(taken, folder.classes, folder.root, 0)
+    assert record.count == 9 and record.per_class == {"a": 4, "b": 3, "c": 2}
+    assert record.files_sha256 == calibration_record(balanced_sample(folder.samples, 9, 0), folder.classes, folder.root, 0).files_sha256
+    other = calibration_record(balanced_sample(folder.samples, 9, 1), folder.classes, folder.root, 1)
+    assert other.files_sha256 != record.files_sha256

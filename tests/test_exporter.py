@@ -1,0 +1,94 @@
+"""Export orchestration, independent of any real format: validation, gates, atomicity, isolation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import tests.fake_target as fake
+from dermmobile.artifact import find_artifacts, load_artifact
+from dermmobile.checkpoint import load_checkpoint
+from dermmobile.errors import EXIT_EXPORT_FAILED, EXIT_GATE_FAILED, BadInputError
+from dermmobile.exporter import plan_export, run_plan
+from dermmobile.targets import _MODULES, resolve
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    monkeypatch.setitem(_MODULES, "fake", "tests.fake_target")
+    monkeypatch.setattr(fake, "BEHAVIOUR", {"noise": 0.0, "nan_rows": 0, "raise": None, "hang": 0.0, "crash": False})
+    return fake
+
+
+def _export(checkpoint_path, out, target="fake", quantize="none", **kwargs):
+    checkpoint = load_checkpoint(checkpoint_path)
+    plan = plan_export(checkpoint, target, quantize, out, **kwargs)
+    return plan, run_plan(checkpoint, plan)
+
+
+def test_impossible_combinations_are_refused_before_any_work():
+    with pytest.raises(BadInputError, match="torchscript --quantize fp16 does not exist. Valid combinations: .*onnx: none"):
+        resolve("torchscript", "fp16")
+    with pytest.raises(BadInputError, match="unknown target 'tensorrt'.*tflite"):
+        resolve("tensorrt", "none")
+    with pytest.raises(BadInputError, match="unknown quantization 'int4'"):
+        resolve("onnx", "int4")
+
+
+def test_int8_without_calibration_images_is_refused(fake_registry, tiny_checkpoint, tmp_path):
+    with pytest.raises(BadInputError, match="--calib-data"):
+        _export(tiny_checkpoint, tmp_path, quantize="int8")
+    assert not any(tmp_path.iterdir())
+
+
+def test_manifest_carries_everything_and_parity_passes(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    plan, outcomes = _export(tiny_checkpoint, tmp_path, quantize="int8", calib_data=synthetic_root, calib_count=18)
+    (outcome,) = outcomes
+    assert outcome.ok, outcome.error
+    manifest = load_artifact(outcome.artifact.path).manifest
+    assert manifest.status == "passed" and manifest.parity["agreement"] == 1.0
+    assert manifest.labels[0] == "acne" and manifest.preprocess["crop"] == 64
+    assert manifest.calibration["count"] == 18 and sum(manifest.calibration["per_class"].values()) == 18
+    assert manifest.input.shape == [1, 3, 64, 64] and manifest.toolchain["fake"] == "1"
+    # calibration images are never used to judge the calibrated artifact
+    assert manifest.parity["images"] == 90 - 18
+    assert [p.name for p in find_artifacts(tmp_path)] == ["tiny_cnn-fake-int8.fake.json"]
+
+
+def test_failed_gate_keeps_artifact_marks_it_and_exits_3(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    fake.BEHAVIOUR["noise"] = 5.0
+    _, (outcome,) = _export(tiny_checkpoint, tmp_path, check_data=synthetic_root)
+    assert outcome.exit_code == EXIT_GATE_FAILED
+    assert "tiny_cnn-fake-none.fake: top-1 agreement" in outcome.error and "below the 100% gate" in outcome.error
+    assert "max abs logit error" in outcome.error
+    manifest = json.loads((tmp_path / "tiny_cnn-fake-none.fake.json").read_text())
+    assert manifest["status"] == "failed" and manifest["parity"]["failures"]
+
+
+def test_nan_outputs_fail_the_gate_with_a_count(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    fake.BEHAVIOUR["nan_rows"] = 3
+    _, (outcome,) = _export(tiny_checkpoint, tmp_path, check_data=synthetic_root)
+    # the exporter runs 16 images per call and the fake spoils 3 rows of each: 6 calls, 18 rows
+    assert "18 of 90 outputs contain NaN or Inf" in outcome.error
+
+
+def test_failing_converter_leaves_no_file_and_spares_the_others(fake_registry, tiny_checkpoint, tmp_path, monkeypatch):
+    fake.BEHAVIOUR["raise"] = "converter exploded"
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    plan = plan_export(checkpoint, ["fake"], "none", tmp_path)
+    plan.targets = [fake.TARGET, resolve("torchscript", "none")[0]]
+    outcomes = run_plan(checkpoint, plan)
+    assert outcomes[0].exit_code == EXIT_EXPORT_FAILED and "converter exploded" in outcomes[0].error
+    assert outcomes[1].ok, outcomes[1].error
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert names == ["tiny_cnn-torchscript-none.ptl", "tiny_cnn-torchscript-none.ptl.json"]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("behaviour, message", [({"hang": 30.0}, "exceeded --timeout"), ({"crash": True}, "process died")])
+def test_isolated_conversion_survives_hangs_and_crashes(fake_registry, tiny_checkpoint, tmp_path, behaviour, message):
+    fake.BEHAVIOUR.update(behaviour)
+    _, (outcome,) = _export(tiny_checkpoint, tmp_path, timeout=3)
+    assert outcome.exit_code == EXIT_EXPORT_FAILED and message in outcome.error
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
