@@ -68,14 +68,40 @@ class Manifest:
         known = {f.name for f in fields(cls)}
         try:
             values = {k: v for k, v in data.items() if k in known}
-            values["input"] = TensorSpec(**values["input"])
-            values["output"] = TensorSpec(**values["output"])
-            manifest = cls(**values)
+            values["input"] = TensorSpec(**_typed(values["input"], TENSOR_TYPES, f"{where} input"))
+            values["output"] = TensorSpec(**_typed(values["output"], TENSOR_TYPES, f"{where} output"))
+            manifest = cls(**_typed(values, MANIFEST_TYPES, where))
         except (KeyError, TypeError) as exc:
             raise BadInputError(f"{where}: malformed manifest ({exc})") from None
-        if not isinstance(manifest.labels, list) or not manifest.labels:
-            raise BadInputError(f"{where}: labels must be a non-empty list")
+        if not manifest.labels or not all(isinstance(label, str) for label in manifest.labels):
+            raise BadInputError(f"{where}: labels must be a non-empty list of names")
         return manifest
+
+
+# The JSON type each field must have; a manifest is untrusted input.
+MANIFEST_TYPES = {
+    "format": str, "quantization": str, "file": str, "arch": str, "labels": list, "preprocess": dict,
+    "checkpoint_sha256": str, "sha256": str, "bytes": int, "calibration": (dict, type(None)), "parity": (dict, type(None)),
+    "status": str, "toolchain": dict, "notes": dict, "export_seconds": (int, float, type(None)), "created": str,
+    "schema": str, "schema_version": int, "input": TensorSpec, "output": TensorSpec,
+}  # fmt: skip
+TENSOR_TYPES = {
+    "name": str, "shape": list, "dtype": str, "layout": str, "scale": (int, float, type(None)), "zero_point": (int, type(None)),
+}  # fmt: skip
+
+
+def _typed(values, types: dict, where: str) -> dict:
+    if not isinstance(values, dict):
+        raise TypeError(f"expected an object, got {type(values).__name__}")
+    for key, value in values.items():
+        expected = types.get(key)
+        if expected is None:
+            raise TypeError(f"unknown field {key!r}")
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected in (int, (int, type(None)))):
+            raise TypeError(f"field {key!r} has type {type(value).__name__}")
+    if "shape" in values and not all(isinstance(d, int) and not isinstance(d, bool) for d in values["shape"]):
+        raise TypeError("shape must be a list of integers")
+    return values
 
 
 def manifest_path(artifact_file: Path) -> Path:
@@ -139,8 +165,7 @@ def load_artifact(path: Path, verify: bool = True) -> Artifact:
     manifest_file = path if path.suffix == ".json" and not path.is_dir() else manifest_path(path)
     if not manifest_file.is_file():
         raise BadInputError(
-            f"no manifest at {manifest_file}; artifacts are loaded through the .json written beside them by "
-            "`dermmobile export`"
+            f"no manifest at {manifest_file}; artifacts are loaded through the .json written beside them by `dermmobile export`"
         )
     try:
         data = json.loads(manifest_file.read_text(encoding="utf-8"))

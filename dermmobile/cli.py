@@ -21,8 +21,7 @@ COMMANDS = ["train", "evaluate", "export", "bench", "predict", "inspect", "andro
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dermmobile",
-        description="Fine-tune skin-condition classifiers and ship them to phones. "
-        "A research tool, not a diagnosis.",
+        description="Fine-tune skin-condition classifiers and ship them to phones. A research tool, not a diagnosis.",
     )
     parser.add_argument("--version", action="version", version=f"dermmobile {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -60,16 +60,12 @@ def scan_image_folder(root: Path, expected_classes: list[str] | None = None) -> 
     root = Path(root)
     if not root.is_dir():
         raise BadInputError(
-            f"data folder {root} does not exist or is not a folder; expected an ImageFolder "
-            "layout root/<class name>/<image>.jpg"
+            f"data folder {root} does not exist or is not a folder; expected an ImageFolder layout root/<class name>/<image>.jpg"
         )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
     classes = [p.name for p in class_dirs]
     if not classes:
-        raise BadInputError(
-            f"{root} has no class folders; expected root/<class name>/<image>.jpg "
-            "(one sub-folder per class)"
-        )
+        raise BadInputError(f"{root} has no class folders; expected root/<class name>/<image>.jpg (one sub-folder per class)")
     if expected_classes is not None:
         check_same_classes(list(expected_classes), classes, "the model's labels", str(root))
     samples: list[Sample] = []
@@ -177,10 +173,7 @@ def _per_class_order(samples: list[Sample], seed: int) -> dict[int, list[int]]:
     by_class: dict[int, list[int]] = {}
     for index, sample in enumerate(samples):
         by_class.setdefault(sample.label, []).append(index)
-    return {
-        label: sorted(indices, key=lambda i: _rank(seed, samples[i], None))
-        for label, indices in sorted(by_class.items())
-    }
+    return {label: sorted(indices, key=lambda i: _rank(seed, samples[i], None)) for label, indices in sorted(by_class.items())}
 
 
 @dataclass(frozen=True)
@@ -201,9 +194,7 @@ def stratified_split(samples: list[Sample], val_fraction: float = 0.1, test_frac
     Each non-empty part gets at least one image per class when the class has three or more.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise BadInputError(
-            f"split fractions val={val_fraction}, test={test_fraction} must each be in [0, 1) and sum below 1"
-        )
+        raise BadInputError(f"split fractions val={val_fraction}, test={test_fraction} must each be in [0, 1) and sum below 1")
     train: list[int] = []
     val: list[int] = []
     test: list[int] = []
@@ -235,8 +226,7 @@ def kfold_indices(samples: list[Sample], folds: int, seed: int = 0) -> list[tupl
         for position, index in enumerate(order):
             assignment[index] = position % folds
     return [
-        ([i for i, f in enumerate(assignment) if f != k], [i for i, f in enumerate(assignment) if f == k])
-        for k in range(folds)
+        ([i for i, f in enumerate(assignment) if f != k], [i for i, f in enumerate(assignment) if f == k]) for k in range(folds)
     ]
 
 

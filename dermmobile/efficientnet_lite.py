@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 # (kernel, stride, expansion, output channels, repeats) of EfficientNet-B0/Lite0.
-STAGES = [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)]
+STAGES = [
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+]
 BN_EPS = 1e-3  # TensorFlow's default, which the weights were trained with
 
 

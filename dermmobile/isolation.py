@@ -34,7 +34,9 @@ def run_isolated(target_name: str, request, timeout: float):
         if not receiver.poll(timeout):
             process.kill()
             process.join()
-            raise ExportFailedError(f"{target_name} {request.quantize}: conversion exceeded --timeout {timeout:g} s and was killed")
+            raise ExportFailedError(
+                f"{target_name} {request.quantize}: conversion exceeded --timeout {timeout:g} s and was killed"
+            )
         try:
             status, payload = receiver.recv()
         except EOFError:

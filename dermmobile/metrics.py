@@ -66,7 +66,9 @@ def plot_confusions(matrices: list[np.ndarray], titles: list[str], labels: list[
         if len(labels) <= 30:
             for (i, j), value in np.ndenumerate(matrix):
                 if value:
-                    ax.text(j, i, str(value), ha="center", va="center", fontsize=5, color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j, i, str(value), ha="center", va="center", fontsize=5, color="white" if norm[i, j] > 0.5 else "black"
+                    )
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()

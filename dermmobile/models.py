@@ -195,6 +195,5 @@ def _load(model, state: dict, name: str, source) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise BadInputError(
-            f"weights from {source} do not fit {name}: {' '.join(str(exc).split())[:300]}... "
-            f"Pass weights saved from a {name}"
+            f"weights from {source} do not fit {name}: {' '.join(str(exc).split())[:300]}... Pass weights saved from a {name}"
         ) from None

@@ -38,7 +38,9 @@ def load_predictor(path: Path) -> Predictor:
 
     artifact = load_artifact(path)
     runtime = get_target(artifact.manifest.format).load(artifact.path, artifact.manifest)
-    return Predictor(runtime, list(artifact.manifest.labels), PreprocessSpec.from_dict(artifact.manifest.preprocess), str(artifact.path))
+    return Predictor(
+        runtime, list(artifact.manifest.labels), PreprocessSpec.from_dict(artifact.manifest.preprocess), str(artifact.path)
+    )
 
 
 def predict_files(predictor: Predictor, images: list[Path], topk: int = 3) -> list[dict]:

@@ -189,6 +189,9 @@ def test_balanced_calibration_sample_records_what_it_took(tmp_path):
     taken = balanced_sample(folder.samples, 9, seed=0)
     record = calibration_record(taken, folder.classes, folder.root, 0)
     assert record.count == 9 and record.per_class == {"a": 4, "b": 3, "c": 2}
-    assert record.files_sha256 == calibration_record(balanced_sample(folder.samples, 9, 0), folder.classes, folder.root, 0).files_sha256
+    assert (
+        record.files_sha256
+        == calibration_record(balanced_sample(folder.samples, 9, 0), folder.classes, folder.root, 0).files_sha256
+    )
     other = calibration_record(balanced_sample(folder.samples, 9, 1), folder.classes, folder.root, 1)
     assert other.files_sha256 != record.files_sha256

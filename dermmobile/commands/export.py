@@ -13,7 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quantize", default="none", help="none (default), fp16, int8-dynamic or int8")
     parser.add_argument("--calib-data", type=Path, help="ImageFolder of real images to calibrate int8 on (required for int8)")
     parser.add_argument("--calib-count", type=int, default=64, help="calibration images, class-balanced (default 64)")
-    parser.add_argument("--check-data", type=Path, help="ImageFolder to check parity on (default: the checkpoint's held-out test split)")
+    parser.add_argument(
+        "--check-data", type=Path, help="ImageFolder to check parity on (default: the checkpoint's held-out test split)"
+    )
     parser.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"], help="image input layout of the artifact")
     parser.add_argument("--out", type=Path, help="output folder (default export/<checkpoint name>)")
     parser.add_argument("--timeout", type=float, help="run each conversion in a subprocess killed after this many seconds")

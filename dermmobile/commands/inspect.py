@@ -34,7 +34,11 @@ def run(args) -> int:
     if manifest.calibration:
         print(f"calibration: {manifest.calibration.get('count')} images, per class {manifest.calibration.get('per_class')}")
     if manifest.parity:
-        parity = {k: manifest.parity.get(k) for k in ("images", "agreement", "max_abs_logit", "passed", "status") if k in manifest.parity}
+        parity = {
+            k: manifest.parity.get(k)
+            for k in ("images", "agreement", "max_abs_logit", "passed", "status")
+            if k in manifest.parity
+        }
         print(f"parity at export: {parity}")
     target = get_target(manifest.format)
     try:

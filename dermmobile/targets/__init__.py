@@ -53,7 +53,5 @@ def resolve(targets: str | list[str], quantize: str) -> list[Target]:
     for target in chosen:
         if quantize not in target.quantizations:
             table = "; ".join(f"{n}: {', '.join(q)}" for n, q in valid_combinations().items())
-            raise BadInputError(
-                f"--target {target.name} --quantize {quantize} does not exist. Valid combinations: {table}"
-            )
+            raise BadInputError(f"--target {target.name} --quantize {quantize} does not exist. Valid combinations: {table}")
     return chosen
