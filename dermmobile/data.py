@@ -144,10 +144,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(img, dtype=np.uint32)
-        if img.mode == "I" and array.max(initial=0) <= 255:
-            scaled = array
-        else:
-            scaled = array // 257
+        scaled = array if img.mode == "I" and array.max(initial=0) <= 255 else array // 257
         img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
     elif img.mode == "F":
         array = np.nan_to_num(np.asarray(img, dtype=np.float32))
@@ -211,7 +208,7 @@ def stratified_split(samples: list[Sample], val_fraction: float = 0.1, test_frac
 def _at_least_one(share: float, fraction: float, available: int) -> int:
     if fraction == 0 or available < 3:
         return 0 if fraction == 0 or available < 2 else min(1, available - 1)
-    return max(1, int(round(share)))
+    return max(1, round(share))
 
 
 def kfold_indices(samples: list[Sample], folds: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:

@@ -117,7 +117,8 @@ def apply_gate(report: ParityReport, quantization: str, artifact: str) -> Parity
         )
     if tol.max_abs_logit is not None and report.max_abs_logit > tol.max_abs_logit:
         failures.append(
-            f"{artifact}: max abs logit error {report.max_abs_logit:.3g} is above the {tol.max_abs_logit:g} gate for {quantization}"
+            f"{artifact}: max abs logit error {report.max_abs_logit:.3g} is above the "
+            f"{tol.max_abs_logit:g} gate for {quantization}"
         )
     if tol.max_accuracy_drop is not None and report.accuracy is not None and report.reference_accuracy is not None:
         drop = (report.reference_accuracy - report.accuracy) * 100

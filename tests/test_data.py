@@ -101,7 +101,7 @@ def test_decode_applies_exif_rotation(tmp_path):
     path = _save(img, tmp_path / "rot.jpg", exif=exif, quality=95)
     upright = decode_image(path)
     assert upright.size == (20, 40)
-    r, g, b = upright.getpixel((10, 2))  # the stripe is now on top
+    r, g, _b = upright.getpixel((10, 2))  # the stripe is now on top
     assert r > 200 and g < 60
 
 

@@ -43,7 +43,7 @@ def test_int8_without_calibration_images_is_refused(fake_registry, tiny_checkpoi
 
 
 def test_manifest_carries_everything_and_parity_passes(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
-    plan, outcomes = _export(tiny_checkpoint, tmp_path, quantize="int8", calib_data=synthetic_root, calib_count=18)
+    _plan, outcomes = _export(tiny_checkpoint, tmp_path, quantize="int8", calib_data=synthetic_root, calib_count=18)
     (outcome,) = outcomes
     assert outcome.ok, outcome.error
     manifest = load_artifact(outcome.artifact.path).manifest
