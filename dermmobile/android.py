@@ -269,6 +269,7 @@ def install_into_app(artifact_path: Path, images: Sequence[Path], app_dir: Path,
     assets = app_dir / ASSETS_DIR
     assets.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{assets.name}.", suffix=".partial", dir=assets.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary project folder
     old = None
     try:
         shutil.copy2(artifact.path, staging / artifact.path.name)

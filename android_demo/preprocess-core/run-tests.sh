@@ -29,9 +29,10 @@ BUILD=$(mktemp -d "${TMPDIR:-/tmp}/preprocess-core.XXXXXX")
 trap 'rm -rf "$BUILD"' EXIT
 CP="$JUNIT_JAR:$HAMCREST_JAR"
 
-javac --release 17 -Xlint:all -Werror -d "$BUILD/main" $(find "$HERE/src/main/java" -name '*.java')
-javac --release 17 -Xlint:all -d "$BUILD/test" -cp "$BUILD/main:$CP" $(find "$HERE/src/test/java" -name '*.java')
+# One javac for main and test sources; C1 only: this is a short-lived compiler run.
+javac -J-XX:TieredStopAtLevel=1 --release 17 -Xlint:all -Werror -d "$BUILD/classes" -cp "$CP" \
+    $(find "$HERE/src/main/java" "$HERE/src/test/java" -name '*.java')
 
 TESTS=$(cd "$HERE/src/test/java" && find . -name '*Test.java' | sed 's|^\./||; s|\.java$||; s|/|.|g' | sort)
 java -Ddermmobile.golden="$GOLDEN_DIR" -Ddermmobile.bench.out="${DERMMOBILE_BENCH_OUT:-}" \
-    -cp "$BUILD/main:$BUILD/test:$CP" org.junit.runner.JUnitCore $TESTS
+    -cp "$BUILD/classes:$CP" org.junit.runner.JUnitCore $TESTS

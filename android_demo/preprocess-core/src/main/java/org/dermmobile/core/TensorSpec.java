@@ -19,7 +19,7 @@ public final class TensorSpec {
         this.layout = layout;
         this.scale = scale;
         this.zeroPoint = zeroPoint;
-        if (!List.of("float32", "float16", "int8", "uint8").contains(dtype)) {
+        if (!java.util.Arrays.asList("float32", "float16", "int8", "uint8").contains(dtype)) {
             throw new IllegalArgumentException(
                     "tensor " + name + ": dtype '" + dtype + "' is not supported; expected float32, float16, int8 or uint8");
         }
