@@ -92,3 +92,33 @@ def test_isolated_conversion_survives_hangs_and_crashes(fake_registry, tiny_chec
     _, (outcome,) = _export(tiny_checkpoint, tmp_path, timeout=3)
     assert outcome.exit_code == EXIT_EXPORT_FAILED and message in outcome.error
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_exports_of_one_artifact_name_are_serialized(fake_registry, tiny_checkpoint, tmp_path):
+    """Two writers of the same artifact never overlap, so its file and manifest always match."""
+    import threading
+
+    fake.BEHAVIOUR["hang"] = 0.5  # each conversion takes a while inside the lock
+    spans: list[tuple[float, float]] = []
+    original = fake.FakeTarget.export
+
+    def timed_export(self, request):
+        import time
+
+        start = time.monotonic()
+        result = original(self, request)
+        spans.append((start, time.monotonic()))
+        return result
+
+    fake.FakeTarget.export = timed_export
+    try:
+        threads = [threading.Thread(target=_export, args=(tiny_checkpoint, tmp_path)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        fake.FakeTarget.export = original
+    (first, second) = sorted(spans)
+    assert first[1] <= second[0], f"exports overlapped: {spans}"
+    load_artifact(tmp_path / "tiny_cnn-fake-none.fake")
