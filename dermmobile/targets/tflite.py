@@ -105,7 +105,9 @@ class TFLiteTarget:
         interpreter = require("ai_edge_litert.interpreter", "tflite").Interpreter(model_path=str(out))
         notes = {"dynamic_batch": False, "signature": "serving_default"}
         if request.quantize == "fp16":
-            notes["fp16"] = "weights stored as float16, dequantized at load: compute stays float32 on CPU"
+            notes["fp16"] = "weights stored as float16, dequantized at load: x86 CPUs compute in float32"
+        if request.quantize == "int8-dynamic":
+            notes["int8"] = "int8 weights (per channel); float32 I/O, activations quantized per inference by the kernels"
         if request.quantize == "int8":
             notes["int8"] = "PT2E static int8 (per-channel weights), int8 input and output; see input/output scale"
         return ExportResult(
