@@ -1,0 +1,103 @@
+"""ExecuTorch: torch.export, lowered to the XNNPACK backend, written as a `.pte` program.
+
+fp32, or int8 through PT2E (XNNPACKQuantizer, symmetric per-channel weights, per-tensor
+activations calibrated on real images). The program takes one float32 NCHW image at a
+time, as a phone app calls it; the Runtime loops over larger batches. I/O stays float32
+in both variants: the quantize/dequantize steps sit inside the program.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dermmobile.errors import BadInputError, require
+from dermmobile.targets.base import ExportRequest, ExportResult, batched, package_version
+
+
+class ExecuTorchRuntime:
+    name = "executorch"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        require("executorch", "executorch")
+        from executorch.runtime import Runtime
+
+        runtime = Runtime.get()
+        if threads:
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(threads)  # XNNPACK's pool is process-wide; this is its only knob
+        self.program = runtime.load_program(Path(path))
+        self.method = self.program.load_method("forward")
+        self.batch_size = self.method.metadata.input_tensor_meta(0).sizes()[0]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        return self.method.execute([torch.from_numpy(batch)])[0].float().numpy()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return batched(self._run, np.ascontiguousarray(batch, dtype=np.float32), self.batch_size)
+
+
+class ExecuTorchTarget:
+    name = "executorch"
+    extension = ".pte"
+    quantizations = frozenset({"none", "int8"})
+    extra = "executorch"
+
+    def export(self, request: ExportRequest) -> ExportResult:
+        torch = require("torch", "executorch")
+        require("executorch", "executorch")
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        if request.layout != "NCHW":
+            raise BadInputError(f"executorch takes NCHW input only, got --layout {request.layout}; drop --layout NHWC")
+        if request.quantize == "int8" and (request.calibration is None or not len(request.calibration)):
+            raise BadInputError(
+                "executorch int8 quantizes activations and needs real calibration images; pass --calib-data FOLDER "
+                "(an ImageFolder of training images)"
+            )
+        example = (request.example_input(),)
+        program = torch.export.export(request.model.eval(), example, strict=False)
+        if request.quantize == "int8":
+            program = torch.export.export(_quantize(program.module(), request), example, strict=False)
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        Path(request.out_file).write_bytes(lowered.to_executorch().buffer)
+        # Ops XNNPACK did not take run on ExecuTorch's portable kernels: slower, worth knowing.
+        left = sorted(
+            {str(node.target) for node in lowered.exported_program().graph.nodes if node.op == "call_function"}
+            - {"executorch_call_delegate", "<built-in function getitem>"}
+        )
+        return ExportResult(
+            input={"name": "image", "shape": request.input_shape, "dtype": "float32", "layout": "NCHW"},
+            output={"name": "logits", "shape": [1, len(request.labels)], "dtype": "float32", "layout": ""},
+            toolchain={name: package_version(name) for name in ("torch", "executorch", "torchao")},
+            notes={"dynamic_batch": False, "backend": "XnnpackBackend", "ops_outside_xnnpack": left},
+        )
+
+    def load(self, path: Path, manifest, threads: int | None = None) -> ExecuTorchRuntime:
+        return ExecuTorchRuntime(Path(path), threads)
+
+
+def _quantize(module, request: ExportRequest):
+    """PT2E int8: observers inserted by XNNPACK's quantizer, calibrated one real image at a time."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(module, quantizer)
+    images = torch.from_numpy(np.ascontiguousarray(request.calibration, dtype=np.float32))
+    with torch.no_grad():
+        for image in images:  # the exported graph is specialised to batch 1
+            prepared(image[None])
+    return convert_pt2e(prepared)
+
+
+TARGET = ExecuTorchTarget()
