@@ -6,8 +6,9 @@ around each single-image call, so the harness adds one clock read per call and n
 (benchmarks/harness_overhead.py measures that claim).
 
 Percentiles use numpy's default linear interpolation between order statistics
-(p50 of 1..10 is 5.5, p90 is 9.1, p99 is 9.91); std is the sample standard deviation
-(ddof=1) because the timed calls are a sample of the runtime's behaviour.
+(p50 of 1..10 is 5.5, p90 is 9.1, p99 is 9.91); std is the population standard deviation
+(ddof=0), the same definition the Android app's benchmark screen uses (dermmobile/android.py),
+so host and phone rows in one table are comparable.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def summarize(samples_ms) -> LatencyStats:
         p90=float(p90),
         p99=float(p99),
         mean=float(values.mean()),
-        std=float(values.std(ddof=1)) if values.size > 1 else 0.0,
+        std=float(values.std(ddof=0)),
         min=float(values.min()),
         max=float(values.max()),
         n=int(values.size),
@@ -138,7 +139,19 @@ def thread_limit(threads: int | None) -> Iterator[None]:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process so far, MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far, MiB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this process image. Not
+    ru_maxrss: Linux carries ru_maxrss across execve, so a worker spawned by a bench process
+    that had imported torch would start at the parent's peak. Elsewhere ru_maxrss (KiB on
+    BSDs, bytes on macOS), which is this process's own there.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows

@@ -45,6 +45,13 @@ def _pct(value) -> str:
     return "–" if value is None else f"{value:.2%}"
 
 
+def _status(entry: dict, width: int) -> str:
+    error = entry.get("error")
+    if not error:
+        return entry["status"]
+    return error[:width] if error.startswith("not run") else f"{entry['status']}: {error[:width]}"
+
+
 def markdown(report: dict) -> str:
     machine, data, settings = report["machine"], report["data"], report["settings"]
     ref = report["reference"]
@@ -53,7 +60,7 @@ def markdown(report: dict) -> str:
         "# dermmobile bench",
         "",
         f"- machine: {machine['cpu']}, {machine['cores']} cores, {machine.get('memory_gb')} GB, {machine['os']}, "
-        f"Python {machine['python']}",
+        f"Python {machine['python']}, load average {machine.get('load_average_1_5_15min')}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         f"- data: {data['root']} ({data['split']}: {data.get('note', '')}), {data.get('images')} images, "
         f"{len(data.get('classes', []))} classes, {len(data.get('bad_files', []))} undecodable",
@@ -70,7 +77,7 @@ def markdown(report: dict) -> str:
     ]
     for a in report["artifacts"]:
         p = a.get("parity") or {}
-        status = a["status"] if not a.get("error") else f"{a['status']}: {a['error'][:120]}"
+        status = _status(a, 120)
         lines.append(
             f"| {a['name']} | {a['format']} | {a['quantization']} | {status} | {_pct(p.get('accuracy'))} | "
             f"{_f(p.get('accuracy_drop_points'))} | {_pct(p.get('agreement'))} | {len(p.get('flips', [])) if p else '–'} | "
@@ -88,7 +95,7 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         lat = r.get("latency_ms") or {}
         e2e = r.get("end_to_end_ms") or {}
-        status = r["status"] if not r.get("error") else f"{r['status']}: {r['error'][:80]}"
+        status = _status(r, 80)
         lines.append(
             f"| {r['artifact']} | {r['source']} | {r['device']} | {r['threads']} | {status} | {_f(r.get('load_ms'), '.1f')} | "
             f"{_f(r.get('first_inference_ms'), '.1f')} | {_f(lat.get('p50'))} | {_f(lat.get('p90'))} | {_f(lat.get('p99'))} | "
@@ -142,8 +149,12 @@ def plot_accuracy_latency(report: dict, path: Path) -> list[Path]:
     markers = "osD^v<>P*X"
     for i, group in enumerate(groups):
         chosen = [(x, y, r) for x, y, r in points if (r["source"], r["threads"]) == group]
-        ax.scatter([x for x, _, _ in chosen], [y * 100 for _, y, _ in chosen], marker=markers[i % len(markers)],
-                   label=f"{group[0]}, {group[1]} thread(s)")  # fmt: skip
+        ax.scatter(
+            [x for x, _, _ in chosen],
+            [y * 100 for _, y, _ in chosen],
+            marker=markers[i % len(markers)],
+            label=f"{group[0]}, {group[1]} thread(s)",
+        )
         for x, y, r in chosen:
             ax.annotate(r["artifact"], (x, y * 100), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
@@ -174,8 +185,13 @@ def plot_confusion_pairs(report: dict, folder: Path) -> list[Path]:
             continue
         path = Path(folder) / f"{a['name']}.png"
         with atomic_path(path) as tmp:
-            plot_confusions([ref_matrix, np.asarray(a["parity"]["confusion"])], [reference["name"], a["name"]], labels,
-                            tmp.with_suffix(".png"), suptitle=f"{a['name']}: drift L1 {a['parity']['confusion_drift_l1']}")  # fmt: skip
+            plot_confusions(
+                [ref_matrix, np.asarray(a["parity"]["confusion"])],
+                [reference["name"], a["name"]],
+                labels,
+                tmp.with_suffix(".png"),
+                suptitle=f"{a['name']}: drift L1 {a['parity']['confusion_drift_l1']}",
+            )
             tmp.with_suffix(".png").rename(tmp)
         written.append(path)
     return written

@@ -123,9 +123,19 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
             m = artifact.manifest
             flops = (m.notes or {}).get("flops")
             subjects.append(
-                Subject(name, "artifact", manifest_file, m.format, m.quantization, list(m.labels), dict(m.preprocess),
-                        file_bytes=m.bytes, sha256=m.sha256, flops=int(flops) if flops else None)
-            )  # fmt: skip
+                Subject(
+                    name,
+                    "artifact",
+                    manifest_file,
+                    m.format,
+                    m.quantization,
+                    list(m.labels),
+                    dict(m.preprocess),
+                    file_bytes=m.bytes,
+                    sha256=m.sha256,
+                    flops=int(flops) if flops else None,
+                )
+            )
     if config.checkpoint is None:
         # No PyTorch model given: the first fp32 artifact is the reference; its own gate at export
         # time tied it to PyTorch within 1e-3, and the report says which artifact stood in.
@@ -181,8 +191,13 @@ def machine_info() -> dict:
                 memory_gb = round(int(line.split()[1]) / (1 << 20), 1)
     except OSError:  # not Linux: platform's answer stands
         pass
+    try:  # other work on the machine while timing is the first suspect for noisy numbers
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        load = None
     return {
         "cpu": cpu,
+        "load_average_1_5_15min": load,
         "cores": os.cpu_count(),
         "memory_gb": memory_gb,
         "os": platform.platform(),
@@ -225,7 +240,11 @@ class Runner:
             return {"status": "error", "error": f"timed out after {self.timeout_s:g} s", "threads": job.threads}
         if not result_file.is_file():
             tail = " ".join((done.stderr or "").split())[-600:]
-            return {"status": "error", "error": f"worker exited with code {done.returncode} and no result: {tail}", "threads": job.threads}
+            return {
+                "status": "error",
+                "error": f"worker exited with code {done.returncode} and no result: {tail}",
+                "threads": job.threads,
+            }
         result = json.loads(result_file.read_text(encoding="utf-8"))
         result["isolated"] = True
         return result
@@ -275,23 +294,35 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
 
                         check_same_classes(labels, subject.labels, "the reference's labels", subject.name)
                     image_set = images.get(subject.preprocess)
+                    if image_set.names != ref_set.names:  # parity compares row i with row i
+                        raise BadInputError(f"{subject.name}: its preprocessing decoded a different set of images")
                 except DermmobileError as exc:
                     results[subject.name][threads] = {"status": "error", "error": str(exc), "threads": threads}
                     continue
                 logits_out = str(workdir / f"logits-{len(results)}.npy") if index == 0 else ""
                 job = Job(
-                    subject.kind, threads, path=str(subject.path), compile=subject.role == "compiled",
-                    warmup=config.warmup, iters=config.iters, images=str(image_set.file), logits_out=logits_out,
-                    e2e_files=e2e_files, spec=subject.preprocess,
+                    subject.kind,
+                    threads,
+                    path=str(subject.path),
+                    compile=subject.role == "compiled",
+                    warmup=config.warmup,
+                    iters=config.iters,
+                    images=str(image_set.file),
+                    logits_out=logits_out,
+                    e2e_files=e2e_files,
+                    spec=subject.preprocess,
                     count_flops=subject.role == "reference" and subject.kind == "checkpoint" and index == 0,
-                )  # fmt: skip
+                )
                 result = runner(job)
                 if result.get("logits"):
                     result["logits_array"] = np.load(result["logits"])
                 results[subject.name][threads] = result
                 p50 = (result.get("latency_ms") or {}).get("p50")
-                log(f"{subject.name} @ {threads} thread(s): {result['status']}"
-                    + (f", p50 {p50:.2f} ms" if p50 is not None else "") + (f" ({result['error']})" if result.get("error") else ""))  # fmt: skip
+                log(
+                    f"{subject.name} @ {threads} thread(s): {result['status']}"
+                    + (f", p50 {p50:.2f} ms" if p50 is not None else "")
+                    + (f" ({result['error']})" if result.get("error") else "")
+                )
         report = _assemble(config, subjects, results, ref_set, labels, gemm, data_info)
     report["seconds"] = round(time.time() - started, 1)
     return report
@@ -398,6 +429,7 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
                     "threads": threads,
                     "status": result["status"],
                     "error": result.get("error"),
+                    "cold_load_ms": result.get("cold_load_ms"),
                     "load_ms": result.get("load_ms"),
                     "first_inference_ms": result.get("first_inference_ms"),
                     "latency_ms": result.get("latency_ms"),

@@ -13,22 +13,52 @@ HELP = "accuracy parity and latency of exported artifacts against the PyTorch mo
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--artifacts", type=Path, help="folder of exported artifacts (export/RUN); every manifest in it is benched")
+    parser.add_argument(
+        "--artifacts", type=Path, help="folder of exported artifacts (export/RUN); every manifest in it is benched"
+    )
     parser.add_argument("--checkpoint", type=Path, help="the source checkpoint: its eager PyTorch model is the fp32 reference")
-    parser.add_argument("--data", type=Path, help="labeled ImageFolder; if it is the checkpoint's training root, its held-out test files are used")
-    parser.add_argument("--split", choices=["test", "all"], default="test",
-                        help="test (default): the checkpoint's held-out files when --data is its training root; all: every image")  # fmt: skip
-    parser.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count() or 1], metavar="N",
-                        help="thread counts to time at, e.g. --threads 1 2 (default: all cores)")  # fmt: skip
+    parser.add_argument(
+        "--data", type=Path, help="labeled ImageFolder; if it is the checkpoint's training root, its held-out test files are used"
+    )
+    parser.add_argument(
+        "--split",
+        choices=["test", "all"],
+        default="test",
+        help="test (default): the checkpoint's held-out files when --data is its training root; all: every image",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[os.cpu_count() or 1],
+        metavar="N",
+        help="thread counts to time at, e.g. --threads 1 2 (default: all cores)",
+    )
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing (default 10)")
     parser.add_argument("--iters", type=int, default=100, help="timed single-image calls per row (default 100)")
-    parser.add_argument("--e2e-images", type=int, default=20, help="image files timed end to end: decode + preprocess + inference")
+    parser.add_argument(
+        "--e2e-images", type=int, default=20, help="image files timed end to end: decode + preprocess + inference"
+    )
+    parser.add_argument(
+        "--gemm-size", type=int, default=2048, help="matrix size of the fp32 GEMM peak measurement (default 2048)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row of the reference")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run every job in this process (faster start; peak RSS is then the whole process's)")  # fmt: skip
-    parser.add_argument("--out", type=Path, help="report folder (default benchmarks/results/bench-<artifacts or checkpoint name>)")
-    parser.add_argument("--merge", type=Path, action="append", default=[], metavar="FILE.json",
-                        help="add rows measured on a phone (schema: dermmobile/bench/README.md); alone, merges into --out/bench.json")  # fmt: skip
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every job in this process (faster start; peak RSS is then the whole process's)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="report folder (default benchmarks/results/bench-<artifacts or checkpoint name>)"
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE.json",
+        help="add rows measured on a phone (schema: dermmobile/bench/README.md); alone, merges into --out/bench.json",
+    )
 
 
 def _default_out(args) -> Path:
@@ -60,10 +90,18 @@ def run(args) -> int:
         from dermmobile.bench.sweep import BenchConfig, run_bench
 
         config = BenchConfig(
-            data=args.data, artifacts=args.artifacts, checkpoint=args.checkpoint, threads=args.threads,
-            warmup=args.warmup, iters=args.iters, split=args.split, e2e_images=args.e2e_images,
-            compile=not args.no_compile, isolate=not args.in_process,
-        )  # fmt: skip
+            data=args.data,
+            artifacts=args.artifacts,
+            checkpoint=args.checkpoint,
+            threads=args.threads,
+            warmup=args.warmup,
+            iters=args.iters,
+            split=args.split,
+            e2e_images=args.e2e_images,
+            compile=not args.no_compile,
+            isolate=not args.in_process,
+            gemm_size=args.gemm_size,
+        )
         report = run_bench(config)
     if merged:
         merge_rows(report, merged)

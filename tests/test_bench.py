@@ -1,0 +1,422 @@
+"""The bench: metrics against hand-computed values, the error-row path, phone-row merging, reports,
+and a run with torch made unimportable (onnxruntime only, as on a Raspberry Pi)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dermmobile.artifact import Manifest, TensorSpec, write_manifest
+from dermmobile.bench import latency
+from dermmobile.bench.accuracy import evaluate
+from dermmobile.bench.merge import check_row, merge_rows, read_rows
+from dermmobile.bench.sweep import select_samples
+from dermmobile.bench.worker import Job, run_job
+from dermmobile.cli import main
+from dermmobile.errors import EXIT_GATE_FAILED, BadInputError, MissingBackendError
+from dermmobile.preprocess import PreprocessSpec
+from dermmobile.synthetic import make_synthetic_dataset
+
+LABELS = ["acne", "crust", "wheal"]
+SPEC = PreprocessSpec(resize=8, crop=8)
+
+
+# -- latency statistics ------------------------------------------------------------------
+def test_percentiles_mean_std_by_hand():
+    stats = latency.summarize([10, 1, 9, 2, 8, 3, 7, 4, 6, 5])  # order must not matter
+    # numpy linear interpolation: position p/100 * (n-1) between sorted values 1..10
+    assert stats.p50 == pytest.approx(5.5)
+    assert stats.p90 == pytest.approx(9.1)
+    assert stats.p99 == pytest.approx(9.91)
+    assert stats.mean == pytest.approx(5.5)
+    assert stats.std == pytest.approx((sum((v - 5.5) ** 2 for v in range(1, 11)) / 10) ** 0.5)  # ddof=0, as on Android
+    assert (stats.min, stats.max, stats.n) == (1, 10, 10)
+    assert latency.summarize([4.0]).std == 0.0
+    with pytest.raises(ValueError):
+        latency.summarize([])
+
+
+def test_gflops_arithmetic():
+    assert latency.gflops_per_second(2e9, 10.0) == pytest.approx(200.0)  # 2 GFLOP in 10 ms
+    assert latency.gflops_per_second(None, 10.0) is None
+    assert latency.gflops_per_second(1e9, None) is None
+
+
+def test_gemm_peak_arithmetic(monkeypatch):
+    monkeypatch.setattr(latency, "time_calls", lambda fn, n: [4.0, 2.0, 3.0])  # best is 2 ms
+    assert latency.gemm_peak_gflops(size=64) == pytest.approx(2 * 64**3 / 2e-3 / 1e9)
+
+
+# -- parity on a labeled set ---------------------------------------------------------------
+def test_accuracy_agreement_flips_logit_errors_and_drift_by_hand():
+    ref = np.array([[3.0, 0, 0], [0, 2, 0], [0, 0, 1], [1, 0, 0]])
+    cand = np.array([[3.0, 0, 0], [0, 2, 0], [0, 1, 0.5], [1, 0, 0]])  # image 2 flips c2 -> c1
+    targets = np.array([0, 1, 2, 1])
+    result = evaluate(ref, cand, targets, LABELS, ["i0", "i1", "i2", "i3"], "int8", "art.tflite")
+    p = result.parity
+    assert p.agreement == pytest.approx(0.75)
+    assert [(f.image, f.reference, f.artifact) for f in p.flips] == [("i2", "wheal", "crust")]
+    assert p.max_abs_logit == pytest.approx(1.0)
+    assert p.mean_abs_logit == pytest.approx(1.5 / 12)
+    assert p.min_cosine == pytest.approx(0.5 / np.sqrt(1.25))
+    assert p.reference_accuracy == pytest.approx(0.75) and p.accuracy == pytest.approx(0.5)
+    assert result.accuracy_drop_points == pytest.approx(25.0)
+    assert result.reference_confusion.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert result.confusion.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 0]]
+    assert result.drift.tolist() == [[0, 0, 0], [0, 0, 0], [0, 1, -1]]
+    assert result.drift_l1 == 2
+    assert result.per_class.tolist() == [1.0, 0.5, 0.0]
+    # int8 gate: 98 % agreement and at most 1 point top-1 lost; both broken, each named
+    assert len(p.failures) == 2 and all("art.tflite" in f for f in p.failures)
+    assert "agreement 75.00%" in p.failures[0] and "25.00 points" in p.failures[1]
+    out = result.to_dict(LABELS)
+    assert out["per_class_top1"] == {"acne": 1.0, "crust": 0.5, "wheal": 0.0}
+    assert out["confusion_drift_l1"] == 2 and out["passed"] is False
+
+
+def test_nan_outputs_count_as_wrong_and_as_drift():
+    ref = np.eye(3)
+    cand = np.eye(3)
+    cand[1, 0] = np.nan
+    result = evaluate(ref, cand, np.array([0, 1, 2]), LABELS, None, "none", "a.onnx")
+    assert result.parity.nonfinite == 1
+    assert result.per_class.tolist() == [1.0, 0.0, 1.0]  # the NaN image is not silently dropped
+    assert result.confusion[1].sum() == 0 and result.drift_l1 == 2
+    assert not result.parity.passed
+
+
+def test_identical_fp32_outputs_pass():
+    ref = np.random.default_rng(0).normal(size=(5, 3))
+    result = evaluate(ref, ref + 1e-5, np.array([0, 1, 2, 0, 1]), LABELS, None, "none", "a.onnx")
+    assert result.parity.passed and result.drift_l1 == 0
+
+
+# -- fakes: artifacts whose runtimes we control -----------------------------------------------------
+class MeanRuntime:
+    """Logits = per-channel mean of the image (3 channels -> 3 classes), plus an offset."""
+
+    name = "fake"
+
+    def __init__(self, offset: float = 0.0, fail: bool = False):
+        self.offset, self.fail, self.calls = offset, fail, 0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("boom")
+        return batch.mean(axis=(2, 3)).astype(np.float32) + self.offset
+
+
+class FakeTarget:
+    def __init__(self, make):
+        self.make = make
+
+    def load(self, path, manifest, threads=None):
+        return self.make()
+
+
+def _mac():
+    raise MissingBackendError("Core ML prediction needs macOS")
+
+
+FAKES = {
+    "fake": FakeTarget(MeanRuntime),
+    "fakenoisy": FakeTarget(lambda: MeanRuntime(offset=0.01)),  # above the 1e-3 fp32 logit gate
+    "fakebad": FakeTarget(lambda: MeanRuntime(fail=True)),
+    "fakemac": FakeTarget(_mac),
+}
+
+
+def write_artifact(folder: Path, name: str, fmt: str, quantization: str = "none", payload: bytes | None = None) -> Path:
+    path = folder / name
+    path.write_bytes(payload if payload is not None else f"fake artifact {name}".encode())
+    manifest = Manifest(
+        format=fmt,
+        quantization=quantization,
+        file=name,
+        arch="fake",
+        labels=list(LABELS),
+        input=TensorSpec("image", [1, 3, 8, 8], "float32", "NCHW"),
+        output=TensorSpec("logits", [1, 3], "float32"),
+        preprocess=SPEC.to_dict(),
+    )
+    return write_manifest(path, manifest)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), per_class=2, size=16, classes=LABELS)
+
+
+def test_worker_protocol_order_and_counts(tmp_path, monkeypatch, data):
+    runtime = MeanRuntime()
+    monkeypatch.setattr("dermmobile.targets.get_target", lambda name: FakeTarget(lambda: runtime))
+    manifest = write_artifact(tmp_path, "a.bin", "fake")
+    images = np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", images)
+    files = sorted(str(p) for p in data.rglob("*.png"))[:2]
+    job = Job(
+        "artifact",
+        1,
+        path=str(manifest),
+        warmup=3,
+        iters=5,
+        images=str(tmp_path / "x.npy"),
+        logits_out=str(tmp_path / "logits.npy"),
+        e2e_files=files,
+        spec=SPEC.to_dict(),
+    )
+    result = run_job(job)
+    assert result["status"] == "ok", result
+    # first inference + warm-up + timed + end-to-end + one call per parity image
+    assert runtime.calls == 1 + 3 + 5 + 2 + 4
+    assert result["latency_ms"]["n"] == 5 and result["end_to_end_ms"]["n"] == 2
+    assert np.allclose(np.load(tmp_path / "logits.npy"), images.mean(axis=(2, 3)))
+    assert result["peak_rss_mb"] > 0
+
+
+def test_sweep_records_error_rows_goes_on_and_fails_the_exit_code(tmp_path, monkeypatch, data):
+    monkeypatch.setattr("dermmobile.targets.get_target", lambda name: FAKES[name])
+    export = tmp_path / "export"
+    export.mkdir()
+    write_artifact(export, "a-ref.bin", "fake")
+    write_artifact(export, "b-bad.bin", "fakebad")
+    write_artifact(export, "c-mac.mlpackage", "fakemac")
+    write_artifact(export, "d-noisy.bin", "fakenoisy")
+    write_artifact(export, "e-same.bin", "fake", "fp16")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "bench",
+            "--artifacts",
+            str(export),
+            "--data",
+            str(data),
+            "--in-process",
+            "--iters",
+            "3",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "2",
+            "--e2e-images",
+            "2",
+            "--gemm-size",
+            "32",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == EXIT_GATE_FAILED
+    report = json.loads((out / "bench.json").read_text())
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    assert by_name["a-ref.bin"]["status"] == "reference"
+    assert by_name["b-bad.bin"]["status"] == "error" and "first inference: RuntimeError: boom" in by_name["b-bad.bin"]["error"]
+    assert by_name["c-mac.mlpackage"]["status"] == "not-run"
+    assert by_name["c-mac.mlpackage"]["error"].startswith("not run:") and "macOS" in by_name["c-mac.mlpackage"]["error"]
+    assert by_name["d-noisy.bin"]["status"] == "failed"
+    assert by_name["d-noisy.bin"]["parity"]["max_abs_logit"] == pytest.approx(0.01, rel=1e-3)
+    assert by_name["e-same.bin"]["status"] == "passed"  # measured after the failing ones: the sweep went on
+    assert len(report["rows"]) == 5 * 2
+    good = [r for r in report["rows"] if r["artifact"] == "e-same.bin"]
+    assert {r["threads"] for r in good} == {1, 2} and all(r["latency_ms"]["n"] == 3 for r in good)
+    assert report["data"]["images"] == 6 and report["data"]["split"] == "all"
+    assert any(p.startswith("b-bad.bin: not checked: first inference") for p in report["problems"])
+    problems = "\n".join(report["problems"])
+    assert "b-bad.bin @ 2 threads" in problems and "d-noisy.bin: max abs logit error" in problems
+    assert "c-mac" not in problems and "e-same" not in problems
+    md = (out / "bench.md").read_text()
+    assert "| b-bad.bin |" in md and "not run:" in md and "d-noisy.bin: max abs logit error" in md
+    assert (out / "accuracy-latency.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "confusions").iterdir()) == ["d-noisy.bin.png", "e-same.bin.png"]
+
+
+def test_all_passing_sweep_exits_zero(tmp_path, monkeypatch, data):
+    monkeypatch.setattr("dermmobile.targets.get_target", lambda name: FAKES[name])
+    export = tmp_path / "export"
+    export.mkdir()
+    write_artifact(export, "a.bin", "fake")
+    write_artifact(export, "b.bin", "fake", "int8")
+    code = main(
+        [
+            "bench",
+            "--artifacts",
+            str(export),
+            "--data",
+            str(data),
+            "--in-process",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--e2e-images",
+            "1",
+            "--gemm-size",
+            "32",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+
+
+# -- data selection ---------------------------------------------------------------------------
+def test_held_out_split_and_class_mismatch(data):
+    record = {"root": str(data), "test_files": ["acne/acne_000.png", "wheal/wheal_001.png"]}
+    _, samples, info = select_samples(data, LABELS, record, "test")
+    assert [s.path.name for s in samples] == ["acne_000.png", "wheal_001.png"] and info["split"] == "test"
+    _, samples, info = select_samples(data, LABELS, record, "all")
+    assert len(samples) == 6 and info["split"] == "all"
+    _, samples, _ = select_samples(data, LABELS, {"root": "/elsewhere", "test_files": ["acne/acne_000.png"]}, "test")
+    assert len(samples) == 6  # another folder: every image is unseen
+    with pytest.raises(BadInputError, match="class lists differ"):
+        select_samples(data, ["acne", "crust", "ulcer"], None, "test")
+
+
+# -- phone rows ---------------------------------------------------------------------------------
+PHONE_ROW = {
+    "source": "android",
+    "device": "Pixel 7",
+    "artifact": "b.bin",
+    "format": "tflite",
+    "quantization": "int8",
+    "threads": 4,
+    "latency_ms": {"p50": 4.1, "p90": 4.6, "p99": 6.0, "mean": 4.3, "std": 0.4},
+    "iterations": 200,
+}
+
+
+def test_phone_rows_are_checked_and_merged(tmp_path):
+    assert check_row(dict(PHONE_ROW), "r")["status"] == "ok"
+    for key, bad in [("threads", 0), ("iterations", "200"), ("device", ""), ("latency_ms", {"p50": 1})]:
+        with pytest.raises(BadInputError, match=key.split("_")[0]):
+            check_row({**PHONE_ROW, key: bad}, "r")
+    with pytest.raises(BadInputError, match="p50 <= p90"):
+        check_row({**PHONE_ROW, "latency_ms": {**PHONE_ROW["latency_ms"], "p90": 1.0}}, "r")
+    file = tmp_path / "phone.json"
+    file.write_text(json.dumps({"schema": "dermmobile-bench-rows", "schema_version": 1, "rows": [PHONE_ROW]}))
+    rows = read_rows(file)
+    report = {"rows": [{**PHONE_ROW, "latency_ms": {"p50": 9}}, {**PHONE_ROW, "threads": 1}]}
+    merge_rows(report, rows)
+    assert len(report["rows"]) == 2  # same source/device/artifact/threads replaced, the 1-thread row kept
+    assert report["rows"][-1]["latency_ms"]["p50"] == 4.1 and report["rows"][-1]["merged_from"] == "phone.json"
+
+
+def test_merge_only_rerenders_an_existing_report(tmp_path, monkeypatch, data):
+    monkeypatch.setattr("dermmobile.targets.get_target", lambda name: FAKES[name])
+    export = tmp_path / "export"
+    export.mkdir()
+    write_artifact(export, "b.bin", "fake")
+    out = tmp_path / "out"
+    args = ["--data", str(data), "--in-process", "--iters", "2", "--warmup", "0", "--threads", "1", "--gemm-size", "32"]
+    assert main(["bench", "--artifacts", str(export), *args, "--out", str(out)]) == 0
+    phone = tmp_path / "phone.json"
+    phone.write_text(json.dumps([PHONE_ROW]))
+    assert main(["bench", "--merge", str(phone), "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert [r["source"] for r in report["rows"]] == ["host", "android"]
+    assert "| b.bin | android | Pixel 7 | 4 |" in (out / "bench.md").read_text()
+    phone.write_text(json.dumps([{**PHONE_ROW, "threads": -1}]))
+    assert main(["bench", "--merge", str(phone), "--out", str(out)]) == 2
+
+
+# -- without torch ------------------------------------------------------------------------------
+BLOCKER = """
+import sys
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is blocked in this test ({name})")
+        return None
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def tiny_onnx(path: Path) -> bytes:
+    """Global average pool -> 3x3 linear layer, built with onnx.helper (no torch needed)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.array([[1, 0.5, 0], [0, 1, 0.5], [0.5, 0, 1]], np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_bench_runs_without_torch_on_onnx(tmp_path, data):
+    pytest.importorskip("onnxruntime")
+    export = tmp_path / "export"
+    export.mkdir()
+    payload = tiny_onnx(tmp_path / "m.onnx")
+    write_artifact(export, "tiny-onnx-none.onnx", "onnx", "none", payload)
+    write_artifact(export, "tiny-onnx-int8.onnx", "onnx", "int8", payload)
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]))
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker really blocks
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "dermmobile",
+        "bench",
+        "--artifacts",
+        str(export),
+        "--data",
+        str(data),
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--e2e-images",
+        "2",
+        "--gemm-size",
+        "64",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    statuses = {a["name"]: a["status"] for a in report["artifacts"]}
+    assert statuses == {"tiny-onnx-int8.onnx": "passed", "tiny-onnx-none.onnx": "reference"}
+    assert report["reference"]["kind"] == "artifact"
+    rows = report["rows"]
+    assert all(r["status"] == "ok" and r["torch_imported"] is False for r in rows), rows
+    assert all(r["peak_rss_scope"] == "process per job" and r["peak_rss_mb"] > 0 for r in rows)
+    assert report["gemm_peak_gflops"]["1"] > 0
+
+
+def test_peak_rss_belongs_to_the_worker_not_its_parent():
+    # Linux carries ru_maxrss across execve; a worker spawned by a big bench process must not inherit it.
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MiB touched in this (parent) process
+    code = "from dermmobile.bench.latency import peak_rss_mb; print(peak_rss_mb())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(done.stdout) < 200, done.stdout
+    assert ballast.sum() > 0
