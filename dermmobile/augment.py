@@ -82,7 +82,9 @@ def augment(rgb: np.ndarray, spec: PreprocessSpec, rng: np.random.Generator, con
     if config.quarter_turns:
         turns = int(rng.integers(0, 4))
         if turns:
-            image = image.transpose([Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270][turns - 1])
+            image = image.transpose(
+                [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270][turns - 1]
+            )
     values = np.asarray(image, dtype=np.float32)
     if config.brightness:
         values = values * rng.uniform(1 - config.brightness, 1 + config.brightness)

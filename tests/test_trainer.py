@@ -1,0 +1,257 @@
+"""Trainer and evaluation: tiny_cnn on small synthetic images (fast), efficientnet_lite0 on real photos (realdata)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dermmobile.checkpoint import load_checkpoint, read_meta
+from dermmobile.errors import BadInputError
+from dermmobile.evaluate import evaluate
+from dermmobile.preprocess import PreprocessSpec
+from dermmobile.synthetic import make_synthetic_dataset
+from dermmobile.trainer import TrainConfig, train
+
+SPEC = PreprocessSpec(resize=36, crop=32)  # small images keep every run here to a few seconds
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sd198-27"
+
+
+def config(data: Path, out: Path, **overrides) -> TrainConfig:
+    # One torch thread: tiny_cnn steps are too small to split, and OpenMP threads spinning on a
+    # busy 2-core machine made them ten times slower.
+    base = TrainConfig(data=data, arch="tiny_cnn", out=out, epochs=2, lr=0.05, device="cpu", spec=SPEC, progress=False,
+                       workers=2, threads=1)  # fmt: skip
+    return replace(base, **overrides)
+
+
+def tensors(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def log_records(run: Path) -> list[dict]:
+    timing = ("time_s", "img_per_s")
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "data", per_class=10, size=48)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "trained"
+    return train(config(data, out, epochs=8, patience=8))
+
+
+def test_training_learns_far_above_chance_and_writes_its_outputs(trained, data):
+    metrics = trained.metrics
+    # 9 classes: chance is 11 %. Training that does not learn stays near it.
+    assert metrics["test"]["accuracy"] >= 0.3, metrics["test"]
+    assert metrics["val"]["accuracy"] >= 0.3, metrics["val"]
+    for name in ("best.safetensors", "last.pt", "log.jsonl", "metrics.json", "confusion-test.md", "confusion-test.png"):
+        assert (trained.out / name).is_file(), name
+    records = log_records(trained.out)
+    assert [r["epoch"] for r in records] == list(range(1, 9))
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    meta = read_meta(trained.checkpoint)
+    assert meta.arch == "tiny_cnn" and meta.preprocess == SPEC.to_dict()
+    assert meta.metrics["test"]["accuracy"] == metrics["test"]["accuracy"]
+    assert meta.args["lr"] == 0.05 and meta.args["batch_size"] == 16
+    test_files = meta.data["test_files"]
+    assert len(test_files) == metrics["split_sizes"]["test"] == 18  # 20 % of 10 per class
+    assert not set(test_files) & set(meta.data["val_files"])
+    assert meta.data["root"] == str(data.resolve())
+
+
+def test_evaluate_scores_the_recorded_test_split_on_the_training_folder(trained, data, tmp_path):
+    result = evaluate(trained.checkpoint, data, out=tmp_path / "eval")
+    assert result.split == "test"
+    assert sorted(result.names) == sorted(read_meta(trained.checkpoint).data["test_files"])
+    # Same weights, same spec, same images: the trainer's test score is reproduced exactly.
+    assert result.accuracy == pytest.approx(trained.metrics["test"]["accuracy"])
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["accuracy"] == pytest.approx(result.accuracy)
+    assert len(report["per_class"]) == 9 and np.asarray(report["confusion_matrix"]).sum() == len(result.names)
+    markdown = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "Table 3" in markdown and "Table 4" in markdown and "| acne |" in markdown
+    assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 0
+
+
+def test_evaluate_scores_every_image_of_another_folder_and_refuses_other_classes(trained, tmp_path):
+    other = make_synthetic_dataset(tmp_path / "other", per_class=3, size=48, seed=1)
+    result = evaluate(trained.checkpoint, other)
+    assert result.split == "all" and len(result.names) == 27
+    with pytest.raises(BadInputError, match="not the folder"):
+        evaluate(trained.checkpoint, other, split="test")
+    fewer = make_synthetic_dataset(tmp_path / "fewer", per_class=2, size=48, classes=["acne", "ulcer"])
+    with pytest.raises(BadInputError, match="class lists differ"):
+        evaluate(trained.checkpoint, fewer)
+
+
+def test_early_stopping_and_a_frozen_backbone_keep_backbone_weights_and_statistics(data, tmp_path):
+    torch.manual_seed(123)
+    from dermmobile.models import build_model
+
+    start = build_model("tiny_cnn", 9)
+    torch.save(start.state_dict(), tmp_path / "start.pth")
+    # lr 0 leaves the head as it is; with BatchNorm statistics frozen, the validation loss is then
+    # exactly the same every epoch, so it stops after epoch 1 + patience.
+    result = train(config(data, tmp_path / "run", weights=str(tmp_path / "start.pth"), freeze_backbone=True,
+                          lr=0.0, epochs=10, patience=2))  # fmt: skip
+    assert result.metrics["stopped_early"] and result.metrics["epochs_run"] == 3 and result.metrics["best_epoch"] == 1
+    assert len(log_records(tmp_path / "run")) == 3
+    final = load_checkpoint(result.checkpoint).model.state_dict()
+    for name, value in start.state_dict().items():
+        assert torch.equal(final[name], value), f"{name} changed although the backbone is frozen"
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path):
+    settings = {"epochs": 3, "lr_step": 1, "lr_gamma": 0.5}  # the schedule changes every epoch, so it must resume too
+    straight = train(config(data, tmp_path / "straight", **settings))
+
+    def interrupt(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt  # what Ctrl-C (or SIGTERM through the CLI) raises
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "resumed", on_epoch_end=interrupt, **settings))
+    state = torch.load(tmp_path / "resumed" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["state"]["epoch"] == 1
+    load_checkpoint(tmp_path / "resumed" / "best.safetensors")  # whole and readable after the interrupt
+    with pytest.raises(BadInputError, match="--resume"):
+        train(config(data, tmp_path / "resumed", **settings))
+    resumed = train(config(data, tmp_path / "resumed", resume=True, **settings))
+
+    last_a, last_b = tensors(tmp_path / "straight" / "last.pt"), tensors(tmp_path / "resumed" / "last.pt")
+    assert last_a.keys() == last_b.keys()
+    for name in last_a:
+        assert torch.equal(last_a[name], last_b[name]), name
+    assert log_records(tmp_path / "straight") == log_records(tmp_path / "resumed")
+    assert resumed.metrics["test"] == straight.metrics["test"]
+    with pytest.raises(BadInputError, match="different settings"):
+        train(config(data, tmp_path / "resumed", resume=True, **{**settings, "lr": 0.01}))
+
+
+def test_sigterm_through_the_cli_keeps_the_last_good_checkpoint(data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "dermmobile", "train", "--data", str(data), "--arch", "tiny_cnn", "--weights", "none",
+               "--epochs", "500", "--patience", "500", "--image-size", "32", "--device", "cpu", "--threads", "1",
+               "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert 1 <= state["state"]["epoch"] < 500 and not state["state"]["finished"]
+    load_checkpoint(out / "best.safetensors")
+    assert not list(out.glob("*.partial"))
+
+
+def test_kfold_reports_each_fold_and_mean_and_std(data, tmp_path):
+    result = train(config(data, tmp_path / "kfold", folds=3, epochs=1))
+    summary = json.loads((tmp_path / "kfold" / "metrics.json").read_text())
+    accuracies = [fold["val_accuracy"] for fold in summary["per_fold"]]
+    assert len(accuracies) == 3
+    assert summary["val_accuracy_mean"] == pytest.approx(np.mean(accuracies))
+    assert summary["val_accuracy_std"] == pytest.approx(np.std(accuracies))
+    metas = [read_meta(tmp_path / "kfold" / f"fold-{k}" / "best.safetensors") for k in range(3)]
+    val_sets = [set(meta.data["val_files"]) for meta in metas]
+    test = set(metas[0].data["test_files"])
+    assert sorted(len(v) for v in val_sets) == [18, 27, 27]  # 8 non-test images per class dealt 3, 3, 2 into the folds
+    assert not (val_sets[0] & val_sets[1]) and not (val_sets[1] & val_sets[2]) and not (val_sets[0] & val_sets[2])
+    assert len(set().union(*val_sets)) + len(test) == 90 and not test & set().union(*val_sets)
+    assert result.checkpoint == tmp_path / "kfold" / f"fold-{summary['best_fold']}" / "best.safetensors"
+
+
+def _ddp_rank(rank: int, port: int, data: str, out: str, dump: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")  # fmt: skip
+    result = train(config(Path(data), Path(out), epochs=1))
+    torch.save(result.model.state_dict(), Path(dump) / f"rank{rank}.pt")
+
+
+def test_ddp_two_cpu_ranks_end_with_identical_weights(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # read by the spawned ranks as torch loads
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_rank, args=(port, str(data), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"{name} differs between ranks"
+    torch.manual_seed(0)
+    from dermmobile.models import build_model
+
+    init = build_model("tiny_cnn", 9).state_dict()
+    assert not torch.equal(init["10.weight"], rank0["10.weight"]), "no training happened"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert len(log_records(tmp_path / "run")) == 1  # rank 0 alone writes
+
+
+def test_unreadable_images_are_skipped_and_listed(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", per_class=6, size=48, classes=["acne", "ulcer", "wheal"])
+    (data / "acne" / "empty.png").write_bytes(b"")
+    good = (data / "ulcer" / "ulcer_000.png").read_bytes()
+    (data / "ulcer" / "truncated.png").write_bytes(good[: len(good) // 3])
+    (data / "wheal" / "text.jpg").write_text("not an image")
+    result = train(config(data, tmp_path / "run", epochs=1))
+    reported = dict(result.bad_images)
+    assert set(reported) == {"acne/empty.png", "ulcer/truncated.png", "wheal/text.jpg"}
+    assert "0 bytes" in reported["acne/empty.png"]
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())["bad_images"]
+    assert {entry["path"] for entry in on_disk} == set(reported)
+    meta = read_meta(result.checkpoint)
+    assert {entry["path"] for entry in meta.data["bad_images"]} == set(reported)
+    assert not set(reported) & set(meta.data["test_files"])
+
+
+def test_cli_train_then_evaluate(data, tmp_path, capsys):
+    from dermmobile.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["train", "--data", str(data), "--arch", "tiny_cnn", "--weights", "none", "--epochs", "1", "--image-size", "32",
+                 "--device", "cpu", "--lr", "0.05", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    assert "held-out test accuracy" in capsys.readouterr().out
+    assert read_meta(out / "best.safetensors").preprocess["crop"] == 32
+    assert main(["evaluate", "--checkpoint", str(out / "best.safetensors"), "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "test" and report["images"] == 18
+    assert main(["train", "--data", str(data), "--arch", "no_such_net", "--out", str(tmp_path / "x")]) == 2
+
+
+# Measured on the 2-core CPU (benchmarks/results/train-efficientnet_lite0-sd198-27-cpu2.md).
+REAL_FLOOR = 0.30
+
+
+@pytest.mark.realdata
+def test_efficientnet_lite0_on_real_photos_beats_a_floor(tmp_path):
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"{REAL_DATA} is absent")
+    settings = {"freeze_backbone": True, "epochs": 5, "lr": 0.01, "lr_decay": "cosine"}  # the measured head-only run
+    real = TrainConfig(
+        data=REAL_DATA, arch="efficientnet_lite0", out=tmp_path / "real", weights="DEFAULT", device="cpu", **settings
+    )
+    result = train(replace(real, progress=False))
+    assert result.metrics["split_sizes"]["test"] >= 100
+    # 27 classes: chance is 3.7 %.
+    assert result.metrics["test"]["accuracy"] >= REAL_FLOOR, result.metrics["test"]
