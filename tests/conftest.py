@@ -74,3 +74,24 @@ def tiny_checkpoint(tmp_path_factory, synthetic_root, small_spec) -> Path:
     model, folder = train_tiny(synthetic_root, small_spec)
     meta = CheckpointMeta("tiny_cnn", folder.classes, small_spec.to_dict(), data={"root": str(synthetic_root)})
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model, meta)
+
+
+# The measured head-only recipe (benchmarks/results/train-efficientnet_lite0-sd198-27-cpu2.md):
+# a few minutes on 2 cores, shared by every real-data test that needs a trained model.
+LITE0_RECIPE = {"freeze_backbone": True, "epochs": 5, "lr": 0.01, "lr_decay": "cosine"}
+
+
+@pytest.fixture(scope="session")
+def lite0_run(tmp_path_factory, real_data):
+    from dermmobile.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        data=real_data, arch="efficientnet_lite0", out=tmp_path_factory.mktemp("lite0"), weights="DEFAULT",
+        device="cpu", progress=False, **LITE0_RECIPE,
+    )  # fmt: skip
+    return train(config)
+
+
+@pytest.fixture(scope="session")
+def lite0_checkpoint(lite0_run) -> Path:
+    return lite0_run.checkpoint

@@ -20,7 +20,6 @@ from dermmobile.synthetic import make_synthetic_dataset
 from dermmobile.trainer import TrainConfig, train
 
 SPEC = PreprocessSpec(resize=36, crop=32)  # small images keep every run here to a few seconds
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sd198-27"
 
 
 def config(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -244,14 +243,8 @@ REAL_FLOOR = 0.30
 
 
 @pytest.mark.realdata
-def test_efficientnet_lite0_on_real_photos_beats_a_floor(tmp_path):
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"{REAL_DATA} is absent")
-    settings = {"freeze_backbone": True, "epochs": 5, "lr": 0.01, "lr_decay": "cosine"}  # the measured head-only run
-    real = TrainConfig(
-        data=REAL_DATA, arch="efficientnet_lite0", out=tmp_path / "real", weights="DEFAULT", device="cpu", **settings
-    )
-    result = train(replace(real, progress=False))
+def test_efficientnet_lite0_on_real_photos_beats_a_floor(lite0_run):
+    result = lite0_run  # conftest.LITE0_RECIPE: the measured head-only run
     assert result.metrics["split_sizes"]["test"] >= 100
     # 27 classes: chance is 3.7 %.
     assert result.metrics["test"]["accuracy"] >= REAL_FLOOR, result.metrics["test"]

@@ -1,0 +1,82 @@
+"""Every registered target x quantization: export a tiny model, load it back, check parity.
+
+Parametrized over the registry, so a target added without passing these fails CI.
+Real-data tests check the int8 gates on ../shared/data photos.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+
+from dermmobile.artifact import load_artifact
+from dermmobile.checkpoint import load_checkpoint
+from dermmobile.errors import MissingBackendError
+from dermmobile.exporter import plan_export, run_plan
+from dermmobile.targets import get_target, target_names, valid_combinations
+from dermmobile.targets.base import QUANTIZATIONS, TorchRuntime
+
+COMBINATIONS = [(target, quantize) for target, quants in valid_combinations().items() for quantize in quants]
+RUNS_HERE = {"coreml": platform.system() == "Darwin"}
+
+
+def test_every_target_declares_a_valid_contract():
+    for name in target_names():
+        target = get_target(name)
+        assert target.name == name and target.extension.startswith(".")
+        assert "none" in target.quantizations and target.quantizations <= set(QUANTIZATIONS)
+
+
+@pytest.mark.parametrize("target, quantize", COMBINATIONS, ids=[f"{t}-{q}" for t, q in COMBINATIONS])
+def test_export_load_and_parity(target, quantize, tiny_checkpoint, synthetic_root, tmp_path):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    calib = synthetic_root if quantize == "int8" else None
+    plan = plan_export(checkpoint, target, quantize, tmp_path, calib_data=calib, calib_count=27, check_data=synthetic_root)
+    (outcome,) = run_plan(checkpoint, plan)
+    assert outcome.ok, outcome.error
+    artifact = load_artifact(outcome.artifact.path)
+    manifest = artifact.manifest
+    assert manifest.format == target and manifest.quantization == quantize
+    assert manifest.labels == checkpoint.meta.labels and manifest.preprocess == checkpoint.meta.preprocess
+    assert manifest.bytes > 0 and manifest.toolchain["torch"]
+    assert (manifest.calibration or {}).get("count") == (27 if quantize == "int8" else None)
+    if not RUNS_HERE.get(target, True):
+        assert manifest.status == "not-run" and "needs macOS" in manifest.parity["status"]
+        with pytest.raises(MissingBackendError, match="macOS"):
+            get_target(target).load(artifact.path, manifest)
+        return
+    assert manifest.status == "passed", manifest.parity
+    # load it again, independently of the exporter, and compare with the eager model
+    runtime = get_target(target).load(artifact.path, manifest)
+    batch = plan.check.arrays[:5]
+    ours, reference = runtime.predict(batch), TorchRuntime(checkpoint.model).predict(batch)
+    assert ours.shape == reference.shape and ours.dtype == np.float32
+    assert (ours.argmax(1) == reference.argmax(1)).all()
+    if quantize == "none":
+        assert np.abs(ours - reference).max() <= 1e-3
+
+
+def test_tflite_int8_has_integer_io_with_scale(tiny_checkpoint, synthetic_root, tmp_path):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=synthetic_root, calib_count=18, layout="nhwc")
+    (outcome,) = run_plan(checkpoint, plan)
+    assert outcome.ok, outcome.error
+    manifest = outcome.artifact.manifest
+    assert manifest.input.dtype == "int8" and manifest.input.layout == "NHWC" and manifest.input.shape == [1, 64, 64, 3]
+    assert manifest.input.scale > 0 and isinstance(manifest.input.zero_point, int)
+    assert manifest.output.dtype == "int8" and manifest.output.scale > 0
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["tflite", "onnx"])
+def test_int8_gate_on_real_photos(target, lite0_checkpoint, real_data, tmp_path):
+    """The int8 gates on real clinical photos, with a checkpoint fine-tuned on them."""
+    checkpoint = load_checkpoint(lite0_checkpoint)
+    plan = plan_export(checkpoint, target, "int8", tmp_path, calib_data=real_data, calib_count=64)
+    (outcome,) = run_plan(checkpoint, plan)
+    parity = outcome.artifact.manifest.parity
+    assert parity["images"] >= 600  # every photo not used for calibration
+    assert outcome.ok, outcome.error
