@@ -27,6 +27,7 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig) -> dict:
+    from dermmobile.augment import AugmentConfig
     from dermmobile.checkpoint import load_checkpoint
     from dermmobile.exporter import plan_export, run_plan
     from dermmobile.fsutil import atomic_write_json
@@ -44,9 +45,11 @@ def run_demo(config: DemoConfig) -> dict:
 
     print(f"[2/4] training {config.arch} for up to {config.epochs} epochs on {data}")
     spec = PreprocessSpec(resize=round(config.image_size * 256 / 224), crop=config.image_size)
+    # Mild augmentation: the synthetic classes are small patterns that big crops would cut away.
+    augment = AugmentConfig(scale=(0.7, 1.0), rotation=0.0, brightness=0.1, contrast=0.1, saturation=0.1)
     result = train(
         TrainConfig(data=data, arch=config.arch, out=out / "run", weights="none", epochs=config.epochs, lr=0.05,
-                    lr_decay="cosine", patience=config.epochs, seed=config.seed, spec=spec)
+                    lr_decay="cosine", patience=config.epochs, seed=config.seed, spec=spec, augment=augment)
     )  # fmt: skip
     summary["train"] = {"checkpoint": str(result.checkpoint), "test_accuracy": result.metrics.get("test_accuracy")}
 
