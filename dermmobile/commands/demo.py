@@ -23,9 +23,8 @@ def run(args) -> int:
     gated = [e for e in exports if e["status"] == "failed"]
     print(f"\ndone in {summary['seconds']} s. {summary['note']}")
     print(f"checkpoint:   {summary['train']['checkpoint']}")
-    print(
-        f"artifacts:    {args.out / 'export'}  ({len(exports)} exported: {len(gated)} failed their parity gate, {len(broken)} errors)"
-    )
+    counts = f"{len(exports)} exported: {len(gated)} failed their parity gate, {len(broken)} errors"
+    print(f"artifacts:    {args.out / 'export'}  ({counts})")
     for entry in gated:
         print(f"  parity gate failed (artifact kept, marked failed in its manifest): {entry['error']}")
     print(f"bench report: {summary['bench'].get('markdown', 'not written')}")
