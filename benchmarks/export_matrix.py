@@ -21,18 +21,24 @@ from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, version
 from dermmobile.checkpoint import load_checkpoint
 from dermmobile.exporter import plan_export, run_plan
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
+from dermmobile.targets import target_names, valid_combinations
 from dermmobile.targets.base import QUANTIZATIONS
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
 
 
-def export_all(checkpoint_path: Path, data: Path, out: Path, calib_count: int, timeout: float | None) -> list[dict]:
+def export_all(checkpoint_path: Path, data: Path, out: Path, calib_count: int, timeout: float | None,
+               targets: list[str], quantizations: list[str]) -> list[dict]:  # fmt: skip
     checkpoint = load_checkpoint(checkpoint_path)
+    combos = valid_combinations()
     rows = []
-    for quantize in QUANTIZATIONS:
+    for quantize in quantizations:
+        chosen = [t for t in targets if quantize in combos[t]]
+        if not chosen:
+            continue
         calib = data if quantize == "int8" else None
-        plan = plan_export(checkpoint, "all", quantize, out, calib_data=calib, calib_count=calib_count, timeout=timeout)
+        plan = plan_export(checkpoint, chosen, quantize, out, calib_data=calib, calib_count=calib_count, timeout=timeout)
         for outcome in run_plan(checkpoint, plan):
             manifest = outcome.artifact.manifest if outcome.artifact else None
             parity = (manifest.parity if manifest else None) or {}
@@ -79,12 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=1800, help="per conversion, in a subprocess")
+    parser.add_argument("--targets", nargs="+", default=target_names(), help="default: every target")
+    parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS), help="default: every quantization")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     args = parser.parse_args(argv)
     arch = load_checkpoint(args.checkpoint).meta.arch
     tag = f"{arch}-{args.data.name}-{platform.machine()}-{machine_info()['cores']}core"
-    exports = export_all(args.checkpoint, args.data, args.export_dir, args.calib_count, args.timeout)
+    exports = export_all(
+        args.checkpoint, args.data, args.export_dir, args.calib_count, args.timeout, args.targets, args.quantizations
+    )
     bench = run_bench(BenchConfig(data=args.data, artifacts=args.export_dir, checkpoint=args.checkpoint,
-                                  threads=args.threads, iters=args.iters))  # fmt: skip
+                                  threads=args.threads, iters=args.iters, compile=not args.no_compile))  # fmt: skip
     write_reports(bench, args.out / f"export-matrix-{tag}")
     report = {"arch": arch, "data": args.data.name, "calib_count": args.calib_count, "machine": machine_info(),
               "versions": versions(), "exports": exports, "bench": f"export-matrix-{tag}/bench.json"}  # fmt: skip

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from dermmobile.errors import BadInputError
+from dermmobile.predict import softmax, top_k
 
 GOLDEN_SCHEMA = "dermmobile-golden"
 GOLDEN_SCHEMA_VERSION = 1
@@ -95,20 +96,6 @@ def check_bench_row(row: object, where: str = "android bench row") -> dict:
 # -- golden samples -------------------------------------------------------------------------
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """float64 softmax of one logit vector (the Java side computes the same in double)."""
-    values = np.asarray(logits, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise BadInputError("the runtime returned non-finite logits; the artifact is broken (NaN/Inf after quantization?)")
-    exp = np.exp(values - values.max())
-    return exp / exp.sum()
-
-
-def top_k(probabilities: np.ndarray, k: int = TOP_K) -> list[int]:
-    """Indices of the k largest, highest first; ties keep the lower index first (as Postprocess.topK)."""
-    return [int(i) for i in np.argsort(-np.asarray(probabilities), kind="stable")[:k]]
-
-
 def quantize_input(values: np.ndarray, dtype: str, scale: float, zero_point: int) -> np.ndarray:
     """float32 -> int8/uint8 as the app does it (float32 division, round half to even, clip)."""
     from dermmobile.targets.base import quantize_int8
@@ -172,7 +159,7 @@ def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Pat
                 "the manifest does not belong to this model"
             )
         probabilities = softmax(logits)
-        ranked = top_k(probabilities)
+        ranked = top_k(probabilities, TOP_K)
         rgb_bytes = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
         atomic_write_bytes(out_dir / f"{sample_id}.rgb", rgb_bytes)
         atomic_write_bytes(out_dir / f"{sample_id}.input.f32", tensor_bytes)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dermmobile.errors import BadInputError
 from dermmobile.preprocess import PreprocessSpec
 
 
@@ -19,9 +20,17 @@ class Predictor:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    """float64 softmax of one logit vector (the Android app's Java computes the same in double)."""
+    values = np.asarray(logits, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise BadInputError("the runtime returned non-finite logits; the artifact is broken (NaN/Inf after quantization?)")
+    exp = np.exp(values - values.max())
+    return exp / exp.sum()
+
+
+def top_k(probabilities: np.ndarray, k: int) -> list[int]:
+    """Indices of the k largest, highest first; ties keep the lower index first (as the app's Postprocess.topK)."""
+    return [int(i) for i in np.argsort(-np.asarray(probabilities), kind="stable")[: max(1, k)]]
 
 
 def load_predictor(path: Path) -> Predictor:
@@ -54,9 +63,7 @@ def predict_files(predictor: Predictor, images: list[Path], topk: int = 3) -> li
         except BadImageError as exc:
             results.append({"image": str(image), "error": exc.reason})
             continue
-        probabilities = softmax(predictor.runtime.predict(batch)[0].astype(np.float64))
-        order = np.argsort(-probabilities)[: max(1, topk)]
-        results.append(
-            {"image": str(image), "top": [{"label": predictor.labels[i], "probability": float(probabilities[i])} for i in order]}
-        )
+        probabilities = softmax(predictor.runtime.predict(batch)[0])
+        top = [{"label": predictor.labels[i], "probability": float(probabilities[i])} for i in top_k(probabilities, topk)]
+        results.append({"image": str(image), "top": top})
     return results

@@ -24,11 +24,11 @@ from dermmobile.android import (
     check_bench_row,
     install_into_app,
     quantize_input,
-    softmax,
     write_golden_samples,
 )
 from dermmobile.artifact import Manifest, TensorSpec, load_artifact, write_manifest
 from dermmobile.errors import BadInputError, UnsafeFileError
+from dermmobile.predict import softmax
 from dermmobile.preprocess import PreprocessSpec
 from dermmobile.synthetic import PAPER_CLASSES, synthetic_image
 
