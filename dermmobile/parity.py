@@ -39,6 +39,7 @@ class Flip:
     image: str
     reference: str
     artifact: str
+    margin: float  # the reference's top-1 minus top-2 logit: how close the call was to begin with
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ParityReport:
     min_cosine: float
     nonfinite: int  # artifact output rows with NaN or Inf
     reference_max_abs: float  # largest |logit| of the reference, for relative tolerances
+    reference_margin_median: float  # median top-1 minus top-2 logit of the reference: flips live below it
     flips: list[Flip] = field(default_factory=list)
     accuracy: float | None = None
     reference_accuracy: float | None = None
@@ -87,8 +89,10 @@ def compare_logits(
     cosine = np.where(norms > 0, (reference * safe).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
     cosine = np.where(finite_rows, cosine, -1.0)
     names = names or [str(i) for i in range(n)]
+    top_two = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.zeros((n, 2))
+    margins = top_two[:, 1] - top_two[:, 0]
     flips = [
-        Flip(names[i], labels[ref_top[i]], labels[cand_top[i]] if cand_top[i] >= 0 else "NaN/Inf")
+        Flip(names[i], labels[ref_top[i]], labels[cand_top[i]] if cand_top[i] >= 0 else "NaN/Inf", float(margins[i]))
         for i in np.flatnonzero(ref_top != cand_top)
     ]
     report = ParityReport(
@@ -99,6 +103,7 @@ def compare_logits(
         min_cosine=float(cosine.min()) if n else 1.0,
         nonfinite=int((~finite_rows).sum()),
         reference_max_abs=float(np.abs(reference).max()) if n else 0.0,
+        reference_margin_median=float(np.median(margins)) if n else 0.0,
         flips=flips,
     )
     if targets is not None and n:

@@ -37,6 +37,14 @@ class ExecuTorchRuntime:
 
         return self.method.execute([torch.from_numpy(batch)])[0].float().numpy()
 
+    def describe(self) -> list[str]:
+        """Inputs and outputs as the ExecuTorch program's method metadata reports them (for `dermmobile inspect`)."""
+        meta = self.method.metadata
+        return [f"input {i}: {list(meta.input_tensor_meta(i).sizes())} {meta.input_tensor_meta(i).dtype()}"
+                for i in range(meta.num_inputs())] + [
+               f"output {i}: {list(meta.output_tensor_meta(i).sizes())} {meta.output_tensor_meta(i).dtype()}"
+                for i in range(meta.num_outputs())]  # fmt: skip
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return batched(self._run, np.ascontiguousarray(batch, dtype=np.float32), self.batch_size)
 

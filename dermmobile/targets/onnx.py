@@ -43,6 +43,11 @@ class OnnxRuntime:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
+    def describe(self) -> list[str]:
+        """Inputs and outputs as onnxruntime reports them (for `dermmobile inspect`)."""
+        return [f"{role}: {t.name} {t.shape} {t.type}" for role, ts in
+                (("input", self.session.get_inputs()), ("output", self.session.get_outputs())) for t in ts]  # fmt: skip
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)

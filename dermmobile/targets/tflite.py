@@ -52,6 +52,13 @@ class TFLiteRuntime:
         if self.input["dtype"] == np.int8 and manifest.input.scale is None:
             raise BadInputError(f"{path}: the model takes int8 input but its manifest has no input scale; re-export it")
 
+    def describe(self) -> list[str]:
+        """Inputs and outputs as the LiteRT interpreter reports them (for `dermmobile inspect`)."""
+        return [
+            f"{role}: {d['name']} {d['shape'].tolist()} {np.dtype(d['dtype']).name} quantization={d['quantization']}"
+            for role, d in (("input", self.input), ("output", self.output))
+        ]
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if not len(batch):
             return np.zeros((0, int(self.output["shape"][-1])), np.float32)
