@@ -27,7 +27,7 @@ def _wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
         if predicate():
             return
         if process.poll() is not None:
-            pytest.fail(f"process ended early ({process.returncode}): {process.stderr.read()[-2000:]}")
+            pytest.fail(f"process ended early ({process.returncode}): {process.stderr.read()[-2000:] if process.stderr else ''}")
         time.sleep(0.05)
     pytest.fail("timed out waiting")
 
@@ -63,3 +63,44 @@ def test_two_concurrent_exports_into_one_folder_never_mix(tiny_checkpoint, tmp_p
     artifact = load_artifact(manifest)  # the file and its manifest come from the same export
     assert json.loads(Path(manifest).read_text())["sha256"] == artifact.manifest.sha256
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+
+
+def test_signal_during_bench_keeps_the_previous_report(tiny_checkpoint, synthetic_root, tmp_path):
+    from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.exporter import plan_export, run_plan
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    run_plan(checkpoint, plan_export(checkpoint, ["torchscript", "onnx"], "none", tmp_path / "export"))
+    out = tmp_path / "report"
+    args = (
+        "bench",
+        "--artifacts",
+        str(tmp_path / "export"),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(synthetic_root),
+        "--out",
+        str(out),
+        "--iters",
+        "5",
+        "--warmup",
+        "1",
+        "--no-compile",
+        "--threads",
+        "1",
+    )
+    first = _dermmobile(*args)
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    before = (out / "bench.json").read_bytes()
+    log = tmp_path / "second.log"
+    with open(log, "w") as sink:
+        second = subprocess.Popen([sys.executable, "-m", "dermmobile", *args, "--iters", "20000"], stderr=sink, text=True)
+        # stop it once it has finished its first measurement and is deep in the next
+        _wait_for(lambda: "pytorch-eager @" in log.read_text(), 300, second)
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=120)
+    assert second.returncode == EXIT_INTERRUPTED, log.read_text()[-2000:]
+    assert (out / "bench.json").read_bytes() == before  # the finished report is whole and untouched
+    assert not [p for p in out.rglob("*.partial")]
