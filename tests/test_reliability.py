@@ -104,3 +104,49 @@ def test_signal_during_bench_keeps_the_previous_report(tiny_checkpoint, syntheti
     assert second.returncode == EXIT_INTERRUPTED, log.read_text()[-2000:]
     assert (out / "bench.json").read_bytes() == before  # the finished report is whole and untouched
     assert not [p for p in out.rglob("*.partial")]
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../secret.bin"])
+def test_onnx_external_data_outside_the_folder_is_refused(tmp_path, location):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dermmobile.errors import UnsafeFileError
+    from dermmobile.targets.onnx import check_external_data
+
+    def model_with_data_at(where: str):
+        weight = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        weight.external_data.add(key="location", value=where)
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], [weight],
+        )  # fmt: skip
+        return helper.make_model(graph)
+
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    onnx.save(model_with_data_at(location), model_dir / "m.onnx")
+    with pytest.raises(UnsafeFileError, match="CVE-2024-27318"):
+        check_external_data(model_dir / "m.onnx")
+    onnx.save(model_with_data_at("inside.bin"), model_dir / "ok.onnx")  # data beside the model is fine
+    check_external_data(model_dir / "ok.onnx")
+
+
+def test_predict_accepts_an_exported_artifact(tiny_checkpoint, synthetic_root, tmp_path, capsys):
+    from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.cli import main
+    from dermmobile.exporter import plan_export, run_plan
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    (outcome,) = run_plan(checkpoint, plan_export(checkpoint, "onnx", "none", tmp_path))
+    image = synthetic_root / "wheal" / "wheal_001.png"
+    assert main(["predict", str(image), "--model", str(outcome.artifact.path), "--json"]) == 0
+    from_artifact = json.loads(capsys.readouterr().out)["results"][0]["top"]
+    assert main(["predict", str(image), "--model", str(tiny_checkpoint), "--json"]) == 0
+    from_checkpoint = json.loads(capsys.readouterr().out)["results"][0]["top"]
+    assert [t["label"] for t in from_artifact] == [t["label"] for t in from_checkpoint]
+    assert from_artifact[0]["probability"] == pytest.approx(from_checkpoint[0]["probability"], abs=1e-5)
