@@ -186,7 +186,12 @@ def load_artifact(path: Path, verify: bool = True) -> Artifact:
 
 
 def find_artifacts(folder: Path) -> list[Path]:
-    """Manifest files of a folder (not recursive), in name order."""
+    """Manifest files of a folder (not recursive), in name order.
+
+    A `.json` counts when it says it is a manifest, or when the file it would describe sits
+    beside it: a damaged manifest is then listed (and refused with a reason when loaded)
+    instead of silently left out.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInputError(f"artifact folder {folder} does not exist; run `dermmobile export` first")
@@ -194,6 +199,8 @@ def find_artifacts(folder: Path) -> list[Path]:
 
 
 def _looks_like_manifest(path: Path) -> bool:
+    if path.with_suffix("").exists():
+        return True
     try:
         return json.loads(path.read_text(encoding="utf-8")).get("schema") == SCHEMA
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):

@@ -89,3 +89,14 @@ def test_missing_fields_are_refused(artifact_file):
     manifest_path(artifact_file).write_text(json.dumps(data))
     with pytest.raises(BadInputError, match="malformed manifest"):
         load_artifact(artifact_file)
+
+
+def test_find_artifacts_lists_damaged_manifests_instead_of_hiding_them(artifact_file, tmp_path):
+    from dermmobile.artifact import find_artifacts
+
+    (tmp_path / "notes.json").write_text('{"not": "a manifest"}')
+    (tmp_path / "broken.onnx").write_bytes(b"x")
+    (tmp_path / "broken.onnx.json").write_text("{truncated")
+    assert [p.name for p in find_artifacts(tmp_path)] == ["broken.onnx.json", "m.onnx.json"]
+    with pytest.raises(BadInputError, match="not valid JSON"):
+        load_artifact(tmp_path / "broken.onnx.json")
