@@ -1,8 +1,10 @@
 """Run one format's conversion in a child process with a time limit.
 
 Converters are large native libraries; one that hangs or segfaults must cost one row
-of a sweep, not the whole run. The child is forked (it inherits the model, no pickling
-of modules), sends back the ExportResult through a pipe, and is killed at the limit.
+of a sweep, not the whole run. The child is *spawned*, not forked: a fork taken after
+torch has started its OpenMP threads deadlocks in the child. The request (model
+included) is pickled to it, the child imports the target's module by name, sends back
+the ExportResult through a pipe, and is killed at the limit.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import traceback
 from dermmobile.errors import ExportFailedError
 
 
-def _child(connection, target_name: str, request) -> None:
+def _child(connection, module: str, request) -> None:
     try:
-        from dermmobile.targets import get_target
+        import importlib
 
-        connection.send(("ok", get_target(target_name).export(request)))
+        connection.send(("ok", importlib.import_module(module).TARGET.export(request)))
     except BaseException as exc:  # everything goes back to the parent as text
         connection.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"))
     finally:
@@ -25,9 +27,11 @@ def _child(connection, target_name: str, request) -> None:
 
 
 def run_isolated(target_name: str, request, timeout: float):
-    context = multiprocessing.get_context("fork")
+    from dermmobile.targets import target_module
+
+    context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, target_name, request), daemon=True)
+    process = context.Process(target=_child, args=(sender, target_module(target_name), request), daemon=True)
     process.start()
     sender.close()
     try:

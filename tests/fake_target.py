@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 from pathlib import Path
 
@@ -10,7 +12,10 @@ import numpy as np
 from dermmobile.targets.base import ExportRequest, ExportResult, TorchRuntime
 
 MODELS: dict[str, object] = {}
-BEHAVIOUR = {"noise": 0.0, "nan_rows": 0, "raise": None, "hang": 0.0, "crash": False}
+# Tests set DERMMOBILE_FAKE_TARGET (JSON) so that spawned export subprocesses misbehave too.
+BEHAVIOUR = {"noise": 0.0, "nan_rows": 0, "raise": None, "hang": 0.0, "crash": False} | json.loads(
+    os.environ.get("DERMMOBILE_FAKE_TARGET", "{}")
+)
 
 
 class FakeTarget:
@@ -28,7 +33,6 @@ class FakeTarget:
             time.sleep(BEHAVIOUR["hang"])
         if BEHAVIOUR["crash"]:
             import faulthandler
-            import os
             import signal
 
             faulthandler.disable()  # pytest's handler would print the child's stack; the crash is the point

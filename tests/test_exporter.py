@@ -87,8 +87,10 @@ def test_failing_converter_leaves_no_file_and_spares_the_others(fake_registry, t
 
 
 @pytest.mark.parametrize("behaviour, message", [({"hang": 30.0}, "exceeded --timeout"), ({"crash": True}, "process died")])
-def test_isolated_conversion_survives_hangs_and_crashes(fake_registry, tiny_checkpoint, tmp_path, behaviour, message):
-    fake.BEHAVIOUR.update(behaviour)
+def test_isolated_conversion_survives_hangs_and_crashes(
+    fake_registry, tiny_checkpoint, tmp_path, behaviour, message, monkeypatch
+):
+    monkeypatch.setenv("DERMMOBILE_FAKE_TARGET", json.dumps(behaviour))  # the spawned converter reads it
     _, (outcome,) = _export(tiny_checkpoint, tmp_path, timeout=3)
     assert outcome.exit_code == EXIT_EXPORT_FAILED and message in outcome.error
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
@@ -122,3 +124,11 @@ def test_exports_of_one_artifact_name_are_serialized(fake_registry, tiny_checkpo
     (first, second) = sorted(spans)
     assert first[1] <= second[0], f"exports overlapped: {spans}"
     load_artifact(tmp_path / "tiny_cnn-fake-none.fake")
+
+
+def test_isolated_real_conversion_after_torch_has_run(tiny_checkpoint, synthetic_root, tmp_path):
+    """The parent has run torch (its thread pool exists) before the isolated conversion starts:
+    a forked child deadlocked here; the spawned one finishes and passes its gate."""
+    _, (outcome,) = _export(tiny_checkpoint, tmp_path, target="torchscript", check_data=synthetic_root, timeout=240)
+    assert outcome.ok, outcome.error
+    assert outcome.artifact.manifest.status == "passed"

@@ -26,10 +26,15 @@ def target_names() -> list[str]:
     return list(_MODULES)
 
 
-def get_target(name: str) -> Target:
+def target_module(name: str) -> str:
+    """The module that implements target `name` (it defines TARGET)."""
     if name not in _MODULES:
         raise BadInputError(f"unknown target {name!r}. Valid targets: {', '.join(target_names())}, all")
-    return importlib.import_module(_MODULES[name]).TARGET
+    return _MODULES[name]
+
+
+def get_target(name: str) -> Target:
+    return importlib.import_module(target_module(name)).TARGET
 
 
 def valid_combinations() -> dict[str, list[str]]:
