@@ -71,7 +71,9 @@ class Target(Protocol):
 
     def export(self, request: ExportRequest) -> ExportResult: ...
 
-    def load(self, path: Path, manifest) -> Runtime: ...
+    def load(self, path: Path, manifest, threads: int | None = None) -> Runtime:
+        """Open the file with its runtime; raises MissingBackendError where it cannot run (Core ML off macOS)."""
+        ...
 
 
 class TorchRuntime:
