@@ -29,6 +29,27 @@ def test_every_target_declares_a_valid_contract():
         assert "none" in target.quantizations and target.quantizations <= set(QUANTIZATIONS)
 
 
+@pytest.mark.parametrize("name", target_names())
+def test_every_target_refuses_bad_requests_before_converting(name, tmp_path):
+    """Each target calls ExportRequest.check: an unsupported layout, or int8 with no calibration images."""
+    from dermmobile.errors import BadInputError
+    from dermmobile.models import build_model
+    from dermmobile.targets.base import ExportRequest
+
+    target = get_target(name)
+    request = ExportRequest(build_model("tiny_cnn", 3), "tiny_cnn", ["a", "b", "c"], {"resize": 36, "crop": 32},
+                            layout="NCWH", out_file=tmp_path / "x")  # fmt: skip
+    with pytest.raises(BadInputError, match=f"{name} takes --layout"):
+        target.export(request)
+    if "int8" in target.quantizations:
+        request.layout, request.quantize = "NCHW", "int8"
+        for calibration in (None, np.zeros((0, 3, 32, 32), np.float32)):
+            request.calibration = calibration
+            with pytest.raises(BadInputError, match="--calib-data FOLDER is needed"):
+                target.export(request)
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("target, quantize", COMBINATIONS, ids=[f"{t}-{q}" for t, q in COMBINATIONS])
 def test_export_load_and_parity(target, quantize, tiny_checkpoint, synthetic_root, tmp_path):
     checkpoint = load_checkpoint(tiny_checkpoint)

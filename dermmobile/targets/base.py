@@ -36,6 +36,18 @@ class ExportRequest:
         crop = int(self.preprocess["crop"])
         return [1, 3, crop, crop] if self.layout == "NCHW" else [1, crop, crop, 3]
 
+    def check(self, target: str, layouts: tuple[str, ...] = ("NCHW",)) -> None:
+        """Refuse a layout the target cannot take, or int8 without real calibration images."""
+        from dermmobile.errors import BadInputError
+
+        if self.layout not in layouts:
+            raise BadInputError(f"{target} takes --layout {' or '.join(layouts)}, got {self.layout!r}")
+        if self.quantize == "int8" and (self.calibration is None or not len(self.calibration)):
+            raise BadInputError(
+                f"{target} int8 calibrates activation ranges on real images: --calib-data FOLDER is needed "
+                "(an ImageFolder of training images); --quantize int8-dynamic needs none"
+            )
+
     def example_input(self):
         import torch
 

@@ -68,8 +68,7 @@ class CoreMLTarget:
     def export(self, request: ExportRequest) -> ExportResult:
         torch = require("torch", "coreml")
         ct = require("coremltools", "coreml")
-        if request.layout != "NCHW":
-            raise BadInputError(f"coreml takes NCHW input only, got --layout {request.layout}; drop --layout NHWC")
+        request.check(self.name)
         if request.quantize not in self.quantizations:
             raise BadInputError(
                 f"coreml has no --quantize {request.quantize}: activation int8 cannot be built on this stack (see "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.errors import BadInputError, require
+from dermmobile.errors import require
 from dermmobile.targets.base import ExportRequest, ExportResult, batched, package_version
 
 
@@ -61,13 +61,7 @@ class ExecuTorchTarget:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-        if request.layout != "NCHW":
-            raise BadInputError(f"executorch takes NCHW input only, got --layout {request.layout}; drop --layout NHWC")
-        if request.quantize == "int8" and (request.calibration is None or not len(request.calibration)):
-            raise BadInputError(
-                "executorch int8 quantizes activations and needs real calibration images; pass --calib-data FOLDER "
-                "(an ImageFolder of training images)"
-            )
+        request.check(self.name)
         example = (request.example_input(),)
         program = torch.export.export(request.model.eval(), example, strict=False)
         if request.quantize == "int8":

@@ -72,13 +72,7 @@ class OnnxTarget:
     def export(self, request: ExportRequest) -> ExportResult:
         torch = require("torch", "onnx")
         onnx = require("onnx", "onnx")
-        if request.layout != "NCHW":
-            raise BadInputError(f"onnx takes NCHW input only, got --layout {request.layout}; drop --layout NHWC")
-        if request.quantize == "int8" and request.calibration is None:
-            raise BadInputError(
-                "onnx int8 quantizes activations and needs real calibration images; pass --calib-data FOLDER "
-                "(an ImageFolder of training images), or use --quantize int8-dynamic, which needs none"
-            )
+        request.check(self.name)
         out = Path(request.out_file)
         with tempfile.TemporaryDirectory(prefix="dermmobile-onnx-") as tmp:
             fp32 = out if request.quantize == "none" else Path(tmp) / "fp32.onnx"

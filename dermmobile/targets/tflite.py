@@ -83,13 +83,7 @@ class TFLiteTarget:
 
     def export(self, request: ExportRequest) -> ExportResult:
         torch = require("torch", "tflite")
-        if request.layout not in LAYOUTS:
-            raise BadInputError(f"tflite takes --layout {' or '.join(LAYOUTS)}, got {request.layout!r}")
-        if request.quantize == "int8" and request.calibration is None:
-            raise BadInputError(
-                "tflite int8 calibrates activation ranges on real images: --calib-data is needed "
-                "(an ImageFolder of training images), or use --quantize int8-dynamic, which needs none"
-            )
+        request.check(self.name, LAYOUTS)
         # litert-torch prints a progress tree per conversion; keep it for those who ask for it.
         os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
         litert_torch = require("litert_torch", "tflite")
@@ -151,8 +145,6 @@ def _pt2e_int8(model, example, images: np.ndarray):
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    if not len(images):
-        raise BadInputError("tflite int8 got an empty calibration set; --calib-data must hold at least one image")
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.errors import BadInputError, require
+from dermmobile.errors import require
 from dermmobile.targets.base import ExportRequest, ExportResult, package_version
 
 DEPRECATION = "PyTorch deprecates torch.jit.trace and the lite interpreter in favour of torch.export and ExecuTorch"
@@ -48,8 +48,7 @@ class TorchScriptTarget:
         torch = require("torch", "torchscript")
         from torch.utils.mobile_optimizer import optimize_for_mobile
 
-        if request.layout != "NCHW":
-            raise BadInputError(f"torchscript takes NCHW input only, got --layout {request.layout}; drop --layout NHWC")
+        request.check(self.name)
         example = request.example_input()
         notes = {"dynamic_batch": True, "deprecated": DEPRECATION, "optimize_for_mobile": "ran"}
         # The deprecation is recorded once in the notes instead of three FutureWarnings per export.
