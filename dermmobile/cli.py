@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 
-from dermmobile import __version__
+from dermmobile import __version__, interrupts
 from dermmobile.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DermmobileError
 
 COMMANDS = ["train", "evaluate", "export", "bench", "predict", "inspect", "android", "demo"]
@@ -33,10 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -44,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     # SIGTERM behaves like Ctrl-C: the same cleanup paths run (atomic writes roll back).
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupts.install()
     try:
         return int(args.run(args) or 0)
     except DermmobileError as exc:

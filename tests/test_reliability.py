@@ -52,6 +52,57 @@ def test_signal_during_export_keeps_finished_artifacts(tiny_checkpoint, tmp_path
     assert artifacts == {m.name.removesuffix(".json") for m in finished}
 
 
+# Sends SIGTERM from inside onnx's native initialiser (the moment CI once hit by chance): the
+# profile hook fires when C++ code, called straight from the import machinery, enters enum.py.
+_SIGNAL_INSIDE_NATIVE_IMPORT = """
+import signal, sys, time
+from dermmobile import interrupts
+interrupts.install()
+def hook(frame, event, arg):
+    caller = frame.f_back
+    if event == "call" and frame.f_code.co_filename.endswith("enum.py") and caller is not None \\
+            and caller.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+        sys.setprofile(None)
+        signal.raise_signal(signal.SIGTERM)
+sys.setprofile(hook)
+try:
+    import onnx
+    sys.setprofile(None)
+    time.sleep(10)
+except KeyboardInterrupt as exc:
+    print("interrupted", exc, "onnx" in sys.modules)
+"""
+
+_SIGNAL_DURING_SLOW_IMPORT = """
+import os, signal, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from dermmobile import interrupts
+interrupts.install()
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+try:
+    import slow_module
+    time.sleep(10)
+except KeyboardInterrupt as exc:
+    print("interrupted", exc, getattr(sys.modules.get("slow_module"), "FINISHED", False))
+"""
+
+
+def test_signal_inside_a_native_import_is_raised_after_it_instead_of_aborting():
+    pytest.importorskip("onnx")
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_INSIDE_NATIVE_IMPORT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]  # -6 (SIGABRT) before the fix
+    assert result.stdout.split() == ["interrupted", "SIGTERM", "True"]
+
+
+def test_signal_during_a_slow_import_lets_the_import_finish(tmp_path):
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(1.0)\nFINISHED = True\n")
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_DURING_SLOW_IMPORT, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["interrupted", "SIGTERM", "True"]
+
+
 def test_two_concurrent_exports_into_one_folder_never_mix(tiny_checkpoint, tmp_path):
     out = tmp_path / "shared"
     args = ("export", "--checkpoint", str(tiny_checkpoint), "--target", "torchscript", "--out", str(out))
