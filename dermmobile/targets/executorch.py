@@ -63,9 +63,10 @@ class ExecuTorchTarget:
 
         request.check(self.name)
         example = (request.example_input(),)
-        program = torch.export.export(request.model.eval(), example, strict=False)
+        model = request.model.eval()
         if request.quantize == "int8":
-            program = torch.export.export(_quantize(program.module(), request), example, strict=False)
+            model = _quantize(model, request)
+        program = torch.export.export(model, example, strict=False)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         Path(request.out_file).write_bytes(lowered.to_executorch().buffer)
         # Ops XNNPACK did not take run on ExecuTorch's portable kernels: slower, worth knowing.
@@ -84,22 +85,17 @@ class ExecuTorchTarget:
         return ExecuTorchRuntime(Path(path), threads)
 
 
-def _quantize(module, request: ExportRequest):
-    """PT2E int8: observers inserted by XNNPACK's quantizer, calibrated one real image at a time."""
-    import torch
+def _quantize(model, request: ExportRequest):
+    """PT2E int8 with XNNPACK's quantizer, ReLU6 outputs observed after the clamp (see targets/pt2e.py)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(module, quantizer)
-    images = torch.from_numpy(np.ascontiguousarray(request.calibration, dtype=np.float32))
-    with torch.no_grad():
-        for image in images:  # the exported graph is specialised to batch 1
-            prepared(image[None])
-    return convert_pt2e(prepared)
+    from dermmobile.targets.pt2e import calibrated_int8, clamp_aware
+
+    quantizer = clamp_aware(XNNPACKQuantizer)().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return calibrated_int8(model, request.example_input(), quantizer, request.calibration, fold_quantize=True)
 
 
 TARGET = ExecuTorchTarget()

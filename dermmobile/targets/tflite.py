@@ -139,18 +139,13 @@ def _with_names(model):
 
 def _pt2e_int8(model, example, images: np.ndarray):
     """Static int8 by PT2E: observe activation ranges on the calibration images, then fold in the scales."""
-    import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
-    with torch.no_grad():
-        for image in images:  # the graph was exported for batch 1
-            prepared(torch.from_numpy(image[None]))
-    quantized = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+    from dermmobile.targets.pt2e import calibrated_int8, clamp_aware
+
+    quantizer = clamp_aware(PT2EQuantizer)().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantized = calibrated_int8(model, example, quantizer, images, fold_quantize=False)
     quantized.training = False  # batch norm is already in eval form; this silences litert-torch's "training mode" warning
     return quantized, QuantConfig(pt2e_quantizer=quantizer)
 
