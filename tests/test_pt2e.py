@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -36,7 +34,7 @@ def _quantizer(source: str, aware: bool):
     module_name, class_name = QUANTIZERS[source]
     module = pytest.importorskip(module_name)
     cls = getattr(module, class_name)
-    config = importlib.import_module(module_name).get_symmetric_quantization_config(is_per_channel=True)
+    config = module.get_symmetric_quantization_config(is_per_channel=True)
     return (clamp_aware(cls) if aware else cls)().set_global(config)
 
 
