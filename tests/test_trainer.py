@@ -25,8 +25,8 @@ SPEC = PreprocessSpec(resize=36, crop=32)  # small images keep every run here to
 def config(data: Path, out: Path, **overrides) -> TrainConfig:
     # One torch thread: tiny_cnn steps are too small to split, and OpenMP threads spinning on a
     # busy 2-core machine made them ten times slower.
-    base = TrainConfig(data=data, arch="tiny_cnn", out=out, epochs=2, lr=0.05, device="cpu", spec=SPEC, progress=False,
-                       workers=2, threads=1)  # fmt: skip
+    base = TrainConfig(data=data, arch="tiny_cnn", out=out, weights="none", epochs=2, lr=0.05, device="cpu", spec=SPEC,
+                       progress=False, workers=2, threads=1)  # fmt: skip
     return replace(base, **overrides)
 
 
@@ -158,7 +158,7 @@ def test_sigterm_through_the_cli_keeps_the_last_good_checkpoint(data, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    assert 1 <= state["state"]["epoch"] < 500 and not state["state"]["finished"]
+    assert 1 <= state["state"]["epoch"] < 500 and not state["state"]["stopped_early"]
     load_checkpoint(out / "best.safetensors")
     assert not list(out.glob("*.partial"))
 
