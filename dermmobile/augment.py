@@ -22,6 +22,7 @@ preprocessing spec (`dermmobile.preprocess`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -89,17 +90,25 @@ class ImageBank:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             fits = self.pixels.numel() <= DEVICE_SHARE * free
-        pixels = self.pixels.to(device) if fits else self.pixels.pin_memory()
-        return ImageBank(pixels, **small)
+        # Too big for the GPU: stays in host memory; `gather` pins each batch on its way over.
+        return ImageBank(self.pixels.to(device) if fits else self.pixels, **small)
 
     def gather(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(uint8 pixels, sizes, labels) of `indices` (a CPU tensor), on `device`; copies are asynchronous."""
+        """(uint8 pixels, sizes, labels) of `indices` (a CPU tensor, pinned for CUDA), on `device`; every
+        copy is asynchronous, so the host never waits for the device here."""
+        on_device = indices.to(device, non_blocking=True)
         if self.pixels.device.type == "cpu" and device.type != "cpu":
             pixels = self.pixels.index_select(0, indices).pin_memory().to(device, non_blocking=True)
         else:
-            pixels = self.pixels.index_select(0, indices.to(self.pixels.device, non_blocking=True))
-        on_device = indices.to(device, non_blocking=True)
+            pixels = self.pixels.index_select(0, on_device)
         return pixels, self.sizes[on_device], self.labels[on_device]
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A small float32 constant on `device`, made once: building it per batch from a Python list
+    would be a blocking host-to-device copy, which waits for everything queued on the GPU."""
+    return torch.tensor(values, dtype=torch.float32).to(device)
 
 
 def batch_generator(device: torch.device, seed: int, epoch: int, rank: int, batch: int) -> torch.Generator:
@@ -139,8 +148,8 @@ def affine_theta(boxes: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor,
     u in [-1, 1]^2 spans the output, T is the quarter turn times the flips (signs +-1 in `flips`, N x 2),
     and the box was drawn in the frame of the image rotated by `angle` (radians), as PIL's rotate-then-crop.
     """
-    cos_k = torch.tensor([1.0, 0.0, -1.0, 0.0], device=turns.device)[turns]
-    sin_k = torch.tensor([0.0, 1.0, 0.0, -1.0], device=turns.device)[turns]
+    quarter = turns.to(torch.float32) * (math.pi / 2)
+    cos_k, sin_k = torch.cos(quarter).round(), torch.sin(quarter).round()
     turn = torch.stack([torch.stack([cos_k, -sin_k], 1), torch.stack([sin_k, cos_k], 1)], 1)  # N x 2 x 2
     local = (boxes[:, 2:, None] / 2) * turn * flips[:, None, :]  # diag(w, h) / 2 @ turn @ diag(flips)
     cos, sin = torch.cos(angles), torch.sin(angles)
@@ -148,7 +157,7 @@ def affine_theta(boxes: torch.Tensor, angles: torch.Tensor, flips: torch.Tensor,
     centre = sizes / 2
     linear = rotation @ local
     offset = MARGIN + centre + (rotation @ (boxes[:, :2] - centre)[:, :, None])[:, :, 0]
-    to_unit = torch.tensor([2.0 / canvas[1], 2.0 / canvas[0]], device=boxes.device)  # pixels -> [-1, 1] (W, H)
+    to_unit = _constant((2.0 / canvas[1], 2.0 / canvas[0]), boxes.device)  # pixels -> [-1, 1] (x: W, y: H)
     return torch.cat([linear * to_unit[None, :, None], (offset * to_unit - 1)[:, :, None]], dim=2)
 
 
@@ -171,13 +180,12 @@ def _colour_matrices(values: torch.Tensor, spec: PreprocessSpec, config: Augment
     is brightness b, then contrast c around the image's mean grey, then saturation s around each pixel's grey,
     clipped to [0, 255] and normalised by the spec (all linear in the pixel, so they compose)."""
     n, device = len(values), values.device
-    spread = torch.tensor([config.brightness, config.contrast, config.saturation], device=device)
+    spread = _constant((config.brightness, config.contrast, config.saturation), device)
     b, c, s = (1 + (2 * torch.rand((n, 3), generator=generator, device=device) - 1) * spread).unbind(1)
     eye = torch.eye(3, device=device)
     saturation = s[:, None, None] * eye + ((1 - s) / 3)[:, None, None]  # s I + (1 - s) / 3 ones
     grey = values.mean(dim=(1, 2, 3))
-    std = torch.tensor(spec.std, device=device)
-    mean = torch.tensor(spec.mean, device=device)
+    std, mean = _constant(tuple(spec.std), device), _constant(tuple(spec.mean), device)
     per_unit = 1 / (spec.scale * std)  # normalised = value * per_unit - mean / std
     matrix = (b * c)[:, None, None] * saturation * per_unit[None, :, None]
     offset = ((1 - c) * b * grey)[:, None] * per_unit - mean / std

@@ -155,7 +155,7 @@ def is_training_root(meta_data: dict, root: Path, digest: str) -> bool:
     return same_path or digest == meta_data.get("files_sha256")
 
 
-def evaluate(checkpoint: Path, data_dir: Path, split: str = "auto", out: Path | None = None, device: str = "cpu",
+def evaluate_checkpoint(checkpoint: Path, data_dir: Path, split: str = "auto", out: Path | None = None, device: str = "cpu",
              batch_size: int = 32, progress: str | None = None) -> EvalResult:  # fmt: skip
     """Accuracy of `checkpoint` on `data_dir`.
 

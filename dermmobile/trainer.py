@@ -48,7 +48,7 @@ from dermmobile.progress import progress_bar
 from dermmobile.run_folder import RunFolder, TrainState
 from dermmobile.train_config import AugmentConfig, TrainConfig, from_recipe
 
-__all__ = ["AugmentConfig", "TrainConfig", "TrainResult", "from_recipe", "train", "train_one_epoch", "evaluate_split"]
+__all__ = ["AugmentConfig", "TrainConfig", "TrainResult", "evaluate_split", "from_recipe", "train", "train_one_epoch"]
 
 
 @dataclass
@@ -425,8 +425,9 @@ class Run:
         # last.pt after the log: a crash between the two repeats one epoch, loses none.
         self.folder.save_last(self.fingerprint(), state, learner.model, learner.optimizer, learner.scaler)
         self.dist.barrier()
+        mark = " *" if improved else ""
         self.log(f"epoch {epoch}: train loss {stats.loss:.3f} acc {stats.accuracy:.1%} | val loss {val.loss:.3f} "
-                 f"acc {val.accuracy:.1%} | lr {stats.lr:.2g} | {record['img_per_s']:.1f} img/s" + (" *" if improved else ""))  # fmt: skip
+                 f"acc {val.accuracy:.1%} | lr {stats.lr:.2g} | {record['img_per_s']:.1f} img/s{mark}")  # fmt: skip
         if self.config.on_epoch_end is not None:
             self.config.on_epoch_end(record)
         return best
@@ -452,7 +453,8 @@ class Run:
         report = ("confusion-val", val.matrix, "validation")
         if self.part.test:
             test = self.score(learner, self.part.test)
-            metrics["test"] = {"loss": test.loss, "accuracy": test.accuracy, "per_class_recall": _recall(test.matrix, self.labels)}
+            recall = _recall(test.matrix, self.labels)
+            metrics["test"] = {"loss": test.loss, "accuracy": test.accuracy, "per_class_recall": recall}
             report = ("confusion-test", test.matrix, "held-out test")
         if self.dist.main:
             facts = {"arch": c.arch, "data": str(self.inputs.folder.root), "best epoch": state.best_epoch}
@@ -508,8 +510,9 @@ def load_inputs(config: TrainConfig, dist: Dist) -> tuple[Inputs, list[Part]]:
     """Scan, split and decode once; drop unreadable images from every part."""
     folder = scan_image_folder(Path(config.data))
     parts = split_parts(folder, config)
-    decoded = decode_all(folder, {i for p in parts for i in p.train}, {i for p in parts for i in p.val + p.test},
-                         config.spec, config.workers or _cores(), "decoding" if config.progress and dist.main else None)  # fmt: skip
+    train_idx, eval_idx = {i for p in parts for i in p.train}, {i for p in parts for i in p.val + p.test}
+    desc = "decoding" if config.progress and dist.main else None
+    decoded = decode_all(folder, train_idx, eval_idx, config.spec, config.workers or _cores(), desc)
     inputs = Inputs(folder, decoded, {})
     bad = [{"path": inputs.relative(i), "reason": r} for i, r in sorted(decoded.bad.items())]
     if config.progress and dist.main:
@@ -517,7 +520,8 @@ def load_inputs(config: TrainConfig, dist: Dist) -> tuple[Inputs, list[Part]]:
             print(f"skipped unreadable image {entry['path']}: {entry['reason']}", file=sys.stderr)
     parts = [Part(*[[i for i in idx if i not in decoded.bad] for idx in (p.train, p.val, p.test)], p.fold) for p in parts]
     if any(not p.train or not p.val for p in parts):
-        raise BadInputError(f"{config.data}: too few readable images for a train and a validation part ({len(folder.samples)} files)")
+        count = len(folder.samples)
+        raise BadInputError(f"{config.data}: too few readable images for a train and a validation part ({count} files)")
     inputs.data_record = {
         "root": str(folder.root.resolve()),
         "files_sha256": files_digest(inputs.relative(i) for i in range(len(folder.samples))),

@@ -14,7 +14,7 @@ import pytest
 
 from dermmobile.artifact import Manifest, TensorSpec, write_manifest
 from dermmobile.bench import latency
-from dermmobile.bench.accuracy import evaluate
+from dermmobile.bench.accuracy import accuracy_parity
 from dermmobile.bench.merge import check_row, merge_rows, read_rows
 from dermmobile.bench.sweep import select_samples
 from dermmobile.bench.worker import Job, run_job
@@ -58,7 +58,7 @@ def test_accuracy_agreement_flips_logit_errors_and_drift_by_hand():
     ref = np.array([[3.0, 0, 0], [0, 2, 0], [0, 0, 1], [1, 0, 0]])
     cand = np.array([[3.0, 0, 0], [0, 2, 0], [0, 1, 0.5], [1, 0, 0]])  # image 2 flips c2 -> c1
     targets = np.array([0, 1, 2, 1])
-    result = evaluate(ref, cand, targets, LABELS, ["i0", "i1", "i2", "i3"], "int8", "art.tflite")
+    result = accuracy_parity(ref, cand, targets, LABELS, ["i0", "i1", "i2", "i3"], "int8", "art.tflite")
     p = result.parity
     assert p.agreement == pytest.approx(0.75)
     assert [(f.image, f.reference, f.artifact) for f in p.flips] == [("i2", "wheal", "crust")]
@@ -84,7 +84,7 @@ def test_nan_outputs_count_as_wrong_and_as_drift():
     ref = np.eye(3)
     cand = np.eye(3)
     cand[1, 0] = np.nan
-    result = evaluate(ref, cand, np.array([0, 1, 2]), LABELS, None, "none", "a.onnx")
+    result = accuracy_parity(ref, cand, np.array([0, 1, 2]), LABELS, None, "none", "a.onnx")
     assert result.parity.nonfinite == 1
     assert result.per_class.tolist() == [1.0, 0.0, 1.0]  # the NaN image is not silently dropped
     assert result.confusion[1].sum() == 0 and result.drift_l1 == 2
@@ -93,7 +93,7 @@ def test_nan_outputs_count_as_wrong_and_as_drift():
 
 def test_identical_fp32_outputs_pass():
     ref = np.random.default_rng(0).normal(size=(5, 3))
-    result = evaluate(ref, ref + 1e-5, np.array([0, 1, 2, 0, 1]), LABELS, None, "none", "a.onnx")
+    result = accuracy_parity(ref, ref + 1e-5, np.array([0, 1, 2, 0, 1]), LABELS, None, "none", "a.onnx")
     assert result.parity.passed and result.drift_l1 == 0
 
 

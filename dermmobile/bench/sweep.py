@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.bench.accuracy import evaluate
+from dermmobile.bench.accuracy import accuracy_parity
 from dermmobile.bench.latency import THREAD_ENV, gflops_per_second
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.errors import BadInputError, DermmobileError
@@ -401,7 +401,9 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
             if ref_logits is None:
                 entry.update(status="error", error=f"no reference logits to compare with ({ref_result.get('error')})")
             elif logits is not None:
-                result = evaluate(ref_logits, logits, ref_set.targets, labels, ref_set.names, subject.quantization, subject.name)
+                result = accuracy_parity(
+                    ref_logits, logits, ref_set.targets, labels, ref_set.names, subject.quantization, subject.name
+                )
                 entry["parity"] = result.to_dict(labels)
                 entry["failures"] = result.parity.failures
                 entry["status"] = "passed" if result.parity.passed else "failed"

@@ -17,11 +17,11 @@ def add_arguments(parser) -> None:
     from dermmobile.train_config import RECIPE_HELP, RECIPES, add_arguments
 
     recipes = "; ".join(f"{name}: {text}" for name, text in RECIPE_HELP.items())
-    parser.add_argument("--recipe", choices=list(RECIPES), default="finetune",
-                        help=f"a named set of defaults that the options below override ({recipes}). Default: finetune")  # fmt: skip
+    recipe_help = f"a named set of defaults that the options below override ({recipes}). Default: finetune"
+    parser.add_argument("--recipe", choices=list(RECIPES), default="finetune", help=recipe_help)
     add_arguments(parser)
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="crop size in pixels (resize keeps the 256:224 ratio). Default: the model's ImageNet size")  # fmt: skip
+    size_help = "crop size in pixels (resize keeps the 256:224 ratio). Default: the model's ImageNet size"
+    parser.add_argument("--image-size", type=int, default=None, help=size_help)
     parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
