@@ -176,7 +176,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         paper = RECIPES["paper"].get(f.name)
         default = _default_text(f)
         if default:
-            help_text += f". Default: {default}" + (f" (--recipe paper: {paper})" if paper is not None else "")
+            differs = paper is not None and paper != f.default
+            help_text += f". Default: {default}" + (f" (--recipe paper: {paper})" if differs else "")
         kwargs: dict = {"help": help_text.replace("%", "%%"), "default": argparse.SUPPRESS}
         if f.type in ("bool", "bool | None"):
             kwargs["action"] = argparse.BooleanOptionalAction if f.type == "bool | None" else "store_true"
