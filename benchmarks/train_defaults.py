@@ -72,7 +72,7 @@ def markdown(report: dict) -> str:
     return "\n".join([
         f"# Training defaults: efficientnet_lite0 on {report['data']}", "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, load average {machine['load_average_1_5_15min']} "
-        "(times on a loaded machine are upper bounds; accuracy does not depend on load).", "",
+        "(times on a loaded machine are upper bounds; accuracy does not depend on load). " + report.get("note", ""), "",
         tabulate(rows, headers, tablefmt="github"), "",
         "Test: the held-out split recorded in each checkpoint (20 % of each class, seed 0). Best epoch: lowest "
         "validation loss (early stopping). Settings per run are in the JSON file.", "",
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=Path("runs/train-defaults"))
     parser.add_argument("--collect", nargs="+", metavar="NAME=RUN_DIR", help="tabulate finished runs instead of training")
+    parser.add_argument("--note", default="", help="a sentence for the report (e.g. how loaded the machine was)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     if args.collect:
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = train_all(args.data, args.work)
     report = {"data": args.data.name, "machine": machine_info(), "versions": versions(),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": [row(n, r) for n, r in runs.items()]}  # fmt: skip
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note,
+              "runs": [row(n, r) for n, r in runs.items()]}  # fmt: skip
     tag = f"train-defaults-{args.data.name}-{platform.machine()}-{report['machine']['cores']}core"
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{tag}.json", report)

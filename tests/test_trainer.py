@@ -342,12 +342,14 @@ def test_lr_schedule_warms_up_linearly_then_decays():
 
 def test_an_epoch_reads_the_device_once(data, monkeypatch):
     """No .item()/.tolist() per step: the host waits for the device only at the end of the epoch."""
+    from PIL import Image
+
     from dermmobile.augment import ImageBank
     from dermmobile.data import scan_image_folder
     from dermmobile.trainer import Dist, build_learner, epoch_batches, train_one_epoch
 
     folder = scan_image_folder(data)
-    images = [np.asarray(__import__("PIL.Image").Image.open(s.path).convert("RGB")) for s in folder.samples[:40]]
+    images = [np.asarray(Image.open(s.path).convert("RGB")) for s in folder.samples[:40]]
     bank = ImageBank.build(images, [s.label for s in folder.samples[:40]], landscape=True)
     cfg = config(data, Path("unused"), batch_size=8)
     learner = build_learner(cfg, 9, np.ones(9), torch.device("cpu"), Dist())
