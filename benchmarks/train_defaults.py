@@ -73,7 +73,7 @@ def markdown(report: dict) -> str:
         f"# Training defaults: efficientnet_lite0 on {report['data']}", "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, load average {machine['load_average_1_5_15min']} "
         "(times on a loaded machine are upper bounds; accuracy does not depend on load). " + report.get("note", ""), "",
-        tabulate(rows, headers, tablefmt="github"), "",
+        tabulate(rows, headers, tablefmt="github", disable_numparse=True), "",
         "Test: the held-out split recorded in each checkpoint (20 % of each class, seed 0). Best epoch: lowest "
         "validation loss (early stopping). Settings per run are in the JSON file.", "",
         f"Versions: {report['versions']}", "",

@@ -175,9 +175,11 @@ def markdown(report: dict) -> str:
     machine = report["machine"]
     return "\n".join([
         f"# Training throughput: {report['arch']} on {report['data']} ({report['device']})", "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, load average before the run {machine['load_average_1_5_15min']}"
-        + (f"; GPU {report['gpu']}" if report.get("gpu") else ""), "",
-        tabulate(rows, headers, tablefmt="github"), "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, load average (1, 5, 15 min) {machine['load_average_1_5_15min']} "
+        f"before the run and {report['machine_after']['load_average_1_5_15min']} after"
+        + (f"; GPU {report['gpu']}" if report.get("gpu") else "") + ". Ratios measured in one run compare; "
+        "absolute rates on a loaded machine do not.", "",
+        tabulate(rows, headers, tablefmt="github", disable_numparse=True), "",
         f"Trainer: the last of {report['trainer_epochs']} epoch(s) as it logs it (decoding and validation excluded). "
         f"Bare loop: torchvision ImageFolder + DataLoader ({report['rows'][0]['bare']['workers']} workers), first "
         f"{WARMUP_STEPS} steps untimed. Ceiling: forward + backward + SGD on one batch already on the device.", "",
