@@ -3,6 +3,9 @@
 Every split here is deterministic and *per class*: a file's place depends only on the
 seed, its class and its own name, so adding images to one class never moves another
 class's images between train, validation and test.
+
+`held_out` is the one answer to "which images of this folder did the checkpoint not train
+on?": export, evaluate and bench all ask it.
 """
 
 from __future__ import annotations
@@ -245,6 +248,74 @@ class CalibrationRecord:
             "source": self.source,
             "seed": self.seed,
         }
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The images of a folder that a checkpoint did not train on, and how that was decided."""
+
+    samples: list[Sample]
+    split: str  # "test": the checkpoint's recorded held-out files; "all": every image of the folder
+    unseen: bool  # True when no chosen image was used in training
+    note: str
+
+    def info(self) -> dict:
+        return {"split": self.split, "unseen": self.unseen, "note": self.note}
+
+
+HELD_OUT_SPLITS = ("auto", "test", "all")
+
+
+def is_training_root(folder: ImageFolder, data_record: dict | None) -> bool:
+    """True when `folder` is the one the checkpoint was trained on: the same path, or the same file list moved elsewhere."""
+    record = data_record or {}
+    recorded = record.get("root")
+    try:
+        if recorded and Path(recorded).resolve() == folder.root.resolve():
+            return True
+    except (OSError, RuntimeError, TypeError):  # an unresolvable recorded path is simply another folder
+        pass
+    digest = record.get("files_sha256")
+    return bool(digest) and digest == files_digest(s.path.relative_to(folder.root) for s in folder.samples)
+
+
+def held_out(folder: ImageFolder, data_record: dict | None, split: str = "auto") -> HeldOut:
+    """Which images of `folder` a checkpoint (its `meta.data` record) has not trained on.
+
+    split "auto": the recorded held-out test files when `folder` is the training root; every
+    image of any other folder (none was seen); every image, flagged as seen, when the training
+    root records no test files. "test" insists on the recorded test files and refuses
+    otherwise. "all" takes every image. Recorded files missing from the folder are refused:
+    a held-out set that silently shrank would report a number for other images.
+    """
+    if split not in HELD_OUT_SPLITS:
+        raise BadInputError(f"unknown split {split!r}; valid: {', '.join(HELD_OUT_SPLITS)}")
+    if split == "all":
+        return HeldOut(folder.samples, "all", not is_training_root(folder, data_record), "every image of the folder")
+    own = is_training_root(folder, data_record)
+    test_files = list((data_record or {}).get("test_files") or [])
+    if not (own and test_files):
+        if split == "test":
+            problem = (
+                "the checkpoint records no held-out test files"
+                if own
+                else f"{folder.root} is not the folder the checkpoint was trained on ({(data_record or {}).get('root')})"
+            )
+            raise BadInputError(f"no held-out test split here: {problem}; use --split all to take every image")
+        if own:
+            note = "the training folder, but the checkpoint records no held-out test files: every image (some seen in training)"
+            return HeldOut(folder.samples, "all", False, note)
+        return HeldOut(folder.samples, "all", True, "not the checkpoint's training folder: every image is unseen")
+    by_name = {s.path.relative_to(folder.root).as_posix(): s for s in folder.samples}
+    missing = [name for name in test_files if name not in by_name]
+    if missing:
+        raise BadInputError(
+            f"{len(missing)} of the {len(test_files)} held-out test files recorded in the checkpoint are missing from "
+            f"{folder.root} (first: {missing[0]}); restore them, or use --split all to take every image"
+        )
+    wanted = set(test_files)
+    chosen = [s for s in folder.samples if s.path.relative_to(folder.root).as_posix() in wanted]
+    return HeldOut(chosen, "test", True, "the held-out test files recorded in the checkpoint")
 
 
 def files_digest(paths) -> str:

@@ -195,3 +195,71 @@ def test_balanced_calibration_sample_records_what_it_took(tmp_path):
     )
     other = calibration_record(balanced_sample(folder.samples, 9, 1), folder.classes, folder.root, 1)
     assert other.files_sha256 != record.files_sha256
+
+
+# -- held-out images: the one rule export, evaluate and bench share ----------------------------
+def _record(folder, test_files, root=None):
+    from dermmobile.data import files_digest
+
+    names = [s.path.relative_to(folder.root) for s in folder.samples]
+    return {"root": str(root or folder.root), "files_sha256": files_digest(names), "test_files": test_files}
+
+
+def test_held_out_takes_the_recorded_test_files_of_the_training_folder(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "data", {"a": 3, "b": 3}))
+    record = _record(folder, ["b/b01.png", "a/a02.png"])
+    chosen = held_out(folder, record)
+    assert [s.path.name for s in chosen.samples] == ["a02.png", "b01.png"]  # folder order, whatever the record's
+    assert (chosen.split, chosen.unseen) == ("test", True)
+    assert held_out(folder, record, "test").samples == chosen.samples
+    every = held_out(folder, record, "all")
+    assert len(every.samples) == 6 and (every.split, every.unseen) == ("all", False)  # training images among them
+
+
+def test_held_out_recognises_a_moved_training_folder_by_its_file_list(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "moved", {"a": 3, "b": 3}))
+    record = _record(folder, ["a/a00.png"], root=tmp_path / "where-it-was-trained")
+    assert [s.path.name for s in held_out(folder, record).samples] == ["a00.png"]
+    record["files_sha256"] = "0" * 64  # another file list at another path: another folder
+    other = held_out(folder, record)
+    assert len(other.samples) == 6 and other.unseen and "not the checkpoint's training folder" in other.note
+
+
+def test_held_out_of_another_folder_is_every_image_and_test_is_refused(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "other", {"a": 2, "b": 2}))
+    record = {"root": str(tmp_path / "train"), "files_sha256": "f" * 64, "test_files": ["a/a00.png"]}
+    chosen = held_out(folder, record)
+    assert len(chosen.samples) == 4 and chosen.split == "all" and chosen.unseen
+    with pytest.raises(BadInputError, match="is not the folder the checkpoint was trained on"):
+        held_out(folder, record, "test")
+    assert held_out(folder, None).unseen  # no record at all: nothing was seen
+
+
+def test_held_out_without_a_recorded_split_says_training_images_are_included(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "data", {"a": 2, "b": 2}))
+    chosen = held_out(folder, {"root": str(folder.root)})
+    assert len(chosen.samples) == 4 and not chosen.unseen and "some seen in training" in chosen.note
+    with pytest.raises(BadInputError, match="records no held-out test files"):
+        held_out(folder, {"root": str(folder.root)}, "test")
+
+
+def test_held_out_refuses_recorded_files_that_went_missing(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "data", {"a": 3, "b": 3}))
+    record = _record(folder, ["a/a00.png", "b/b02.png"])
+    (folder.root / "b" / "b02.png").unlink()
+    shrunk = scan_image_folder(folder.root)
+    with pytest.raises(BadInputError, match=r"1 of the 2 held-out test files .* missing .*\(first: b/b02.png\)"):
+        held_out(shrunk, record)
+    assert len(held_out(shrunk, record, "all").samples) == 5  # --split all still works
+    with pytest.raises(BadInputError, match="unknown split 'train'"):
+        held_out(shrunk, record, "train")

@@ -146,36 +146,14 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
     return subjects, data_record
 
 
-def _same_folder(a, b: Path) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
-    except (OSError, TypeError):
-        return False
-
-
 def select_samples(data: Path, labels: list[str], data_record: dict | None, split: str):
-    """(ImageFolder, samples, description): the held-out test files when `data` is the training root."""
-    from dermmobile.data import scan_image_folder
+    """(ImageFolder, samples, description): the checkpoint's held-out images (data.held_out), or every image."""
+    from dermmobile.data import held_out, scan_image_folder
 
     folder = scan_image_folder(Path(data), expected_classes=labels)
-    record = data_record or {}
-    info: dict = {"root": str(data), "split": "all"}
-    if split == "all":
-        info["note"] = "--split all: every image in the folder"
-        return folder, folder.samples, info
-    if not _same_folder(record.get("root", ""), data):
-        info["note"] = "not the checkpoint's training root (or no checkpoint): every image is unseen, all are used"
-        return folder, folder.samples, info
-    test_files = record.get("test_files")
-    if not test_files:
-        info["note"] = "the checkpoint records no held-out test files: all images are used (some were seen in training)"
-        return folder, folder.samples, info
-    wanted = set(test_files)
-    chosen = [s for s in folder.samples if s.path.relative_to(folder.root).as_posix() in wanted]
-    info.update(split="test", note="held-out test files recorded in the checkpoint", missing_test_files=len(wanted) - len(chosen))
-    if not chosen:
-        raise BadInputError(f"none of the checkpoint's {len(wanted)} held-out test files exist under {data}")
-    return folder, chosen, info
+    # The bench's "test" means: the held-out files where --data is the training root, else every image.
+    chosen = held_out(folder, data_record, "auto" if split == "test" else "all")
+    return folder, chosen.samples, {"root": str(data), **chosen.info()}
 
 
 def machine_info() -> dict:
