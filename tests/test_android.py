@@ -29,7 +29,7 @@ from dermmobile.android import (
 from dermmobile.artifact import Manifest, TensorSpec, load_artifact, write_manifest
 from dermmobile.errors import BadInputError, UnsafeFileError
 from dermmobile.predict import softmax
-from dermmobile.preprocess import PreprocessSpec
+from dermmobile.preprocess import ALGORITHM_V1, PreprocessSpec
 from dermmobile.synthetic import PAPER_CLASSES, synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,7 @@ HAMCREST_JAR = Path(os.environ.get("HAMCREST_JAR", "/usr/share/java/hamcrest-cor
 # resized long side 64.5 exercises round-half-up on either axis.
 SIZES = [(37, 91), (150, 64), (5, 7), (101, 99), (129, 128), (128, 129), (64, 64)]
 SMALL = PreprocessSpec(resize=64, crop=56)
+SMALL_V1 = PreprocessSpec(resize=64, crop=56, algorithm=ALGORITHM_V1)
 
 
 def _java_missing() -> str | None:
@@ -69,6 +70,28 @@ def _images(folder: Path, sizes=SIZES) -> list[Path]:
         Image.fromarray(np.ascontiguousarray(pixels)).save(path)
         paths.append(path)
     return paths
+
+
+def _large_images(folder: Path) -> dict[str, Path]:
+    """Photos as a phone gives them (generated here, never committed): a 12 MP JPEG (v2 decodes
+    it at 1/8), a JPEG stored sideways with an EXIF rotation, a JPEG whose shorter side is exactly
+    8 x 64 and 2 x 256 (the reduced-decode rule's boundary for both specs below), and a 3.8 MP
+    PNG (no reduced decode: a long filter over every row)."""
+    from dermmobile.bench.phone_photo import make_phone_photo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "source.png"
+    Image.fromarray(synthetic_image(3, 0, size=160)).save(source)
+    phone = make_phone_photo(source, folder / "phone-4032x3024.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    sideways = folder / "sideways-1203x901.jpg"
+    Image.open(source).resize((1203, 901), Image.Resampling.BICUBIC).save(sideways, quality=92, exif=exif)
+    boundary = folder / "boundary-512x700.jpg"
+    Image.open(source).resize((512, 700), Image.Resampling.BICUBIC).save(boundary, quality=92)
+    big_png = folder / "large-2401x1599.png"
+    Image.open(phone).resize((2401, 1599), Image.Resampling.BILINEAR).save(big_png, compress_level=1)
+    return {"phone": phone, "sideways": sideways, "boundary": boundary, "png": big_png}
 
 
 def _manifest(spec: PreprocessSpec, layout: str, dtype: str, file: str = "model.tflite") -> Manifest:
@@ -112,20 +135,36 @@ def runtime():
 
 
 @pytest.fixture(scope="module")
-def golden_root(tmp_path_factory, runtime) -> Path:
-    """Golden sets for NCHW/NHWC x float32/int8/uint8, plus the full-size default spec."""
-    tmp = tmp_path_factory.mktemp("golden")
-    images = _images(tmp / "images")
-    root = tmp / "sets"
-    cases = [
-        ("nchw-float32", SMALL, "NCHW", "float32"),
-        ("nhwc-float32", SMALL, "NHWC", "float32"),
-        ("nchw-int8", SMALL, "NCHW", "int8"),
-        ("nhwc-int8", SMALL, "NHWC", "int8"),
-        ("nhwc-uint8", SMALL, "NHWC", "uint8"),
-        ("default-nhwc-float32", PreprocessSpec(), "NHWC", "float32"),
-    ]
-    for name, spec, layout, dtype in cases:
+def golden_images(tmp_path_factory) -> dict[str, list[Path]]:
+    tmp = tmp_path_factory.mktemp("golden-images")
+    small = _images(tmp / "small")
+    large = _large_images(tmp / "large")
+    # v1 decodes at full size: the 12 MP photo is above the golden pixel limit there.
+    return {"v2": [*small, *large.values()], "v1": [*small, *(path for name, path in large.items() if name != "phone")]}
+
+
+# (set name, spec, layout, dtype): v2 (new manifests) in every layout and dtype, v1 (older
+# manifests) in both layouts; each with the default 256/224 spec too.
+GOLDEN_CASES = [
+    ("nchw-float32", SMALL, "NCHW", "float32"),
+    ("nhwc-float32", SMALL, "NHWC", "float32"),
+    ("nchw-int8", SMALL, "NCHW", "int8"),
+    ("nhwc-int8", SMALL, "NHWC", "int8"),
+    ("nhwc-uint8", SMALL, "NHWC", "uint8"),
+    ("default-nhwc-float32", PreprocessSpec(), "NHWC", "float32"),
+    ("v1-nchw-float32", SMALL_V1, "NCHW", "float32"),
+    ("v1-nhwc-int8", SMALL_V1, "NHWC", "int8"),
+    ("v1-default-nchw-float32", PreprocessSpec(algorithm=ALGORITHM_V1), "NCHW", "float32"),
+]
+GOLDEN_SAMPLES = sum(len(SIZES) + (4 if spec.algorithm != ALGORITHM_V1 else 3) for _, spec, _, _ in GOLDEN_CASES)
+
+
+@pytest.fixture(scope="module")
+def golden_root(tmp_path_factory, runtime, golden_images) -> Path:
+    """Golden sets for NCHW/NHWC x float32/int8/uint8, v2 and v1, small and phone-sized photos."""
+    root = tmp_path_factory.mktemp("golden") / "sets"
+    for name, spec, layout, dtype in GOLDEN_CASES:
+        images = golden_images["v1" if spec.algorithm == ALGORITHM_V1 else "v2"]
         write_golden_samples(images, _manifest(spec, layout, dtype), runtime, root / name)
     return root
 
@@ -145,7 +184,7 @@ def _run_core(core: Path, golden: Path, **env) -> subprocess.CompletedProcess:
 
 def test_golden_files_match_python_preprocessing(golden_root):
     index = json.loads((golden_root / "nhwc-int8" / GOLDEN_INDEX).read_text())
-    assert index["schema"] == "dermmobile-golden" and len(index["samples"]) == len(SIZES)
+    assert index["schema"] == "dermmobile-golden" and len(index["samples"]) == len(SIZES) + 4
     for sample in index["samples"]:
         folder = golden_root / "nhwc-int8"
         rgb = np.frombuffer((folder / sample["rgb"]).read_bytes(), np.uint8).reshape(sample["height"], sample["width"], 3)
@@ -161,6 +200,28 @@ def test_golden_files_match_python_preprocessing(golden_root):
         assert len(ranked) == 3 and ranked[0] == sample["top1"]
     float_index = json.loads((golden_root / "nchw-float32" / GOLDEN_INDEX).read_text())
     assert all(s["input_quantized"] is None for s in float_index["samples"])
+
+
+@pytest.mark.parametrize(
+    ("golden_set", "phone", "sideways", "boundary"),
+    [
+        ("nhwc-int8", (8, 504, 378), (8, 113, 151), (8, 64, 88)),  # resize 64
+        ("default-nhwc-float32", (8, 504, 378), (2, 451, 602), (2, 256, 350)),  # resize 256
+        ("v1-default-nchw-float32", None, (1, 901, 1203), (1, 512, 700)),  # v1: always full size
+    ],
+)
+def test_golden_records_the_reduced_decode(golden_root, golden_set, phone, sideways, boundary):
+    """(factor, decoded width, decoded height) per photo: JPEGs reduced by the spec, EXIF rotation after."""
+    samples = {s["source"]: s for s in json.loads((golden_root / golden_set / GOLDEN_INDEX).read_text())["samples"]}
+    expected = {"phone-4032x3024.jpg": phone, "sideways-1203x901.jpg": sideways, "boundary-512x700.jpg": boundary,
+                "large-2401x1599.png": (1, 2401, 1599)}  # fmt: skip
+    for source, want in expected.items():
+        if want is None:
+            assert source not in samples
+            continue
+        sample = samples[source]
+        assert (sample["decode"]["factor"], sample["width"], sample["height"]) == want, source
+    assert samples["phone-4032x3024.jpg" if phone else "boundary-512x700.jpg"]["decode"]["format"] == "JPEG"
 
 
 def test_golden_refuses_oversized_and_mismatched(tmp_path, runtime, monkeypatch):
@@ -209,7 +270,7 @@ def test_java_core_matches_python(golden_root, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "OK (" in output, output
-    assert f"golden samples checked: {6 * len(SIZES)} in 6 set(s)" in output, output
+    assert f"golden samples checked: {GOLDEN_SAMPLES} in {len(GOLDEN_CASES)} set(s)" in output, output
     # The row the Java code writes is the row Python's bench --merge accepts.
     rows = json.loads(bench_row.read_text())
     assert isinstance(rows, list) and rows
@@ -220,18 +281,25 @@ def test_java_core_matches_python(golden_root, tmp_path):
         check_row(row, "row written by BenchRow.java")
 
 
-# One constant in the Java filter, changed slightly: the tests must notice.
-DRIFTS = [
-    ("Preprocessor.java", "double centre = (o + 0.5) * ratio;", "double centre = (o + 0.501) * ratio;"),
-    ("Preprocessor.java", "Math.floor(height * scale + 0.5)", "Math.floor(height * scale + 0.49)"),
-    ("Preprocessor.java", "double support = Math.max(ratio, 1.0);", "double support = Math.max(ratio, 1.01);"),
-    ("Postprocess.java", "out[i] = Math.exp(logits[i] - max);", "out[i] = Math.exp(1.001 * (logits[i] - max));"),
-]
+# One constant in the Java code, changed slightly: the tests must notice.
+DRIFTS = {
+    "v1-filter-centre": ("Preprocessor.java", "double centre = (o + 0.5) * ratio;", "double centre = (o + 0.501) * ratio;"),
+    "resize-rounding": ("Preprocessor.java", "Math.floor(height * scale + 0.5)", "Math.floor(height * scale + 0.49)"),
+    "v1-upsampling-support": ("Preprocessor.java", "double support = Math.max(ratio, 1.0);",
+                              "double support = Math.max(ratio, 1.01);"),
+    "v2-filter-centre": ("Preprocessor.java", "double center = (first + k + 0.5) * scale;",
+                         "double center = (first + k + 0.5001) * scale;"),
+    "v2-pass-rounding": ("Preprocessor.java", "int half = 1 << (PRECISION_BITS - 1);", "int half = 1 << (PRECISION_BITS - 2);"),
+    "v2-tap-rounding": ("Preprocessor.java", "fixed[x] = (int) (0.5 + normalized * (1 << PRECISION_BITS));",
+                        "fixed[x] = (int) (normalized * (1 << PRECISION_BITS));"),
+    "v2-table": ("Preprocessor.java", "table[c][v] = (float) ((v / spec.scale - spec.mean[c]) / spec.std[c]);",
+                 "table[c][v] = (float) (v / spec.scale - spec.mean[c]) / (float) spec.std[c];"),
+    "v2-decode-factor": ("PreprocessSpec.java", "if (shorter / f >= resize) {", "if (shorter / f > resize) {"),
+    "softmax": ("Postprocess.java", "out[i] = Math.exp(logits[i] - max);", "out[i] = Math.exp(1.001 * (logits[i] - max));"),
+}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("file", "original", "drifted"), DRIFTS, ids=["filter-centre", "resize-rounding", "upsampling-support", "softmax"]
-)
+@pytest.mark.parametrize(("file", "original", "drifted"), DRIFTS.values(), ids=DRIFTS.keys())
 def test_java_core_fails_when_it_drifts(golden_root, tmp_path, file, original, drifted):
     _require_java()
     copy = tmp_path / "preprocess-core"
