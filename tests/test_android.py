@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from dermmobile.android import (
     BENCH_ROW_KEYS,
@@ -26,11 +25,12 @@ from dermmobile.android import (
     quantize_input,
     write_golden_samples,
 )
-from dermmobile.artifact import Manifest, TensorSpec, load_artifact, write_manifest
+from dermmobile.artifact import load_artifact, write_manifest
 from dermmobile.errors import BadInputError, UnsafeFileError
 from dermmobile.predict import softmax
 from dermmobile.preprocess import ALGORITHM_V1, PreprocessSpec
-from dermmobile.synthetic import PAPER_CLASSES, synthetic_image
+from dermmobile.synthetic import PAPER_CLASSES
+from tests.golden_images import SIZES, golden_manifest, phone_images, small_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "android_demo" / "preprocess-core"
@@ -38,9 +38,6 @@ RUN_TESTS = CORE / "run-tests.sh"
 JUNIT_JAR = Path(os.environ.get("JUNIT_JAR", "/usr/share/java/junit4.jar"))
 HAMCREST_JAR = Path(os.environ.get("HAMCREST_JAR", "/usr/share/java/hamcrest-core.jar"))
 
-# (width, height): portrait, landscape, tiny (upsampled), odd sizes, and 129x128 / 128x129 whose
-# resized long side 64.5 exercises round-half-up on either axis.
-SIZES = [(37, 91), (150, 64), (5, 7), (101, 99), (129, 128), (128, 129), (64, 64)]
 SMALL = PreprocessSpec(resize=64, crop=56)
 SMALL_V1 = PreprocessSpec(resize=64, crop=56, algorithm=ALGORITHM_V1)
 
@@ -59,63 +56,6 @@ def _require_java() -> None:
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):
         pytest.fail(message)
     pytest.skip(message)
-
-
-def _images(folder: Path, sizes=SIZES) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, (width, height) in enumerate(sizes):
-        pixels = synthetic_image(index % 9, index, size=max(width, height, 8))[:height, :width]
-        path = folder / f"img{index}_{width}x{height}.png"
-        Image.fromarray(np.ascontiguousarray(pixels)).save(path)
-        paths.append(path)
-    return paths
-
-
-def _large_images(folder: Path) -> dict[str, Path]:
-    """Photos as a phone gives them (generated here, never committed): a 12 MP JPEG (v2 decodes
-    it at 1/8), a JPEG stored sideways with an EXIF rotation, a JPEG whose shorter side is exactly
-    8 x 64 and 2 x 256 (the reduced-decode rule's boundary for both specs below), and a 3.8 MP
-    PNG (no reduced decode: a long filter over every row)."""
-    from dermmobile.bench.phone_photo import make_phone_photo
-
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / "source.png"
-    Image.fromarray(synthetic_image(3, 0, size=160)).save(source)
-    phone = make_phone_photo(source, folder / "phone-4032x3024.jpg")
-    exif = Image.Exif()
-    exif[0x0112] = 6  # stored landscape, shown portrait
-    sideways = folder / "sideways-1203x901.jpg"
-    Image.open(source).resize((1203, 901), Image.Resampling.BICUBIC).save(sideways, quality=92, exif=exif)
-    boundary = folder / "boundary-512x700.jpg"
-    Image.open(source).resize((512, 700), Image.Resampling.BICUBIC).save(boundary, quality=92)
-    big_png = folder / "large-2401x1599.png"
-    Image.open(phone).resize((2401, 1599), Image.Resampling.BILINEAR).save(big_png, compress_level=1)
-    return {"phone": phone, "sideways": sideways, "boundary": boundary, "png": big_png}
-
-
-def _manifest(spec: PreprocessSpec, layout: str, dtype: str, file: str = "model.tflite") -> Manifest:
-    crop = spec.crop
-    shape = [1, 3, crop, crop] if layout == "NCHW" else [1, crop, crop, 3]
-    quantized = dtype in ("int8", "uint8")
-    return Manifest(
-        format="tflite",
-        quantization="int8" if quantized else "none",
-        file=file,
-        arch="tiny_cnn",
-        labels=list(PAPER_CLASSES),
-        input=TensorSpec(
-            "image",
-            shape,
-            dtype,
-            layout,
-            scale=0.0187 if quantized else None,
-            zero_point=(-14 if dtype == "int8" else 114) if quantized else None,
-        ),
-        output=TensorSpec("logits", [1, len(PAPER_CLASSES)], "float32"),
-        preprocess=spec.to_dict(),
-        sha256="0" * 64,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +77,8 @@ def runtime():
 @pytest.fixture(scope="module")
 def golden_images(tmp_path_factory) -> dict[str, list[Path]]:
     tmp = tmp_path_factory.mktemp("golden-images")
-    small = _images(tmp / "small")
-    large = _large_images(tmp / "large")
+    small = small_images(tmp / "small")
+    large = phone_images(tmp / "large")
     # v1 decodes at full size: the 12 MP photo is above the golden pixel limit there.
     return {"v2": [*small, *large.values()], "v1": [*small, *(path for name, path in large.items() if name != "phone")]}
 
@@ -165,7 +105,7 @@ def golden_root(tmp_path_factory, runtime, golden_images) -> Path:
     root = tmp_path_factory.mktemp("golden") / "sets"
     for name, spec, layout, dtype in GOLDEN_CASES:
         images = golden_images["v1" if spec.algorithm == ALGORITHM_V1 else "v2"]
-        write_golden_samples(images, _manifest(spec, layout, dtype), runtime, root / name)
+        write_golden_samples(images, golden_manifest(spec, layout, dtype), runtime, root / name)
     return root
 
 
@@ -227,17 +167,17 @@ def test_golden_records_the_reduced_decode(golden_root, golden_set, phone, sidew
 def test_golden_refuses_oversized_and_mismatched(tmp_path, runtime, monkeypatch):
     import dermmobile.android as android
 
-    images = _images(tmp_path / "images", [(20, 10)])
+    images = small_images(tmp_path / "images", [(20, 10)])
     monkeypatch.setattr(android, "MAX_GOLDEN_PIXELS", 100)
     with pytest.raises(BadInputError, match="pixel limit"):
-        write_golden_samples(images, _manifest(SMALL, "NCHW", "float32"), runtime, tmp_path / "g")
+        write_golden_samples(images, golden_manifest(SMALL, "NCHW", "float32"), runtime, tmp_path / "g")
     monkeypatch.undo()
-    wrong = _manifest(SMALL, "NCHW", "float32")
+    wrong = golden_manifest(SMALL, "NCHW", "float32")
     wrong.labels = wrong.labels[:3]
     with pytest.raises(BadInputError, match="labels"):
         write_golden_samples(images, wrong, runtime, tmp_path / "g")
     with pytest.raises(BadInputError, match="no golden images"):
-        write_golden_samples([], _manifest(SMALL, "NCHW", "float32"), runtime, tmp_path / "g")
+        write_golden_samples([], golden_manifest(SMALL, "NCHW", "float32"), runtime, tmp_path / "g")
 
 
 def test_bench_row_schema():
@@ -329,7 +269,7 @@ def _fake_artifact(tmp_path: Path, name: str = "tiny_cnn-tflite-none.tflite", fm
     folder.mkdir(exist_ok=True)
     path = folder / name
     path.write_bytes(b"TFL3 fake model bytes")
-    manifest = _manifest(SMALL, "NHWC", "float32", file=name)
+    manifest = golden_manifest(SMALL, "NHWC", "float32", file=name)
     manifest.format = fmt
     write_manifest(path, manifest)
     return path
@@ -338,7 +278,7 @@ def _fake_artifact(tmp_path: Path, name: str = "tiny_cnn-tflite-none.tflite", fm
 def test_android_command_copies_artifact_manifest_and_golden(tmp_path, runtime):
     app = _fake_app(tmp_path)
     artifact = _fake_artifact(tmp_path)
-    images = _images(tmp_path / "images", SIZES[:2])
+    images = small_images(tmp_path / "images", SIZES[:2])
     installed = install_into_app(artifact, images, app, runtime=runtime)
     assets = app / "app" / "src" / "main" / "assets" / "dermmobile"
     assert installed.assets == assets
@@ -358,7 +298,7 @@ def test_android_command_refuses_bad_inputs(tmp_path, runtime):
     from dermmobile.cli import main
 
     app = _fake_app(tmp_path)
-    images = _images(tmp_path / "images", SIZES[:1])
+    images = small_images(tmp_path / "images", SIZES[:1])
     onnx = _fake_artifact(tmp_path, "m-onnx-none.onnx", fmt="onnx")
     with pytest.raises(BadInputError, match="tflite"):
         install_into_app(onnx, images, app, runtime=runtime)
