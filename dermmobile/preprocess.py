@@ -18,6 +18,9 @@ dermmobile-preprocess-v2 (the default for new checkpoints)
    (ceil(W / f), ceil(H / f)) (before the EXIF rotation). Other formats decode at full
    size. Browsers have no reduced decode: the web page decodes a JPEG fully and so
    differs from Python and Android in this step only (`reduced_decode_factor` says f).
+   The threshold is `resize`, not 2 x resize: on sd198-27 both kept held-out top-1
+   within noise of v1's, and `resize` halves decode + preprocess of the data set's
+   photos (benchmarks/results/preprocess-spec-*).
 2. Resize the whole decoded image to (out_w, out_h), the shorter side exactly `resize`:
    s = resize / min(W, H), the other side round_half_up(side * s) (as v1). The filter
    is Pillow's BILINEAR (src/libImaging/Resample.c), per axis of n_in -> n_out pixels,
