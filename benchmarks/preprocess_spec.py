@@ -12,7 +12,10 @@ agreement), four ways to turn a file into its input:
 
 Per variant: held-out top-1, top-1 agreement with v1 and the logit differences, and the
 decode and preprocess times per file on the data set's photos and on a 12 MP phone-sized
-JPEG made from one of them (dermmobile.bench.phone_photo). Writes
+JPEG made from one of them (dermmobile.bench.phone_photo). `--exported M.json ...` adds
+the parity gates measured at export by artifacts of this model exported under each spec
+(export it twice: the checkpoint, and a copy whose metadata names the other algorithm),
+read from their manifests. Writes
 `results/preprocess-spec-<arch>-<data>-<machine>.{json,md}`. Times are wall clock of one
 process; on a busy machine compare the variants with each other, not with other runs.
 """
@@ -120,7 +123,35 @@ def markdown(report: dict) -> str:
             f"{phone['decode_ms_p50']:.1f} | {phone['preprocess_ms_p50']:.1f} |"
         )
     lines += ["", "The v2 row is the spec (`dermmobile-preprocess-v2`); the other v2 rows are the candidates it was chosen from."]
+    if report["exported"]:
+        lines += [
+            "",
+            "## Parity gates at export, per preprocessing spec (from the artifacts' manifests)",
+            "",
+            "| artifact | preprocessing | status | images | agreement | flips | top-1 | reference top-1 | max abs logit |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for e in report["exported"]:
+            lines.append(
+                f"| {e['file']} | {e['algorithm']} | {e['status']} | {e['images']} | {e['agreement']:.2%} | {e['flips']} | "
+                f"{e['accuracy']:.1%} | {e['reference_accuracy']:.1%} | {e['max_abs_logit']:.3f} |"
+            )
     return "\n".join(lines)
+
+
+def exported(manifests: list[Path]) -> list[dict]:
+    """The export-time parity each manifest records, with the spec it was exported under."""
+    from dermmobile.artifact import load_artifact
+
+    rows = []
+    for path in manifests:
+        m = load_artifact(path).manifest
+        parity = m.parity or {}
+        keys = ("images", "agreement", "accuracy", "reference_accuracy", "max_abs_logit")
+        rows.append({"file": m.file, "format": m.format, "quantization": m.quantization, "status": m.status,
+                     "algorithm": m.preprocess.get("algorithm"), "checkpoint_sha256": m.checkpoint_sha256,
+                     "flips": len(parity.get("flips", [])), **{k: parity.get(k) for k in keys}})  # fmt: skip
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--phone-repeats", type=int, default=7, help="timed decodes of the 12 MP JPEG per variant")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the model")
+    parser.add_argument("--exported", type=Path, nargs="*", default=[], metavar="MANIFEST",
+                        help="this model's artifacts exported under v1 and v2: their export-time parity")  # fmt: skip
     parser.add_argument("--out", type=Path, help="result file stem (default results/preprocess-spec-...)")
     args = parser.parse_args(argv)
 
@@ -177,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "variants": results,
+        "exported": exported(args.exported),
     }
     stem = args.out or HERE / "results" / f"preprocess-spec-{arch}-{args.data.name}-{machine['arch']}-{machine['cores']}core"
     atomic_write_json(stem.with_suffix(".json"), report)
