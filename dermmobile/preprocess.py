@@ -111,7 +111,9 @@ class PreprocessSpec:
             raise BadInputError(f"need 0 < crop <= resize <= {MAX_SIZE} pixels, got crop {self.crop} and resize {self.resize}")
         numbers = (*self.mean, *self.std, self.scale)
         if len(self.mean) != 3 or len(self.std) != 3 or not all(_finite_number(v) for v in numbers):
-            raise BadInputError(f"mean and std need three finite numbers each, got {self.mean}, {self.std}")
+            raise BadInputError(
+                f"mean and std need three finite numbers each and scale one, got {self.mean}, {self.std}, {self.scale!r}"
+            )
         if min(self.std) <= 0 or self.scale <= 0:
             raise BadInputError(f"std and scale must be positive, got std {self.std} and scale {self.scale}")
         if self.color != "RGB" or self.exif_transpose is not True:
@@ -198,7 +200,7 @@ class PreprocessSpec:
         left, top = (out_w - self.crop) // 2, (out_h - self.crop) // 2
         if self.algorithm == ALGORITHM_V1:
             return _v1_pixels(np.asarray(rgb), out_w, out_h, left, top, self.crop)
-        image = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb, "RGB")
+        image = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
         return np.asarray(_resize_crop(image, out_w, out_h, left, top, self.crop))
 
     @cached_property
