@@ -257,9 +257,10 @@ def _v1_pixels(rgb: np.ndarray, out_w: int, out_h: int, left: int, top: int, cro
     height, width = rgb.shape[:2]
     rows = filter_weights(height, out_h, top, crop)
     cols = filter_weights(width, out_w, left, crop)
-    data = rgb.astype(np.float64)
-    # Rows then columns, one channel at a time: two small matrix products each.
-    return np.stack([rows @ data[:, :, c] @ cols.T for c in range(3)], axis=-1)
+    # Rows then columns, one channel at a time: two small matrix products each. Each channel
+    # becomes float64 on its own (the same contiguous matrix numpy made of a float64 copy of
+    # the whole image, so the same products), which keeps v1's peak memory a third lower.
+    return np.stack([rows @ rgb[:, :, c].astype(np.float64) @ cols.T for c in range(3)], axis=-1)
 
 
 def filter_weights(n_in: int, n_out: int, first: int = 0, count: int | None = None) -> np.ndarray:
