@@ -12,6 +12,7 @@
 Golden folder layout (schema "dermmobile-golden" version 1):
 
     golden.json           index: the artifact's manifest, the runtime, tolerances, one entry per sample
+                          (with `decode`: the file's format, stored size and the spec's reduction factor)
     <id>.rgb              decoded 8-bit RGB (`spec.decode`: reduced as the spec says), row-major,
                           width x height x 3 (no header)
     <id>.input.f32        expected input tensor, float32 little-endian, the manifest's layout, batch of 1
