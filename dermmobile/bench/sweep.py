@@ -46,6 +46,7 @@ class BenchConfig:
     iters: int = 100
     split: str = "test"  # test: the checkpoint's held-out files when --data is its training root; all: every image
     e2e_images: int = 20
+    phone_runs: int = 10  # end-to-end runs on a generated 12 MP JPEG (0 skips it)
     compile: bool = True  # also time torch.compile of the checkpoint, when there is one
     isolate: bool = True  # one subprocess per job (per-artifact peak RSS, crash isolation)
     timeout_s: float = 3600
@@ -56,8 +57,11 @@ class BenchConfig:
             raise BadInputError("nothing to bench: give --artifacts export/RUN and/or --checkpoint CKPT")
         if not self.threads or min(self.threads) < 1:
             raise BadInputError(f"--threads must be positive integers, got {self.threads}")
-        if self.iters < 1 or self.warmup < 0 or self.e2e_images < 0:
-            raise BadInputError(f"--iters must be >= 1 and --warmup >= 0, got {self.iters} and {self.warmup}")
+        if self.iters < 1 or self.warmup < 0 or self.e2e_images < 0 or self.phone_runs < 0:
+            raise BadInputError(
+                f"--iters must be >= 1, --warmup, --e2e-images and --phone-runs >= 0; got {self.iters}, {self.warmup}, "
+                f"{self.e2e_images} and {self.phone_runs}"
+            )
         if self.split not in ("test", "all"):
             raise BadInputError(f"--split must be test or all, got {self.split!r}")
 
@@ -258,6 +262,13 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
         decodable = set(ref_set.names)
         e2e_files = [str(s.path) for s in samples if s.path.relative_to(folder.root).as_posix() in decodable]
         e2e_files = e2e_files[: config.e2e_images]
+        phone_photo = ""
+        if config.phone_runs and e2e_files:  # a phone-sized JPEG made from the first test photo, never kept
+            from dermmobile.bench.phone_photo import PHONE_SIZE, make_phone_photo
+
+            phone_photo = str(make_phone_photo(Path(e2e_files[0]), workdir / "phone-12mp.jpg"))
+            data_info["phone_photo"] = {"size": list(PHONE_SIZE), "source": Path(e2e_files[0]).name,
+                                        "bytes": Path(phone_photo).stat().st_size, "runs": config.phone_runs}  # fmt: skip
 
         results: dict[str, dict[int, dict]] = {}
         for subject in subjects:
@@ -288,6 +299,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
                     images=str(image_set.file),
                     logits_out=logits_out,
                     e2e_files=e2e_files,
+                    phone_photo=phone_photo,
+                    phone_runs=config.phone_runs,
                     spec=subject.preprocess,
                     count_flops=subject.role == "reference" and subject.kind == "checkpoint" and index == 0,
                 )
@@ -414,7 +427,7 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
                     "iterations": result.get("iterations"),
                     "warmup": result.get("warmup"),
                     "end_to_end_ms": result.get("end_to_end_ms"),
-                    "preprocess_ms": result.get("preprocess_ms"),
+                    "end_to_end": result.get("end_to_end"),
                     "e2e_images": (result.get("end_to_end_ms") or {}).get("n"),
                     "file_bytes": subject.file_bytes,
                     "peak_rss_mb": result.get("peak_rss_mb"),
