@@ -14,19 +14,25 @@
     runtime/                  LiteRT.js (.tflite) or onnxruntime-web (.onnx), copied from
                               web_demo/node_modules (`npm ci` there first)
 
-`serve` serves such a folder on 127.0.0.1 with the cross-origin isolation headers
+`make_server` serves such a folder on 127.0.0.1 with the cross-origin isolation headers
 (COOP/COEP) that WebAssembly threads need, and the MIME types browsers insist on for
 .mjs and .wasm (Python's http.server sends neither header).
+
+`drive_chromium` opens built sites in Debian's headless Chromium through
+web_demo/test/drive.mjs (playwright-core), offline; the tests and benchmarks/browser.py
+judge what it returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -349,3 +355,64 @@ def make_server(folder: Path, port: int = 8000, quiet: bool = False) -> Threadin
         return ThreadingHTTPServer((HOST, port), partial(handler, directory=str(folder.resolve())))
     except OSError as exc:
         raise BadInputError(f"cannot listen on {HOST}:{port} ({exc.strerror}); pick another --port") from None
+
+
+@contextlib.contextmanager
+def serving(folder: Path) -> Iterator[str]:
+    """Serve a built site on a free 127.0.0.1 port in a background thread; yields its URL."""
+    import threading
+
+    server = make_server(folder, 0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# -- driving Chromium ---------------------------------------------------------------------------
+
+CHROMIUM = Path(os.environ.get("DERMMOBILE_CHROMIUM", "/usr/bin/chromium"))
+DRIVER = Path("test") / "drive.mjs"
+
+
+def browser_missing(demo: Path = DEMO_DIR, chromium: Path = CHROMIUM) -> str | None:
+    """What is missing to drive Chromium (None when nothing is), with the command that installs it."""
+    demo = Path(demo)
+    if not chromium.is_file():
+        return f"{chromium} (apt-get install -y chromium)"
+    if shutil.which("node") is None:
+        return "node (apt-get install -y nodejs npm)"
+    if not (demo / "node_modules" / "playwright-core" / "package.json").is_file():
+        return f"playwright-core in {demo}/node_modules (run `npm ci` in {demo})"
+    for fmt in RUNTIMES:
+        try:
+            runtime_files(fmt, demo)
+        except BadInputError as exc:
+            return str(exc)
+    return None
+
+
+def drive_chromium(pages: list[dict], work: Path, demo: Path = DEMO_DIR, timeout_s: float = 900) -> dict:
+    """Run web_demo/test/drive.mjs over `pages` (its plan format) in headless Chromium; return its results.
+
+    Raises ExportFailedError with the driver's output when it fails as a whole (a page's own
+    failure is in its result instead).
+    """
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    plan, results = work / "chromium-plan.json", work / "chromium-results.json"
+    plan.write_text(json.dumps({"out": str(results), "chromium": str(CHROMIUM), "pages": pages}, indent=2))
+    results.unlink(missing_ok=True)
+    try:
+        done = subprocess.run(
+            ["node", str(Path(demo) / DRIVER), str(plan)], capture_output=True, text=True, timeout=timeout_s, cwd=demo
+        )
+    except subprocess.TimeoutExpired:
+        raise ExportFailedError(f"Chromium did not finish {len(pages)} page(s) in {timeout_s:.0f} s") from None
+    if done.returncode != 0 or not results.is_file():
+        raise ExportFailedError(f"the Chromium driver failed (exit {done.returncode}): {(done.stderr or done.stdout)[-3000:]}")
+    return json.loads(results.read_text("utf-8"))

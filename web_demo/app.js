@@ -171,7 +171,7 @@ async function classifyFile(file) {
 function renderResult(result, file) {
   const list = el("ol", { class: "top", id: "top-list" });
   for (const [rank, item] of result.top.entries()) {
-    const percent = (item.probability * 100).toFixed(1);
+    const percent = item.probability < 0.0005 ? "< 0.1" : (item.probability * 100).toFixed(1);
     list.append(
       el("li", { class: rank === 0 ? "first" : "", "data-label": item.label },
         el("span", { class: "name" }, label(item.label)),
@@ -351,7 +351,7 @@ $("check-run").addEventListener("click", () => api.goldenCheck().catch(() => {})
 
 api.ready = load().catch((error) => {
   showError(error);
-  setStatus("Not ready: see the message above.");
+  setStatus("Not ready: see the message below.");
   throw error;
 });
 api.ready.catch(() => {});

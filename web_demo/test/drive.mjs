@@ -30,6 +30,15 @@ export const CHROMIUM_ARGS = [
 const READY_TIMEOUT_MS = 120_000;
 const PHONE = { width: 412, height: 915 }; // a common Android phone's CSS viewport
 
+/** The disclaimer's text and whether it is inside the viewport (it must stay visible, even scrolled). */
+function disclaimer(page) {
+  return page.evaluate(() => {
+    const node = document.querySelector(".disclaimer");
+    const box = node?.getBoundingClientRect();
+    return { text: node?.innerText ?? null, in_viewport: Boolean(box && box.height > 0 && box.top >= 0 && box.bottom <= innerHeight) };
+  });
+}
+
 async function runPage(context, spec) {
   const origin = new URL(spec.url).origin;
   const page = await context.newPage();
@@ -56,6 +65,11 @@ async function runPage(context, spec) {
       load_ms: window.dermmobile?.state?.loadMs ?? null,
       first_inference_ms: window.dermmobile?.state?.firstMs ?? null,
     })));
+    if (spec.screenshot && !(spec.photos || []).length) {
+      await page.screenshot({ path: spec.screenshot, fullPage: false });
+      result.screenshot = spec.screenshot;
+      result.disclaimer = await disclaimer(page);
+    }
     if (result.state !== "ready") return result;
     if (spec.golden_check) result.golden = await page.evaluate(() => window.dermmobile.goldenCheck());
     for (const [index, photo] of (spec.photos || []).entries()) {
@@ -74,6 +88,7 @@ async function runPage(context, spec) {
         await page.evaluate(() => document.getElementById("result").scrollIntoView({ block: "start" }));
         await page.screenshot({ path: spec.screenshot, fullPage: false });
         shown.screenshot = spec.screenshot;
+        shown.disclaimer = await disclaimer(page);
       }
       result.photos.push({ photo, ...shown });
     }
