@@ -285,6 +285,18 @@ def test_uint8_twin_gives_the_int8_logits(exported, tmp_path):
     np.testing.assert_array_equal(twin.predict(batch), original.predict(batch))
 
 
+def test_uint8_twin_refuses_what_it_cannot_twin(exported):
+    from dermmobile.targets.tflite_uint8_io import needs_uint8_io_twin, uint8_io_bytes
+
+    fp32 = load_artifact(exported["tflite-none"])
+    assert not needs_uint8_io_twin(fp32.manifest) and needs_uint8_io_twin(load_artifact(exported["tflite-int8"]).manifest)
+    assert not needs_uint8_io_twin(load_artifact(exported["onnx-int8"]).manifest), "ONNX int8 keeps float32 I/O"
+    with pytest.raises(BadInputError, match="int8-I/O artifacts"):
+        uint8_io_bytes(fp32.path.read_bytes())
+    with pytest.raises(BadInputError, match="not a readable TFLite flatbuffer"):
+        uint8_io_bytes(b"\x00" * 3)
+
+
 # -- in Chromium ----------------------------------------------------------------------------------
 
 CASES = ["tflite-none", "tflite-int8", "onnx-none", "onnx-int8"]

@@ -91,8 +91,11 @@ async function load() {
   }
   state.site = site;
   state.manifest = manifest;
+  const crop = manifest.preprocess.crop;
+  let grey;
   try {
-    preprocess(new Uint8Array([255, 255, 255]), 1, 1, 3); // refuses an unknown or old preprocessing spec now, not at the first photo
+    // A mid-grey image now: an unknown or old preprocessing spec is refused at load, not at the first photo.
+    grey = preprocess(new Uint8Array(crop * crop * 3).fill(128), crop, crop, 3);
   } catch (error) {
     throw new PageError("This model's preprocessing is not supported here", error.message,
       "Re-export the model with the current dermmobile (preprocessing spec v2) and rebuild the site.");
@@ -107,8 +110,6 @@ async function load() {
   }
   const runtime = await openRuntime(site, manifest, bytes, Number(params.get("threads")) || undefined);
   state.loadMs = performance.now() - started;
-  const crop = manifest.preprocess.crop;
-  const grey = preprocess(new Uint8Array(crop * crop * 3).fill(128), crop, crop, 3);
   const first = performance.now();
   await runtime.run(grey);
   state.firstMs = performance.now() - first;

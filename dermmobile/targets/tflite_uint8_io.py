@@ -31,6 +31,8 @@ def uint8_io_bytes(content: bytes) -> bytes:
     import flatbuffers
 
     schema = require("ai_edge_litert.schema_py_generated", "tflite")
+    if content[4:8] != b"TFL3":
+        raise BadInputError("not a readable TFLite flatbuffer (no TFL3 file identifier); re-export the artifact")
     try:
         model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
     except Exception as exc:  # flatbuffers raises whatever a bad offset leads to
