@@ -43,6 +43,8 @@ def run(args) -> int:
     print(f"serving http://{host}:{port}/ (127.0.0.1 only; a phone on USB: adb reverse tcp:{port} tcp:{port}); Ctrl-C stops")
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")  # Ctrl-C is how serving ends: not an error
     finally:
         server.server_close()
     return 0
