@@ -138,6 +138,14 @@ function renderReady() {
     `preprocessing ${manifest.preprocess.algorithm}. Runtime ${runtime.name} ${runtime.version} on WebAssembly, ` +
     `${runtime.threads} thread(s)${globalThis.crossOriginIsolated ? "" : " (this page is not cross-origin isolated, so one thread)"}; ` +
     `model loaded in ${ms(state.loadMs)}, first inference ${ms(state.firstMs)}.${twin}`;
+  const choices = globalThis.crossOriginIsolated ? [1, 2, 4].filter((n) => n <= (navigator.hardwareConcurrency || 1)) : [1];
+  $("bench-threads").replaceChildren(
+    `Threads: ${runtime.threads}.`,
+    ...(choices.length > 1 ? [" Reload with ", ...choices.flatMap((n, i) => [i ? " · " : "",
+      n === runtime.threads ? `${n}` : el("a", { href: `?threads=${n}` }, `${n}`)]), " thread(s)."] : [
+      globalThis.crossOriginIsolated ? "" : " More need a cross-origin isolated page (COOP/COEP headers, as `dermmobile web --serve` sends).",
+    ]),
+  );
   document.body.dataset.state = "ready";
 }
 
