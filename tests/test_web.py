@@ -370,7 +370,10 @@ def test_browser_gives_pythons_answers(chromium_run, case):
         assert browser["top1"] == python["top1"], (case, browser["id"])
         logits, expected = np.asarray(browser["logits"], np.float32), np.asarray(python["logits"], np.float32)
         if case.endswith("int8"):
-            np.testing.assert_array_equal(logits, expected)  # int8: equal after dequantization
+            # int8: equal after dequantization. TFLite: XNNPACK's kernels on both sides, equal by construction.
+            # ONNX: equal on this model, but not in general: on Lite0, onnxruntime-web's WebAssembly int8
+            # kernels gave logits up to 0.11 away from native x86 onnxruntime (benchmarks/results/browser-*).
+            np.testing.assert_array_equal(logits, expected)
             if golden["manifest"]["input"]["dtype"] != "float32":
                 assert browser["quantized_input_equal"] is True
         else:
