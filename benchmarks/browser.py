@@ -111,7 +111,7 @@ def markdown(summary: dict) -> str:
         f"Inference only, batch 1, p50 after warm-up: Python = `dermmobile bench` ({summary['iters']} calls, one process per "
         f"job); browser = {summary['browser']} headless, {summary['browser_iters']} calls over {summary['golden_images']} "
         "golden photos, 1 thread, and 2 threads cross-origin isolated (WebAssembly threads). LiteRT.js runs the int8 "
-        "artifact as its uint8-I/O twin (same int8 body). Load average at the end: "
+        f"artifact as its uint8-I/O twin (same int8 body). Preprocessing {summary['preprocess']}. Load average at the end: "
         f"{machine.get('load_average_1_5_15min')}.",
         "",
         "| " + " | ".join(headers) + " |",
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "what": "inference p50 of the same artifacts: Python runtimes (dermmobile bench) and headless Chromium (web demo)",
         "arch": arch, "data": args.data.name, "threads": args.threads, "iters": args.iters,
+        "preprocess": checkpoint.meta.preprocess.get("algorithm", "dermmobile-preprocess-v1"),
         "browser_iters": args.iters, "golden_images": len(images), "browser": f"Chromium ({CHROMIUM})",
         "browser_user_agent": next((p["bench"]["user_agent"] for p in pages if p.get("bench")), None),
         "runtimes": {"LiteRT.js": package_version("@litertjs/core"), "onnxruntime-web": package_version("onnxruntime-web")},
