@@ -253,17 +253,18 @@ def test_js_quantization_equals_numpy():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_checkpoint, synthetic_root) -> dict[str, Path]:
-    """The fixture model exported to tflite and onnx, fp32 and int8 (int8 calibrated on the synthetic images)."""
+    """The fixture model exported to tflite and onnx, fp32 and int8 (int8 calibrated on the synthetic images),
+    and tflite int8 NHWC (what Android apps take)."""
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("litert_torch")
     pytest.importorskip("onnxruntime")
     from dermmobile.cli import main
 
     out = tmp_path_factory.mktemp("web-export")
-    for target in ("tflite", "onnx"):
-        for quantize in ("none", "int8"):
-            args = ["export", "--checkpoint", str(tiny_checkpoint), "--target", target, "--quantize", quantize, "--out", str(out)]
-            assert main([*args, "--calib-data", str(synthetic_root)]) == 0
+    for target, quantize, layout in (("tflite", "none", "nchw"), ("tflite", "int8", "nchw"), ("tflite", "int8", "nhwc"),
+                                     ("onnx", "none", "nchw"), ("onnx", "int8", "nchw")):  # fmt: skip
+        args = ["export", "--checkpoint", str(tiny_checkpoint), "--target", target, "--quantize", quantize, "--out", str(out)]
+        assert main([*args, "--layout", layout, "--calib-data", str(synthetic_root)]) == 0
     return {path.stem.split("-", 1)[1]: path for path in out.glob("*") if path.suffix in (".tflite", ".onnx")}
 
 
@@ -299,7 +300,7 @@ def test_uint8_twin_refuses_what_it_cannot_twin(exported):
 
 # -- in Chromium ----------------------------------------------------------------------------------
 
-CASES = ["tflite-none", "tflite-int8", "onnx-none", "onnx-int8"]
+CASES = ["tflite-none", "tflite-int8", "tflite-int8-nhwc", "onnx-none", "onnx-int8"]
 # Each bad site is a good tflite site with one thing broken, and the text the page must show.
 BROKEN = {
     "manifest-not-json": ("model/manifest.json", lambda path: path.write_text("{not json"), "is damaged"),
@@ -369,7 +370,7 @@ def test_browser_gives_pythons_answers(chromium_run, case):
         assert browser["input_values_differing"] == 0, (case, browser["id"], browser["input_max_abs_diff"])
         assert browser["top1"] == python["top1"], (case, browser["id"])
         logits, expected = np.asarray(browser["logits"], np.float32), np.asarray(python["logits"], np.float32)
-        if case.endswith("int8"):
+        if "int8" in case:
             # int8: equal after dequantization. TFLite: XNNPACK's kernels on both sides, equal by construction.
             # ONNX: equal on this model, but not in general: on Lite0, onnxruntime-web's WebAssembly int8
             # kernels gave logits up to 0.11 away from native x86 onnxruntime (benchmarks/results/browser-*).
