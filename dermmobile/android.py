@@ -100,13 +100,11 @@ def check_bench_row(row: object, where: str = "android bench row") -> dict:
 
 def quantize_input(values: np.ndarray, dtype: str, scale: float, zero_point: int) -> np.ndarray:
     """float32 -> int8/uint8 as the app does it (float32 division, round half to even, clip)."""
-    from dermmobile.targets.base import quantize_int8
+    from dermmobile.targets.base import quantize
 
-    if dtype == "int8":
-        return quantize_int8(values.astype(np.float32), scale, zero_point)
-    if dtype == "uint8":
-        return np.clip(np.round(values.astype(np.float32) / scale) + zero_point, 0, 255).astype(np.uint8)
-    raise BadInputError(f"cannot quantize an input of dtype {dtype!r}; expected int8 or uint8")
+    if dtype not in ("int8", "uint8"):
+        raise BadInputError(f"cannot quantize an input of dtype {dtype!r}; expected int8 or uint8")
+    return quantize(values.astype(np.float32), np.dtype(dtype), scale, zero_point)
 
 
 def _sha256(data: bytes) -> str:
