@@ -4,7 +4,7 @@
 - Every image is decoded once, up front. Training keeps uint8 copies whose shorter side is
   the spec's resize in an `ImageBank` (on the GPU when there is one) and augments whole
   batches there (`dermmobile.augment`); validation and test use the one preprocessing spec
-  (`PreprocessSpec.array`) on the full decoded image, exactly what an exported artifact sees.
+  (`spec.decode` then `spec.array`), exactly what an exported artifact sees.
   Unreadable files are skipped and listed in the run's outputs.
 - No step waits for the host: losses and accuracies are summed on the device and read once
   per epoch; the learning rate is set per step from a formula (warm-up, then cosine or step).
@@ -38,7 +38,7 @@ from torch import nn
 
 from dermmobile.augment import ImageBank, augment_batch, batch_generator, downscale
 from dermmobile.checkpoint import CheckpointMeta
-from dermmobile.data import ImageFolder, decode_image, files_digest, kfold_indices, scan_image_folder, stratified_split
+from dermmobile.data import ImageFolder, files_digest, kfold_indices, scan_image_folder, stratified_split
 from dermmobile.errors import BadImageError, BadInputError, DermmobileError
 from dermmobile.evaluate import predict_logits, write_report
 from dermmobile.metrics import accuracy, confusion_matrix, per_class_recall
@@ -145,7 +145,7 @@ def decode_all(folder: ImageFolder, train_idx: set[int], eval_idx: set[int], spe
                workers: int, desc: str | None) -> Decoded:  # fmt: skip
     def one(index: int):
         try:
-            image = decode_image(folder.samples[index].path)
+            image = spec.decode(folder.samples[index].path)  # the spec's own decode (v2: reduced JPEG decode)
         except BadImageError as exc:
             return index, None, None, exc.reason
         small = downscale(image, spec.resize) if index in train_idx else None
