@@ -113,13 +113,17 @@ def decode_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
       white, so transparent pixels do not turn black.
     - Images above `max_pixels` are refused before their pixels are decoded.
     """
+    from dermmobile.readers import open_regular, regular_file_problem
+
     path = Path(path)
     try:
+        if problem := regular_file_problem(path):  # a FIFO would hang Pillow, /dev/zero would feed it forever
+            raise BadImageError(path, problem)
         if path.stat().st_size == 0:
             raise BadImageError(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_regular(path, "image") as handle, Image.open(handle) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImageError(

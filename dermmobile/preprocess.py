@@ -70,6 +70,9 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
+        from dermmobile.validation import check_preprocess_values
+
+        check_preprocess_values(data)  # types and ranges of untrusted values (issue 15)
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
