@@ -40,7 +40,7 @@ from dermmobile.checkpoint import CheckpointMeta, save_checkpoint
 from dermmobile.data import ImageFolder, decode_image, files_digest, kfold_indices, scan_image_folder, stratified_split
 from dermmobile.errors import BadImageError, BadInputError, DermmobileError
 from dermmobile.evaluate import predict_logits, write_report
-from dermmobile.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from dermmobile.fsutil import append_text, atomic_path, atomic_write_json, atomic_write_text
 from dermmobile.metrics import accuracy, confusion_matrix, per_class_recall
 from dermmobile.models import build_model, get_head, model_info
 from dermmobile.preprocess import PreprocessSpec
@@ -480,8 +480,7 @@ class Run:
                     if improved:
                         best = {"epoch": epoch, "val_loss": val_loss, "val_acc": accuracy(val_matrix)}
                         save_checkpoint(self.best_path, self.model, self.meta({"best": best}))
-                    with open(self.out / "log.jsonl", "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
+                    append_text(self.out / "log.jsonl", json.dumps(record) + "\n")  # never through a planted link
                     self.save_last()  # last: a crash between the two files repeats one epoch, loses none
                 self.dist.barrier()
                 self.log(

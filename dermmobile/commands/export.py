@@ -27,9 +27,10 @@ def run(args) -> int:
 
     from dermmobile.checkpoint import load_checkpoint
     from dermmobile.exporter import plan_export, run_plan
+    from dermmobile.fsutil import check_output_dir
 
+    out = check_output_dir(args.out or Path("export") / args.checkpoint.stem)
     checkpoint = load_checkpoint(args.checkpoint)
-    out = args.out or Path("export") / args.checkpoint.stem
     plan = plan_export(
         checkpoint, args.target, args.quantize, out, args.calib_data, args.calib_count, args.check_data, args.layout, args.timeout
     )

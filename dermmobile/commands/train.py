@@ -61,8 +61,11 @@ def run(args) -> int:
     # 2-core machine spinning threads starved the busy ones (tiny_cnn step 750 ms -> 72 ms).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+    from dermmobile.fsutil import check_output_dir
     from dermmobile.preprocess import PreprocessSpec
     from dermmobile.trainer import TrainConfig, train
+
+    check_output_dir(Path(args.out or f"runs/{args.arch}"))  # a file or a link there: say so before training
 
     spec = PreprocessSpec()
     if args.image_size:
