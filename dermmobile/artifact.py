@@ -195,8 +195,13 @@ class Artifact:
         return manifest_path(self.path)
 
 
+def plain_file_name(name: str) -> bool:
+    """A name that stays in its folder: no separators, not . or .., no control characters (a NUL would not even open)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\") and name.isprintable()
+
+
 def _safe_child(folder: Path, name: str, where: str) -> Path:
-    if not name or name != Path(name).name or name in (".", "..") or os.sep in name or "/" in name or "\\" in name:
+    if not plain_file_name(name):
         raise UnsafeFileError(f"{where}: file name {name!r} is not a plain name inside the manifest's folder; refused")
     candidate = folder / name
     if candidate.is_symlink():

@@ -74,7 +74,10 @@ def scan_image_folder(root: Path, expected_classes: list[str] | None = None) -> 
         for path in sorted(class_dir.rglob("*")):
             if any(_hidden(part) for part in path.relative_to(class_dir).parts):
                 continue
-            if not path.is_file():
+            if path.is_dir():
+                continue
+            if not path.is_file():  # a FIFO, device or socket would hang or feed the decoder forever
+                skipped.append((path, "not a regular file"))
                 continue
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 samples.append(Sample(path, label))

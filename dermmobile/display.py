@@ -18,9 +18,11 @@ from __future__ import annotations
 import io
 import re
 
-# C0 controls except tab/newline, DEL, C1 controls, and Unicode's bidirectional formatting characters.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_ALL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls except tab/newline, DEL, C1 controls, Unicode's bidirectional formatting characters, and
+# lone surrogates (undecodable bytes of a file name, which a strict UTF-8 terminal stream cannot encode).
+_OTHERS = "\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_CONTROL = re.compile(f"[\x00-\x08\x0b-\x1f{_OTHERS}]")
+_CONTROL_ALL = re.compile(f"[\x00-\x1f{_OTHERS}]")
 
 
 def _escape(match: re.Match) -> str:

@@ -58,6 +58,9 @@ class PreprocessSpec:
             raise BadInputError(f"mean and std need three values each and std > 0, got {self.mean}, {self.std}")
         if self.color != "RGB" or not self.exif_transpose:
             raise BadInputError("only RGB colour order with EXIF transpose is implemented")
+        from dermmobile.validation import check_preprocess_values
+
+        check_preprocess_values(self.to_dict())  # sane ranges however the spec was made (--image-size 100000)
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -118,6 +118,7 @@ MANIFEST_MEANING = [
     ("bytes", "11", "bytes"),
     ("sha256", "zz", "sha256"),
     ("file", "../m.onnx", "not a plain name"),
+    ("file", "m\x00.onnx", "not a plain name"),
     ("export_seconds", "fast", "export_seconds"),
     ("surprise", 1, "surprise"),
     ("schema_version", True, "version"),
@@ -237,6 +238,28 @@ def test_deeply_nested_and_huge_merge_files_are_refused_in_seconds(tmp_path, cap
         assert time.monotonic() - started < 20
 
 
+def bench_report(artifacts: list) -> dict:
+    """The smallest bench.json that `bench --merge` renders again."""
+    return {
+        "schema": "dermmobile-bench", "schema_version": 1, "created": "now", "versions": {}, "gemm_peak_gflops": {},
+        "machine": {"cpu": "x", "cores": 1, "os": "y", "python": "3"}, "settings": {"warmup": 1, "iters": 1, "threads": [1]},
+        "data": {"root": "d", "split": "all", "classes": LABELS}, "reference": {"name": "r", "note": "n"},
+        "artifacts": artifacts, "rows": [], "problems": [],
+    }  # fmt: skip
+
+
+def test_a_bench_report_cannot_name_a_file_outside_its_folder(tmp_path, capsys):
+    from tests.test_bench import PHONE_ROW
+
+    out = tmp_path / "report"
+    out.mkdir()
+    entry = {"name": "../../evil", "role": "artifact", "format": "onnx", "quantization": "none", "status": "passed"}
+    (out / "bench.json").write_text(json.dumps(bench_report([entry])))
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([PHONE_ROW]))
+    refused_in_process(capsys, ["bench", "--merge", str(rows), "--out", str(out)], "not a plain file name")
+
+
 # -- 3. special files -------------------------------------------------------------------------------------------
 @pytest.fixture
 def specials(tmp_path):
@@ -297,6 +320,20 @@ def test_special_files_as_image_checkpoint_and_merge_file(tmp_path, specials, ti
     assert_refused(cli("export", "--checkpoint", checkpoint, "--out", tmp_path / "e", timeout=60), KINDS[kind])
     merge = specials(kind, "rows.json")
     assert_refused(cli("bench", "--merge", merge, "--out", tmp_path / "r", timeout=60), KINDS[kind])
+
+
+@POSIX
+def test_a_data_folder_holding_a_fifo_is_read_without_hanging(tmp_path, tiny_checkpoint, synthetic_root):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    os.mkfifo(data / "acne" / "waiting.png")
+    result = cli("evaluate", "--checkpoint", tiny_checkpoint, "--data", data, "--split", "all", timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    from dermmobile.data import scan_image_folder
+
+    assert ("waiting.png", "not a regular file") in [(p.name, r) for p, r in scan_image_folder(data).skipped]
 
 
 @POSIX
@@ -513,11 +550,7 @@ def test_bench_report_links_are_never_followed(tmp_path, outside, capsys):
     out.mkdir()
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps([PHONE_ROW]))
-    report = {"schema": "dermmobile-bench", "schema_version": 1, "created": "now", "machine": {"cpu": "x", "cores": 1, "os": "y",
-              "python": "3"}, "versions": {}, "settings": {"warmup": 1, "iters": 1, "threads": [1]}, "gemm_peak_gflops": {},
-              "data": {"root": "d", "split": "all", "classes": LABELS}, "reference": {"name": "r", "note": "n"},
-              "artifacts": [], "rows": [], "problems": []}  # fmt: skip
-    (out / "bench.json").write_text(json.dumps(report))
+    (out / "bench.json").write_text(json.dumps(bench_report([])))
     os.symlink(outside, out / "bench.md")
     assert main(["bench", "--merge", str(rows), "--out", str(out)]) == 0
     assert not (out / "bench.md").is_symlink()
@@ -633,6 +666,7 @@ def test_printable_leaves_no_control_characters():
             assert shown == text
 
     check()
+    assert printable("name\udcff.png") == "name\\udcff.png"  # an undecodable byte of a file name
 
 
 # -- 8. output paths ---------------------------------------------------------------------------------------------
@@ -649,6 +683,22 @@ def test_out_that_is_a_regular_file_is_a_clear_error(tiny_checkpoint, synthetic_
     refused_in_process(capsys, [*args, "--out", str(out)], "is a regular file, not a folder")
     refused_in_process(capsys, [*args, "--out", str(out / "sub")], "cannot be created")
     assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["export", "--timeout", "nan"], "--timeout"),
+        (["export", "--timeout", "-1"], "--timeout"),
+        (["train", "--image-size", "100000", "--weights", "none"], "4096"),
+    ],
+    ids=["timeout-nan", "timeout-negative", "image-size"],
+)
+def test_numeric_options_out_of_range(tiny_checkpoint, synthetic_root, tmp_path, capsys, args, needle):
+    source = (
+        ["--checkpoint", str(tiny_checkpoint)] if args[0] == "export" else ["--data", str(synthetic_root), "--arch", "tiny_cnn"]
+    )
+    refused_in_process(capsys, [*args, *source, "--out", str(tmp_path / "o")], needle)
 
 
 def test_a_killed_converter_leaves_no_temporary_folders(tiny_checkpoint, tmp_path, monkeypatch):

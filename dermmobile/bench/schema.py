@@ -108,7 +108,8 @@ class Parity(BaseModel):
 
 class ArtifactEntry(BaseModel):
     model_config = KEPT
-    name: Name
+    name: Name  # becomes a file name (confusions/<name>.png): checked to stay in its folder
+
     role: Literal["reference", "compiled", "artifact"]
     format: ShortText
     quantization: ShortText
@@ -116,6 +117,14 @@ class ArtifactEntry(BaseModel):
     error: str | None = None
     bytes: Count | None = None
     parity: Parity | None = None
+
+    @model_validator(mode="after")
+    def _plain_name(self):
+        from dermmobile.artifact import plain_file_name
+
+        if not plain_file_name(self.name) or self.name.startswith("."):
+            raise ValueError(f"artifact name {self.name!r} is not a plain file name")
+        return self
 
 
 class DataInfo(BaseModel):
