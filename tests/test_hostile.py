@@ -741,3 +741,76 @@ def test_the_bench_row_json_schema_is_up_to_date():
     from dermmobile.bench.schema import SCHEMA_FILE, json_schema_text
 
     assert SCHEMA_FILE.read_text() == json_schema_text(), "run: python -m dermmobile.bench.schema"
+
+
+def test_bench_rows_are_either_valid_or_refused_by_name():
+    """Any JSON-ish row: check_row returns a row the schema accepts again, or refuses it naming a field."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from dermmobile.bench.merge import check_row
+    from dermmobile.bench.schema import BenchRow
+    from tests.test_bench import PHONE_ROW
+
+    values = (
+        st.none()
+        | st.booleans()
+        | st.integers(-5, 10**6)
+        | st.floats()
+        | st.text(max_size=8)
+        | st.lists(st.integers(), max_size=2)
+    )
+    keys = st.sampled_from([*PHONE_ROW, "status", "load_ms", "top1_matches_golden", "unknown"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(keys, values, max_size=4), st.dictionaries(st.sampled_from(["p50", "p90", "p99", "std"]), values))
+    def check(changes, latency):
+        row = {**PHONE_ROW, **changes}
+        if latency and isinstance(row.get("latency_ms"), dict):
+            row["latency_ms"] = {**row["latency_ms"], **latency}
+        try:
+            checked = check_row(row, "row 0")
+        except BadInputError as exc:
+            assert str(exc).startswith("row 0: ")
+        else:
+            BenchRow.model_validate(checked)
+
+    check()
+
+
+def test_manifest_numbers_are_either_consistent_or_refused(tmp_path_factory):
+    """Random sizes, shapes and quantization numbers: a manifest loads only when they describe one model."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    sizes = st.integers(-2, 5000) | st.floats(allow_nan=False) | st.booleans()
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        resize=sizes,
+        crop=sizes,
+        side=sizes,
+        classes=sizes,
+        scale=st.none() | st.floats(),
+        zero=st.none() | st.integers(-300, 300),
+    )
+    def check(resize, crop, side, classes, scale, zero):
+        folder = tmp_path_factory.mktemp("m")
+        path = fake_artifact(folder)
+        data = json.loads(manifest_path(path).read_text())
+        data["preprocess"].update(resize=resize, crop=crop)
+        data["input"].update(
+            shape=[1, 3, side, side], dtype="int8" if zero is not None else "float32", scale=scale, zero_point=zero
+        )
+        data["output"]["shape"] = [1, classes]
+        text = json.dumps(data)
+        rewrite(path, text)
+        try:
+            manifest = load_artifact(path).manifest
+        except BadInputError:
+            return
+        crop_side = manifest.input.shape[2]
+        assert 1 <= crop_side <= int(data["preprocess"]["resize"]) <= 4096 and manifest.output.shape == [1, len(LABELS)]
+        assert zero is None or (scale is not None and scale > 0 and -128 <= zero <= 127)
+
+    check()
