@@ -1,8 +1,11 @@
 """The artifact manifest: everything an app or the bench needs to run an exported file.
 
-Written as `<artifact file>.json` beside every artifact, atomically. Loading a manifest
-refuses unknown schema versions, file names that leave the manifest's folder, and files
-whose sha256 does not match.
+Written as `<artifact file>.json` beside every artifact, atomically. A manifest is
+untrusted input: it is read through `dermmobile.readers` (regular file, bounded size and
+depth) and validated against its meaning (`Manifest` is a strict pydantic dataclass: types,
+ranges, known sets, shapes that fit the crop, layout and labels). Loading also refuses
+unknown schema versions, file names that leave the manifest's folder, files whose sha256
+does not match, and parity that was measured on another file or checkpoint.
 """
 
 from __future__ import annotations

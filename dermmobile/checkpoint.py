@@ -3,6 +3,10 @@
 One `.safetensors` file carries everything an export or an app needs: arch, labels,
 preprocessing spec, the arguments that made it, metrics, data provenance and a sha256
 of the weights. Loading checks that the metadata matches the weights.
+
+The safetensors header and the metadata in it are parsed by `dermmobile.readers` (no
+library opens the path first: a FIFO is refused, not waited on) and validated as a strict
+`CheckpointMeta`; the weights, the metadata and the file's sha256 come from one read.
 """
 
 from __future__ import annotations
