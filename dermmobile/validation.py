@@ -8,9 +8,8 @@ side of 0 or 10^6 pixels, a label that is not a string, a std of 0 are refused o
 with a message naming the field, instead of failing later as a traceback or a 7 TiB
 allocation.
 
-`check_preprocess_values` holds the ranges of the preprocessing spec's fields; the spec
-itself (`PreprocessSpec.from_dict`) calls it, so checkpoint, manifest and command line
-share one rule.
+The preprocessing spec checks its own fields (`PreprocessSpec.__post_init__`/`from_dict`);
+the manifest and checkpoint models call it, so files and command line share that rule.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
-    model_validator,
 )
 
 from dermmobile.errors import BadInputError
@@ -95,34 +93,3 @@ def _adapter(schema) -> TypeAdapter:
     if schema not in _ADAPTERS:
         _ADAPTERS[schema] = TypeAdapter(schema)
     return _ADAPTERS[schema]
-
-
-class PreprocessValues(BaseModel):
-    """The ranges of the preprocessing spec's fields. Unknown names are left to PreprocessSpec.from_dict,
-    which knows the fields of its own version."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-    resize: ImageSide | None = None
-    crop: ImageSide | None = None
-    interpolation: Name | None = None
-    mean: Annotated[list[Annotated[Number, Field(ge=-1e6, le=1e6)]], Field(min_length=3, max_length=3)] | None = None
-    std: Annotated[list[Annotated[Number, Field(gt=0, le=1e6)]], Field(min_length=3, max_length=3)] | None = None
-    color: Name | None = None
-    exif_transpose: Flag | None = None
-    scale: Annotated[Number, Field(gt=0, le=1e6)] | None = None
-    algorithm: Name | None = None
-
-    @model_validator(mode="after")
-    def _crop_fits(self):
-        if self.crop is not None and self.resize is not None and self.crop > self.resize:
-            raise ValueError(f"crop ({self.crop}) must be no larger than resize ({self.resize})")
-        return self
-
-
-def check_preprocess_values(data: object, where: str = "preprocessing spec") -> dict:
-    """Refuse a spec dict whose fields have the wrong type or range (std 0, crop 10^6, mean "0.5"); returns it."""
-    if not isinstance(data, dict):
-        raise BadInputError(f"{where}: expected an object of preprocessing fields, got {type(data).__name__}")
-    validate(PreprocessValues, data, where)
-    return data

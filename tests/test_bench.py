@@ -16,6 +16,7 @@ from dermmobile.artifact import Manifest, TensorSpec, write_manifest
 from dermmobile.bench import latency
 from dermmobile.bench.accuracy import evaluate
 from dermmobile.bench.merge import check_row, merge_rows, read_rows
+from dermmobile.bench.phone_photo import make_phone_photo
 from dermmobile.bench.sweep import select_samples
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.cli import main
@@ -181,11 +182,20 @@ def test_worker_protocol_order_and_counts(tmp_path, monkeypatch, data):
         e2e_files=files,
         spec=SPEC.to_dict(),
     )
+    job.phone_photo = str(make_phone_photo(Path(files[0]), tmp_path / "phone.jpg", size=(640, 480)))
+    job.phone_runs = 3
     result = run_job(job)
     assert result["status"] == "ok", result
-    # the load check (dermmobile.runtime.smoke_test) + first inference + warm-up + timed + end-to-end + one per parity image
-    assert runtime.calls == 1 + 1 + 3 + 5 + 2 + 4
+    # the load check (dermmobile.runtime.smoke_test) + first inference + warm-up + timed
+    # + end-to-end (data set, then phone photo) + one call per parity image
+    assert runtime.calls == 1 + 1 + 3 + 5 + 2 + 3 + 4
     assert result["latency_ms"]["n"] == 5 and result["end_to_end_ms"]["n"] == 2
+    on_images, phone = result["end_to_end"]["images"], result["end_to_end"]["phone_12mp"]
+    assert (on_images["files"], phone["files"]) == (2, 3)
+    for e2e in (on_images, phone):  # the parts add up to the whole, file by file
+        parts = sum(e2e[f"{step}_ms"]["mean"] for step in ("decode", "preprocess", "inference"))
+        assert parts == pytest.approx(e2e["total_ms"]["mean"], rel=1e-9)
+        assert e2e["total_over_inference_p50"] == pytest.approx(e2e["total_ms"]["p50"] / result["latency_ms"]["p50"])
     assert np.allclose(np.load(tmp_path / "logits.npy"), images.mean(axis=(2, 3)))
     assert result["peak_rss_mb"] > 0
 
@@ -274,6 +284,8 @@ def test_all_passing_sweep_exits_zero(tmp_path, monkeypatch, data):
             "1",
             "--e2e-images",
             "1",
+            "--phone-runs",
+            "2",
             "--gemm-size",
             "32",
             "--out",
@@ -281,6 +293,13 @@ def test_all_passing_sweep_exits_zero(tmp_path, monkeypatch, data):
         ]
     )
     assert code == 0
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["data"]["phone_photo"]["size"] == [4032, 3024] and report["data"]["phone_photo"]["runs"] == 2
+    for row in report["rows"]:  # decode, preprocess and inference apart, on the data set's photos and the 12 MP JPEG
+        e2e = row["end_to_end"]
+        assert (e2e["images"]["files"], e2e["phone_12mp"]["files"]) == (1, 2)
+        assert set(e2e["phone_12mp"]) >= {"decode_ms", "preprocess_ms", "inference_ms", "total_ms", "total_over_inference_p50"}
+    assert "12 MP phone JPEG" in (tmp_path / "out" / "bench.md").read_text()
 
 
 # -- data selection ---------------------------------------------------------------------------

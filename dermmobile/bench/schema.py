@@ -47,6 +47,18 @@ class LatencyStats(BaseModel):
         return self
 
 
+class EndToEnd(BaseModel):
+    """What a person waits for per photo, step by step (dermmobile.bench.latency.EndToEnd)."""
+
+    model_config = SCHEMA_CONFIG
+    files: Positive
+    decode_ms: LatencyStats
+    preprocess_ms: LatencyStats
+    inference_ms: LatencyStats
+    total_ms: LatencyStats
+    total_over_inference_p50: NonNegative | None = None
+
+
 class BenchRow(BaseModel):
     """One latency measurement of one artifact at one thread count on one device."""
 
@@ -72,6 +84,9 @@ class BenchRow(BaseModel):
     first_inference_ms: NonNegative | None = None
     end_to_end_ms: LatencyStats | None = Field(None, description="decode + preprocess + inference per image file")
     preprocess_ms: LatencyStats | None = None
+    end_to_end: dict[Identifier, EndToEnd] | None = Field(
+        None, description="per photo source (images: the data set's, phone_12mp: a 12 MP JPEG): decode, preprocess, inference"
+    )
     e2e_images: Count | None = None
     file_bytes: Count | None = None
     sha256: Sha256 | None = None
@@ -85,6 +100,11 @@ class BenchRow(BaseModel):
     torch_imported: StrictBool | None = None
     top1_matches_golden: StrictBool | None = Field(None, description="phones: every golden image's top-1 equals Python's")
     merged_from: ShortText | None = None
+    runtime: ShortText | None = Field(None, description="the runtime and its version, e.g. 'LiteRT.js 2.1 (WebAssembly, CPU)'")
+    file_served: Name | None = Field(None, description="browsers: the file the page ran (a uint8-I/O twin of an int8 artifact)")
+    cross_origin_isolated: StrictBool | None = Field(None, description="browsers: WebAssembly threads were available")
+    user_agent: Annotated[str, Field(strict=True, max_length=1000)] | None = None
+    created: ShortText | None = None
 
     @model_validator(mode="after")
     def _measured_when_ok(self):
