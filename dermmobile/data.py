@@ -86,7 +86,10 @@ def scan_image_folder(root: Path, expected_classes: list[str] | None = None) -> 
         for path in sorted(class_dir.rglob("*")):
             if any(_hidden(part) for part in path.relative_to(class_dir).parts):
                 continue
-            if not path.is_file():
+            if path.is_dir():
+                continue
+            if not path.is_file():  # a FIFO, device or socket would hang or feed the decoder forever
+                skipped.append((path, "not a regular file"))
                 continue
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 samples.append(Sample(path, label))
@@ -132,13 +135,17 @@ def decode_image(
       decompression bomb), or a decode that would hold more than `max_bytes` of memory
       (`decode_bytes`: the decoded image plus one copy, conversions run in strips).
     """
+    from dermmobile.readers import open_regular, regular_file_problem
+
     path = Path(path)
     try:
+        if problem := regular_file_problem(path):  # a FIFO would hang Pillow, /dev/zero would feed it forever
+            raise BadImageError(path, problem)
         if path.stat().st_size == 0:
             raise BadImageError(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_regular(path, "image") as handle, Image.open(handle) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImageError(

@@ -27,6 +27,10 @@ class FakeTarget:
     def export(self, request: ExportRequest) -> ExportResult:
         if BEHAVIOUR["raise"]:
             raise RuntimeError(BEHAVIOUR["raise"])
+        if BEHAVIOUR.get("tempdir"):  # a converter's own temporary folder, recorded for the test
+            import tempfile
+
+            Path(BEHAVIOUR["tempdir"]).write_text(tempfile.mkdtemp(prefix="fake-converter-"))
         if BEHAVIOUR["hang"]:
             import time
 
@@ -63,6 +67,16 @@ class FakeRuntime:
         out = out + np.random.default_rng(0).normal(0, BEHAVIOUR["noise"], out.shape).astype(np.float32)
         out[: BEHAVIOUR["nan_rows"]] = np.nan
         return out
+
+
+class AbortingTarget(FakeTarget):
+    """A runtime that aborts the whole process on load, as ExecuTorch's loader did on some damaged files."""
+
+    name = "aborting"
+    load_may_crash = True
+
+    def load(self, path, manifest, threads=None):
+        os.abort()
 
 
 TARGET = FakeTarget()

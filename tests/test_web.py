@@ -167,7 +167,7 @@ def test_build_site_refusals(tmp_path, small_spec, torch_runtime):
     with pytest.raises(UnsafeFileError, match="symbolic link"):
         build_site(artifact, images, link, demo=demo, runtime=torch_runtime)
     assert not (tmp_path / "elsewhere").exists()
-    coreml = _fake_artifact(tmp_path / "export2", small_spec, fmt="mlpackage")
+    coreml = _fake_artifact(tmp_path / "export2", small_spec, fmt="coreml")  # a registered format the web cannot run
     with pytest.raises(BadInputError, match=r"\.tflite \(LiteRT\.js\) and \.onnx"):
         build_site(coreml, images, tmp_path / "s1", demo=demo, runtime=torch_runtime)
     with pytest.raises(BadInputError, match="npm ci"):

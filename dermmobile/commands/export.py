@@ -24,12 +24,17 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
+    import math
 
     from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.errors import BadInputError
     from dermmobile.exporter import plan_export, run_plan
+    from dermmobile.fsutil import check_output_dir
 
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise BadInputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    out = check_output_dir(args.out or Path("export") / args.checkpoint.stem)
     checkpoint = load_checkpoint(args.checkpoint)
-    out = args.out or Path("export") / args.checkpoint.stem
     plan = plan_export(
         checkpoint, args.target, args.quantize, out, args.calib_data, args.calib_count, args.check_data, args.layout, args.timeout
     )

@@ -80,6 +80,8 @@ class Target(Protocol):
     extension: str
     quantizations: frozenset[str]
     extra: str  # pip extra that installs its converter/runtime
+    # Optional `load_may_crash: bool`: its runtime may abort the process on a malformed file
+    # (dermmobile.runtime then opens files in a child process first).
 
     def export(self, request: ExportRequest) -> ExportResult: ...
 
