@@ -284,6 +284,13 @@ def test_uint8_twin_gives_the_int8_logits(exported, tmp_path):
     assert twin.input["dtype"] == np.uint8 and twin.output["dtype"] == np.uint8
     batch = np.random.default_rng(1).standard_normal((24, *artifact.manifest.input.shape[1:]), dtype=np.float32) * 2
     np.testing.assert_array_equal(twin.predict(batch), original.predict(batch))
+    # Its manifest is a valid manifest of the twin: the parity it inherits is bound to the twin's own file.
+    from dermmobile.artifact import write_manifest
+
+    write_manifest(twin_file, twin_manifest)
+    reloaded = load_artifact(twin_file).manifest
+    assert reloaded.parity["artifact_sha256"] == reloaded.sha256 != artifact.manifest.sha256
+    assert reloaded.parity["measured_on"] == {"file": artifact.manifest.file, "sha256": artifact.manifest.sha256}
 
 
 def test_uint8_twin_refuses_what_it_cannot_twin(exported):
