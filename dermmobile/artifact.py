@@ -49,6 +49,13 @@ class Manifest:
     toolchain: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     export_seconds: float | None = None
+    # int8 only (None elsewhere): the images that chose and judged it, and what it computes in.
+    tuning_images: dict | None = None  # chose the observer and the float layers (count, per_class, files_sha256)
+    gate_images: dict | None = None  # judged the artifact once, disjoint from calibration and tuning
+    float_layers: list[str] | None = None  # layers the accuracy-aware fallback left in float
+    float_macs_share: float | None = None  # their share of the model's multiply-accumulates
+    op_counts: dict | None = None  # compute ops in the file by precision: int8, dynamic, float, by_op
+    fallback: dict | None = None  # the search: criterion, attempts, sensitivity report file
     created: str = ""
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
@@ -83,6 +90,8 @@ MANIFEST_TYPES = {
     "format": str, "quantization": str, "file": str, "arch": str, "labels": list, "preprocess": dict,
     "checkpoint_sha256": str, "sha256": str, "bytes": int, "calibration": (dict, type(None)), "parity": (dict, type(None)),
     "status": str, "toolchain": dict, "notes": dict, "export_seconds": (int, float, type(None)), "created": str,
+    "tuning_images": (dict, type(None)), "gate_images": (dict, type(None)), "float_layers": (list, type(None)),
+    "float_macs_share": (int, float, type(None)), "op_counts": (dict, type(None)), "fallback": (dict, type(None)),
     "schema": str, "schema_version": int, "input": TensorSpec, "output": TensorSpec,
 }  # fmt: skip
 TENSOR_TYPES = {

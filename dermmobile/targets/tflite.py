@@ -26,6 +26,7 @@ from dermmobile.errors import BadInputError, ExportFailedError, require
 from dermmobile.targets.base import (
     ExportRequest,
     ExportResult,
+    OpCounts,
     batched,
     dequantize,
     package_version,
@@ -34,6 +35,7 @@ from dermmobile.targets.base import (
 )
 
 LAYOUTS = ("NCHW", "NHWC")
+OBSERVER = "histogram"  # int8 activation observer; chosen by measurement, see README "int8 that passes its gate"
 TOOLCHAIN = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torchao")
 
 
@@ -95,7 +97,8 @@ class TFLiteTarget:
         quant_config = None
         if request.quantize == "int8":
             images = to_layout(np.ascontiguousarray(request.calibration, dtype=np.float32), request.layout)
-            model, quant_config = _pt2e_int8(model, example, images)
+            float_layers = {module_prefix(model, request.model) + name for name in request.float_layers}
+            model, quant_config = _pt2e_int8(model, example, images, float_layers, request.observer or OBSERVER)
         with torch.no_grad():
             content = litert_torch.convert(model, (example,), quant_config=quant_config).model_content()
         if request.quantize in ("fp16", "int8-dynamic"):
@@ -116,10 +119,44 @@ class TFLiteTarget:
             output=_tensor_spec(interpreter.get_output_details()[0], "logits", ""),
             toolchain={name: package_version(name) for name in TOOLCHAIN},
             notes=notes,
+            op_counts=count_ops(out),
         )
 
     def load(self, path: Path, manifest, threads: int | None = None) -> TFLiteRuntime:
         return TFLiteRuntime(Path(path), manifest, threads)
+
+    def simulation(self, request: ExportRequest):
+        """int8 simulated in PyTorch with litert's own PT2E quantizer (see dermmobile/quantization/simulate.py)."""
+        from dermmobile.quantization.simulate import Simulation
+
+        return Simulation(request.model, "litert", request.calibration, request.observer or OBSERVER).logits
+
+
+# Compute ops, and the operand that carries the activations' and the weights' type.
+_COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
+
+
+def count_ops(path: Path) -> OpCounts:
+    """Count the compute ops of a .tflite file by the types of their input and weight tensors."""
+    interpreter = require("ai_edge_litert.interpreter", "tflite")
+    # Without the default XNNPACK delegate, the op list is the file's own, not the delegate's rewrite.
+    reader = interpreter.Interpreter(
+        model_path=str(path), experimental_op_resolver_type=interpreter.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    counts = OpCounts()
+    for op in reader._get_ops_details():  # the public API has no op list; this private one is stable since TF 2.5
+        if op["op_name"] not in _COMPUTE_OPS or len(op["operand_types"]) < 2:
+            continue
+        activations, weights = (np.dtype(t) for t in op["operand_types"][:2])
+        kind = "float" if weights.kind == "f" else "dynamic" if activations.kind == "f" else "int8"
+        counts.add(op["op_name"], kind)
+    return counts
+
+
+def module_prefix(wrapper, inner) -> str:
+    """The dotted path of `inner` inside `wrapper` ("inner." here), so layer names still find their modules."""
+    path = next(name for name, module in wrapper.named_modules() if module is inner)
+    return f"{path}." if path else ""
 
 
 def _with_names(model):
@@ -137,16 +174,15 @@ def _with_names(model):
     return Named(model)
 
 
-def _pt2e_int8(model, example, images: np.ndarray):
+def _pt2e_int8(model, example, images: np.ndarray, float_layers: set[str], observer: str):
     """Static int8 by PT2E: observe activation ranges on the calibration images, then fold in the scales."""
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
 
-    from dermmobile.targets.pt2e import calibrated_int8
+    from dermmobile.targets.pt2e import build_quantizer, calibrated_int8
 
-    # Not clamp_aware: litert-torch's converter fuses ReLU6 by itself, and a moved observer
+    # Not clamp-aware: litert-torch's converter fuses ReLU6 by itself, and a moved observer
     # made it keep 33 layout transposes (30 % slower for +0.3 points; see targets/pt2e.py).
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = build_quantizer("litert", frozenset(float_layers), observer)
     quantized = calibrated_int8(model, example, quantizer, images, fold_quantize=False)
     quantized.training = False  # batch norm is already in eval form; this silences litert-torch's "training mode" warning
     return quantized, QuantConfig(pt2e_quantizer=quantizer)
