@@ -21,6 +21,7 @@ from dermmobile.artifact import Artifact, Manifest, TensorSpec, write_manifest
 from dermmobile.errors import BadInputError, DermmobileError, ExportFailedError, GateFailedError, MissingBackendError
 from dermmobile.fsutil import atomic_path
 from dermmobile.parity import apply_gate, compare_logits
+from dermmobile.quantization.options import Int8Options
 from dermmobile.targets import resolve
 from dermmobile.targets.base import ExportRequest, Target, TorchRuntime, batched, package_version
 
@@ -34,20 +35,6 @@ class CheckImages:
     targets: np.ndarray | None
     source: str
     unseen: np.ndarray | None = None  # bool per image: never used in training (reported apart: harder near-ties)
-
-
-@dataclass
-class Int8Options:
-    """How `--quantize int8` chooses what to quantize (dermmobile/quantization/fallback.py)."""
-
-    fallback: bool = True  # keep the most sensitive layers in float until the tuning images pass
-    max_float_macs: float = 0.25  # cap on the share of MACs left in float
-    tune_count: int = 192  # tuning images (chose layers); disjoint from calibration and gate
-    tune_margin: float = 0.005  # agreement points above the 98 % gate the tuning images must reach
-    observer: str = ""  # activation calibration method; "" = each target's measured default
-    explain: bool = False  # write the per-layer sensitivity report even when plain int8 passes
-    sensitivity_images: int = 64  # tuning images the per-layer simulation runs on
-    max_attempts: int = 4  # real artifacts built by the search after the plain one
 
 
 @dataclass
@@ -79,10 +66,11 @@ class ExportPlan:
     tuning: CheckImages | None = None  # int8: the images the fallback chooses on
     int8: Int8Options = field(default_factory=Int8Options)
     image_records: dict = field(default_factory=dict)  # int8: calibration/tuning/gate records for the manifest
+    variant: str = ""  # appended to artifact names, so two variants of one export can sit side by side
 
 
-def artifact_name(arch: str, target: Target, quantize: str, layout: str = "NCHW") -> str:
-    suffix = "-nhwc" if layout == "NHWC" else ""
+def artifact_name(arch: str, target: Target, quantize: str, layout: str = "NCHW", variant: str = "") -> str:
+    suffix = ("-nhwc" if layout == "NHWC" else "") + (f"-{variant}" if variant else "")
     return f"{arch}-{target.name}-{quantize}{suffix}{target.extension}"
 
 
@@ -127,7 +115,7 @@ def export_request(checkpoint, plan: ExportPlan, float_layers=frozenset()) -> Ex
 def export_artifact(checkpoint, target: Target, plan: ExportPlan, float_layers=frozenset()) -> Artifact:
     """Convert, write the manifest and return the artifact (parity not yet checked)."""
     meta = checkpoint.meta
-    final = plan.out_dir / artifact_name(meta.arch, target, plan.quantize, plan.layout)
+    final = plan.out_dir / artifact_name(meta.arch, target, plan.quantize, plan.layout, plan.variant)
     request = export_request(checkpoint, plan, float_layers)
     started = time.perf_counter()
     with _artifact_lock(plan.out_dir, final.name):

@@ -81,8 +81,9 @@ def test_an_optimistic_simulation_is_corrected_by_real_artifacts():
     attempt, simulate, tuning, criterion, _calls = _problem(noise, bias=0.4)
     result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3)
     real = [(a.float_layers, a.passed) for a in result.attempts if a.source == "artifact"]
-    assert real == [([], False), (["dw"], False), (["dw", "stem"], False), (["dw", "stem", "fc"], True)]
-    assert result.passed and result.float_layers == ["dw", "stem", "fc"]
+    assert [passed for _, passed in real] == [False, False, False, True]
+    assert [len(layers) for layers, _ in real] == [0, 1, 2, 3] and real[1][0] == ["dw"]  # grown one layer at a time
+    assert result.passed and set(result.float_layers) == {"dw", "stem", "fc"}
     simulated = [a for a in result.attempts if a.source == "simulation" and a.float_layers == ["dw"]]
     assert simulated and simulated[0].passed  # what misled the first real attempt
 

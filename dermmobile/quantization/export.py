@@ -64,7 +64,7 @@ def export_int8(checkpoint, target, plan):
         subset = spread(len(tuning.arrays), options.sensitivity_images)
         result.baseline, result.sensitivity = measure_sensitivity(
             simulate, layers, tuning.arrays[subset], reference[subset],
-            None if tuning.targets is None else tuning.targets[subset], labels, quantized_alone=True,
+            None if tuning.targets is None else tuning.targets[subset], labels, quantized_alone=True, log=log,
         )  # fmt: skip
     if built.get("float_layers") != frozenset(result.float_layers):  # the search kept an earlier attempt
         built["artifact"] = export_artifact(checkpoint, target, plan, frozenset(result.float_layers))

@@ -35,7 +35,7 @@ class Criterion:
     """When is an int8 artifact good enough on the tuning images: the int8 gate, plus a safety margin."""
 
     labels: list[str]
-    margin: float = 0.005  # agreement points above the gate: tuning and gate images are different samples
+    margin: float = 0.01  # agreement above the gate: tuning and gate images are different samples
 
     @property
     def min_agreement(self) -> float:
@@ -100,6 +100,7 @@ def measure_sensitivity(
     targets: np.ndarray | None,
     labels: list[str],
     quantized_alone: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> tuple[dict, list[LayerSensitivity]]:
     """Simulated metrics with everything quantized, then with each layer alone in float (and alone quantized)."""
     names = frozenset(layer.name for layer in layers)
@@ -110,7 +111,10 @@ def measure_sensitivity(
 
     baseline = measure(frozenset())
     rows = []
-    for layer in layers:
+    log(f"per-layer sensitivity: {len(layers)} layers on {len(images)} simulated images")
+    for index, layer in enumerate(layers):
+        if index and index % 10 == 0:
+            log(f"per-layer sensitivity: {index} of {len(layers)} layers")
         alone = measure(frozenset({layer.name}))
         row = LayerSensitivity(layer.name, layer.kind, layer.macs, layer.macs / total, _metrics(alone),
                                baseline.mean_abs_logit - alone.mean_abs_logit)  # fmt: skip
@@ -140,7 +144,7 @@ def search(
     criterion: Criterion,
     max_float_macs: float = 0.25,
     max_attempts: int = 4,
-    sensitivity_images: int = 64,
+    sensitivity_images: int = 32,
     log: Callable[[str], None] = lambda message: None,
 ) -> FallbackResult:
     """Find the fewest float layers that make the real artifact meet `criterion` on `tuning` (images, reference, targets)."""
@@ -167,20 +171,22 @@ def search(
         return result
     subset = spread(len(images), sensitivity_images)
     result.baseline, result.sensitivity = measure_sensitivity(
-        simulate, layers, images[subset], reference[subset], None if targets is None else targets[subset], criterion.labels
-    )
+        simulate, layers, images[subset], reference[subset], None if targets is None else targets[subset], criterion.labels,
+        log=log,
+    )  # fmt: skip
     prefixes = ranked_prefixes(result.sensitivity, max_float_macs)
     if not prefixes:
         result.note = f"no layer fits under the cap of {max_float_macs:.0%} of MACs in float"
         return _keep_best(result)
 
-    def simulated_pass(k: int) -> bool:
-        report = criterion.judge(reference, simulate(images, frozenset(prefixes[k - 1])), targets, "simulation")
-        result.attempts.append(Attempt(prefixes[k - 1], float_share(layers, prefixes[k - 1]), report.agreement,
+    def simulated(float_layers: list[str]) -> bool:
+        report = criterion.judge(reference, simulate(images, frozenset(float_layers)), targets, "simulation")
+        result.attempts.append(Attempt(list(float_layers), float_share(layers, float_layers), report.agreement,
                                        report.mean_abs_logit, _drop(report), report.passed, "simulation"))  # fmt: skip
         return report.passed
 
-    k = _smallest_passing(len(prefixes), simulated_pass)
+    simulated([])  # beside the plain artifact's numbers: how far the simulation is from the real file
+    k = _smallest_passing(len(prefixes), lambda k: simulated(prefixes[k - 1]))
     while len(real) < max_attempts + 1:
         done = real.get(tuple(prefixes[k - 1])) or try_real(prefixes[k - 1])
         if done.passed or k == len(prefixes):

@@ -123,14 +123,15 @@ def _quantized_tensors(graph_module) -> set[str]:
 class Simulation:
     """The calibrated, switchable fake-quant graph of one toolchain's quantizer."""
 
-    def __init__(self, model, toolchain: str, calibration: np.ndarray, observer: str = "histogram", batch: int = 16):
+    def __init__(self, model, toolchain: str, calibration: np.ndarray, observer: str = "histogram", batch: int = 16,
+                 clamp: bool | None = None):  # fmt: skip
         import torch
         from torch.export import Dim
         from torchao.quantization.pt2e.observer import ObserverBase
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
         from torchao.quantization.pt2e.utils import _fuse_conv_bn_, _fuse_linear_bn_
 
-        self.toolchain, self.observer, self.batch = toolchain, observer, batch
+        self.toolchain, self.observer, self.batch, self.clamp = toolchain, observer, batch, clamp
         example = torch.from_numpy(np.ascontiguousarray(calibration[:2], dtype=np.float32))
         exported = torch.export.export(
             model.eval(), (example,), dynamic_shapes=({0: Dim("batch", min=1, max=4096)},), strict=False
@@ -141,7 +142,7 @@ class Simulation:
         self._annotated = copy.deepcopy(exported)
         _fuse_conv_bn_(self._annotated)
         _fuse_linear_bn_(self._annotated)
-        quantizer = build_quantizer(toolchain, observer=observer)
+        quantizer = build_quantizer(toolchain, observer=observer, clamp=clamp)
         self._annotated = quantizer.transform_for_annotation(self._annotated)
         self.graph = prepare_pt2e(exported, quantizer)
         self._run(self.graph, calibration)
@@ -167,7 +168,7 @@ class Simulation:
 
         for node in self._annotated.graph.nodes:
             node.meta.pop(Q_ANNOTATION_KEY, None)
-        build_quantizer(self.toolchain, float_layers, self.observer).annotate(self._annotated)
+        build_quantizer(self.toolchain, float_layers, self.observer, clamp=self.clamp).annotate(self._annotated)
         return _quantized_tensors(self._annotated)
 
     def logits(self, images: np.ndarray, float_layers=frozenset()) -> np.ndarray:

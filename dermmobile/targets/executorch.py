@@ -121,8 +121,12 @@ def count_ops(graph_module) -> OpCounts:
 
 
 def _op_name(node) -> str:
-    parts = str(node.target).split(".")
-    return parts[-2] if len(parts) > 1 and parts[-1] in ("default", "Tensor", "out") else parts[-1]
+    """ "convolution" from aten.convolution.default, or from "<EdgeOpOverload: aten.convolution.default>: schema = ..."."""
+    text = str(node.target)
+    if text.startswith("<EdgeOpOverload:"):
+        text = text.removeprefix("<EdgeOpOverload:").split(">", 1)[0].strip()
+    parts = text.split(".")
+    return parts[-2] if len(parts) > 1 else parts[-1]
 
 
 def _dequantized(value) -> bool:

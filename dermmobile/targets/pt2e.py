@@ -105,9 +105,14 @@ def leave_float(graph_module, float_layers: frozenset[str]) -> int:
     return dropped
 
 
-def build_quantizer(toolchain: str, float_layers=frozenset(), observer: str = "histogram", qat: bool = False):
+def build_quantizer(
+    toolchain: str, float_layers=frozenset(), observer: str = "histogram", qat: bool = False, clamp: bool | None = None
+):
     """The PT2E quantizer of `toolchain` ("xnnpack": ExecuTorch, "litert": TFLite): symmetric per-channel
-    int8 weights, per-tensor int8 activations observed by `observer`, `float_layers` left unannotated."""
+    int8 weights, per-tensor int8 activations observed by `observer`, `float_layers` left unannotated.
+
+    clamp: observe ReLU6 outputs after the clamp (None: the toolchain's choice, see the module docstring).
+    """
     import dataclasses
     import importlib
 
@@ -119,7 +124,8 @@ def build_quantizer(toolchain: str, float_layers=frozenset(), observer: str = "h
         from dermmobile.errors import BadInputError
 
         raise BadInputError(f"unknown observer {observer!r}; valid: {', '.join(OBSERVERS)}")
-    module_name, class_name, clamp = TOOLCHAINS[toolchain]
+    module_name, class_name, default_clamp = TOOLCHAINS[toolchain]
+    clamp = default_clamp if clamp is None else clamp
     module = importlib.import_module(module_name)
     narrow = {"weight_qmin": -63, "weight_qmax": 63} if toolchain.endswith("7bit") else {}
     config = module.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat, **narrow)

@@ -126,10 +126,16 @@ class TFLiteTarget:
         return TFLiteRuntime(Path(path), manifest, threads)
 
     def simulation(self, request: ExportRequest):
-        """int8 simulated in PyTorch with litert's own PT2E quantizer (see dermmobile/quantization/simulate.py)."""
+        """int8 simulated in PyTorch with litert's own PT2E quantizer (see dermmobile/quantization/simulate.py).
+
+        With ReLU6 observed after the clamp: litert-torch's converter fuses each ReLU6 into its
+        convolution and the file keeps only the clamp's range. Simulating the unfused graph
+        (the convolution's raw range too) read 84 % agreement where the file agreed on 98 %.
+        """
         from dermmobile.quantization.simulate import Simulation
 
-        return Simulation(request.model, "litert", request.calibration, request.observer or OBSERVER).logits
+        observer = request.observer or OBSERVER
+        return Simulation(request.model, "litert", request.calibration, observer, clamp=True).logits
 
 
 # Compute ops, and the operand that carries the activations' and the weights' type.
