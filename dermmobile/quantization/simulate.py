@@ -4,8 +4,9 @@ The model is exported once with a dynamic batch, prepared with the toolchain's o
 quantizer (so observers sit exactly where the toolchain quantizes) and calibrated once,
 batched. Every observer is then replaced by a fake-quantize module that can be switched
 off. "Layer L in float" is the same quantizer with L left unannotated (targets/pt2e.py
-`leave_float`): re-annotating is a walk over the graph, no calibration, and tells which
-tensors would still be quantized; those fake-quantizers stay on, the others go off.
+`leave_float`, applied to the quantizer's annotation of the whole graph): a walk over the
+graph, no calibration, that tells which tensors would still be quantized; those
+fake-quantizers stay on, the others go off.
 
 Why this is faithful enough to choose with: observers only watch float values during
 calibration, so a tensor's scale does not depend on which other layers are quantized.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dermmobile.targets.pt2e import build_quantizer, is_layer, layer_name
+from dermmobile.targets.pt2e import build_quantizer, is_layer, layer_name, leave_float
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,12 @@ class Simulation:
             switch = _SwitchableFakeQuant.make(module)
             setattr(self.graph, str(node.target), switch)
             self.switches.setdefault(source.name, []).append(switch)
+        # Annotating runs the quantizer's pattern matchers (seconds on Lite0); do it once and derive
+        # each float set by removing annotations the way the quantizer's leave_float step would.
+        from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+        build_quantizer(toolchain, observer=observer, clamp=clamp).annotate(self._annotated)
+        self._full = {node: node.meta.get(Q_ANNOTATION_KEY) for node in self._annotated.graph.nodes}
         full = self.quantized_tensors(frozenset())
         unknown = set(self.switches) - full
         if unknown:  # the two graphs must name the same tensors, or switching would be wrong
@@ -166,9 +173,12 @@ class Simulation:
         """Which tensors the toolchain would quantize with `float_layers` left in float."""
         from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-        for node in self._annotated.graph.nodes:
-            node.meta.pop(Q_ANNOTATION_KEY, None)
-        build_quantizer(self.toolchain, float_layers, self.observer, clamp=self.clamp).annotate(self._annotated)
+        for node, annotation in self._full.items():
+            if annotation is None:
+                node.meta.pop(Q_ANNOTATION_KEY, None)
+            else:
+                node.meta[Q_ANNOTATION_KEY] = annotation
+        leave_float(self._annotated, float_layers)
         return _quantized_tensors(self._annotated)
 
     def logits(self, images: np.ndarray, float_layers=frozenset()) -> np.ndarray:
