@@ -31,13 +31,13 @@ def run_demo(config: DemoConfig) -> dict:
     from dermmobile.checkpoint import load_checkpoint
     from dermmobile.errors import BadInputError
     from dermmobile.exporter import plan_export, run_plan
-    from dermmobile.fsutil import atomic_write_json
+    from dermmobile.fsutil import atomic_write_json, ensure_output_dir
     from dermmobile.preprocess import PreprocessSpec
     from dermmobile.synthetic import make_synthetic_dataset
     from dermmobile.targets import target_names, valid_combinations
     from dermmobile.trainer import TrainConfig, train
 
-    out = Path(config.out)
+    out = ensure_output_dir(Path(config.out), "--out")
     started = time.perf_counter()
     summary: dict = {"note": SYNTHETIC_NOTE, "out": str(out)}
 

@@ -8,8 +8,6 @@ runtime and compare it with the PyTorch model on real images. A target that fail
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import platform
 import time
 from dataclasses import dataclass, field
@@ -17,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.artifact import Artifact, Manifest, TensorSpec, write_manifest
+from dermmobile.artifact import Artifact, Manifest, TensorSpec, artifact_digest, write_manifest
 from dermmobile.errors import BadInputError, DermmobileError, ExportFailedError, GateFailedError, MissingBackendError
-from dermmobile.fsutil import atomic_path
+from dermmobile.fsutil import atomic_path, exclusive_lock
 from dermmobile.parity import apply_gate, compare_logits
 from dermmobile.quantization.options import Int8Options
 from dermmobile.targets import resolve
@@ -84,18 +82,6 @@ def base_toolchain() -> dict:
     }
 
 
-@contextlib.contextmanager
-def _artifact_lock(out_dir: Path, name: str):
-    """One writer per artifact name at a time, so an artifact and its manifest always come from the same export."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def export_request(checkpoint, plan: ExportPlan, float_layers=frozenset()) -> ExportRequest:
     meta = checkpoint.meta
     return ExportRequest(
@@ -118,31 +104,31 @@ def export_artifact(checkpoint, target: Target, plan: ExportPlan, float_layers=f
     final = plan.out_dir / artifact_name(meta.arch, target, plan.quantize, plan.layout, plan.variant)
     request = export_request(checkpoint, plan, float_layers)
     started = time.perf_counter()
-    with _artifact_lock(plan.out_dir, final.name):
-        with atomic_path(final) as tmp:
-            request.out_file = tmp
-            result = _run_export(target, request, plan.timeout)
-        manifest = Manifest(
-            format=target.name,
-            quantization=plan.quantize,
-            file=final.name,
-            arch=meta.arch,
-            labels=list(meta.labels),
-            input=TensorSpec(**result.input),
-            output=TensorSpec(**result.output),
-            preprocess=dict(meta.preprocess),
-            checkpoint_sha256=checkpoint.file_sha256,
-            calibration=plan.calibration_record if plan.quantize == "int8" else None,
-            toolchain=base_toolchain() | result.toolchain,
-            notes=result.notes,
-            export_seconds=round(time.perf_counter() - started, 3),
-            op_counts=result.op_counts.to_dict() if result.op_counts else None,
-        )
-        if plan.quantize == "int8":
-            manifest.tuning_images = plan.image_records.get("tuning")
-            manifest.gate_images = plan.image_records.get("gate")
-            manifest.float_layers = sorted(request.float_layers)
-        write_manifest(final, manifest)
+    with atomic_path(final) as tmp:
+        request.out_file = tmp
+        result = _run_export(target, request, plan.timeout)
+        written = artifact_digest(tmp)  # what this run made; the manifest must describe exactly this
+    manifest = Manifest(
+        format=target.name,
+        quantization=plan.quantize,
+        file=final.name,
+        arch=meta.arch,
+        labels=list(meta.labels),
+        input=TensorSpec(**result.input),
+        output=TensorSpec(**result.output),
+        preprocess=dict(meta.preprocess),
+        checkpoint_sha256=checkpoint.file_sha256,
+        calibration=plan.calibration_record if plan.quantize == "int8" else None,
+        toolchain=base_toolchain() | result.toolchain,
+        notes=result.notes,
+        export_seconds=round(time.perf_counter() - started, 3),
+        op_counts=result.op_counts.to_dict() if result.op_counts else None,
+    )
+    if plan.quantize == "int8":
+        manifest.tuning_images = plan.image_records.get("tuning")
+        manifest.gate_images = plan.image_records.get("gate")
+        manifest.float_layers = sorted(request.float_layers)
+    write_manifest(final, manifest, expected_sha256=written)
     return Artifact(final, manifest)
 
 
@@ -154,25 +140,38 @@ def _run_export(target: Target, request: ExportRequest, timeout: float | None):
     return target.export(request)
 
 
-def check_parity(artifact: Artifact, check: CheckImages, reference_logits: np.ndarray) -> dict:
-    """Load the artifact through its own runtime, compare with the reference, gate, and record in the manifest."""
-    from dermmobile.targets import get_target
+def check_parity(
+    artifact: Artifact, check: CheckImages, reference_logits: np.ndarray, reference_sha256: str | None = None
+) -> dict:
+    """Load the artifact through its own runtime, compare with the reference, gate, and record in the manifest.
+
+    The record names the file and the checkpoint it was measured with (`artifact_sha256`,
+    `checkpoint_sha256`); `load_artifact` refuses a manifest whose parity came from another run.
+    `reference_sha256`: the checkpoint file whose model gave `reference_logits` (default: the manifest's).
+    """
+    from dermmobile.runtime import open_runtime
 
     manifest = artifact.manifest
     name = artifact.path.name
+    binding = {
+        "artifact_sha256": artifact_digest(artifact.path),
+        "checkpoint_sha256": reference_sha256 or manifest.checkpoint_sha256,
+    }
     try:
-        runtime = get_target(manifest.format).load(artifact.path, manifest)
+        runtime = open_runtime(artifact)
     except MissingBackendError as exc:
-        manifest.parity = {"status": f"not run: {exc}", "images": 0}
+        manifest.parity = {"status": f"not run: {exc}", "images": 0} | binding
         manifest.status = "not-run"
-        write_manifest(artifact.path, manifest)
+        write_manifest(artifact.path, manifest, expected_sha256=binding["artifact_sha256"])
         return manifest.parity
+    except BadInputError as exc:  # the converter wrote a file its own runtime cannot run
+        raise ExportFailedError(f"the exported file does not run: {exc}") from None
     logits = batched(runtime.predict, check.arrays, 16)
     report = apply_gate(
         compare_logits(reference_logits, logits, manifest.labels, check.names, check.targets), manifest.quantization, name
     )
     report.failures += int8_op_failures(manifest, name)
-    manifest.parity = report.to_dict() | {"source": check.source}
+    manifest.parity = report.to_dict() | {"source": check.source} | binding
     if check.unseen is not None and check.unseen.any():
         # Never-trained-on images have about twice the near-ties of training images: their number is the harder one.
         unseen = compare_logits(reference_logits[check.unseen], logits[check.unseen], manifest.labels, None,
@@ -182,7 +181,7 @@ def check_parity(artifact: Artifact, check: CheckImages, reference_logits: np.nd
             "accuracy": unseen.accuracy, "reference_accuracy": unseen.reference_accuracy,
         }  # fmt: skip
     manifest.status = "passed" if report.passed else "failed"
-    write_manifest(artifact.path, manifest)
+    write_manifest(artifact.path, manifest, expected_sha256=binding["artifact_sha256"])
     return manifest.parity
 
 
@@ -212,17 +211,21 @@ def run_plan(checkpoint, plan: ExportPlan) -> list[ExportOutcome]:
         outcome = ExportOutcome(target.name, plan.quantize)
         started = time.perf_counter()
         try:
-            if plan.quantize == "int8" and plan.tuning is not None:
-                from dermmobile.quantization.export import export_int8
+            # One writer per artifact name from conversion through parity: the file, its manifest and
+            # the parity recorded in it always come from the same run (issue 15, class 6).
+            name = artifact_name(checkpoint.meta.arch, target, plan.quantize, plan.layout, plan.variant)
+            with exclusive_lock(plan.out_dir, name):
+                if plan.quantize == "int8" and plan.tuning is not None:
+                    from dermmobile.quantization.export import export_int8
 
-                outcome.artifact = export_int8(checkpoint, target, plan)
-            else:
-                outcome.artifact = export_artifact(checkpoint, target, plan)
-            if plan.check is not None:
-                outcome.parity = check_parity(outcome.artifact, plan.check, reference)
-                failures = outcome.parity.get("failures") or []
-                if failures:
-                    raise GateFailedError("; ".join(failures))
+                    outcome.artifact = export_int8(checkpoint, target, plan)
+                else:
+                    outcome.artifact = export_artifact(checkpoint, target, plan)
+                if plan.check is not None:
+                    outcome.parity = check_parity(outcome.artifact, plan.check, reference, checkpoint.file_sha256)
+            failures = (outcome.parity or {}).get("failures") or []
+            if failures:
+                raise GateFailedError("; ".join(failures))
         except DermmobileError as exc:
             outcome.error, outcome.exit_code = str(exc), exc.exit_code
         except KeyboardInterrupt:
@@ -308,5 +311,7 @@ def _training_root(meta) -> Path | None:
 def _report_bad(bad: list[tuple[str, str]]) -> None:
     import sys
 
+    from dermmobile.display import printable
+
     for name, reason in bad:
-        print(f"skipped {name}: {reason}", file=sys.stderr)
+        print(printable(f"skipped {name}: {reason}"), file=sys.stderr)

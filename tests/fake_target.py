@@ -34,6 +34,10 @@ class FakeTarget:
     def export(self, request: ExportRequest) -> ExportResult:
         if BEHAVIOUR["raise"]:
             raise RuntimeError(BEHAVIOUR["raise"])
+        if BEHAVIOUR.get("tempdir"):  # a converter's own temporary folder, recorded for the test
+            import tempfile
+
+            Path(BEHAVIOUR["tempdir"]).write_text(tempfile.mkdtemp(prefix="fake-converter-"))
         if BEHAVIOUR["hang"]:
             import time
 
@@ -112,6 +116,16 @@ class FakeRuntime:
         out = out + layer_noise(batch, self.quantized, out.shape[1])
         out[: BEHAVIOUR["nan_rows"]] = np.nan
         return out
+
+
+class AbortingTarget(FakeTarget):
+    """A runtime that aborts the whole process on load, as ExecuTorch's loader did on some damaged files."""
+
+    name = "aborting"
+    load_may_crash = True
+
+    def load(self, path, manifest, threads=None):
+        os.abort()
 
 
 TARGET = FakeTarget()

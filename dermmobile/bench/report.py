@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from dermmobile.display import printable
+from dermmobile.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_output_dir
 
 MAX_FLIPS_SHOWN = 10
 
 
 def write_reports(report: dict, out: Path) -> list[Path]:
     """Write all report files atomically; PNGs are skipped (and said so) when matplotlib is missing."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(Path(out), "bench report folder")
     written = [out / "bench.json", out / "bench.md"]
     try:
         import matplotlib  # noqa: F401  (a phone-side install may lack it; the numbers matter more)
@@ -33,7 +33,7 @@ def write_reports(report: dict, out: Path) -> list[Path]:
         written += plot_accuracy_latency(report, out / "accuracy-latency.png")
         written += plot_confusion_pairs(report, out / "confusions")
     atomic_write_json(written[0], report)
-    atomic_write_text(written[1], markdown(report))
+    atomic_write_text(written[1], printable(markdown(report)))  # names come from files: no terminal escapes
     return written
 
 
@@ -108,6 +108,7 @@ def markdown(report: dict) -> str:
             f"{_f(lat.get('mean'))} ± {_f(lat.get('std'))} | {_f(e2e.get('p50'))} | {_f(r.get('peak_rss_mb'), '.0f')} | "
             f"{_f(r.get('gflops_per_s'), '.1f')} | {_f(r.get('peak_fraction'), '.1%')} |"
         )
+    lines += _end_to_end_table(report["rows"])
     if report.get("problems"):
         lines += ["", "## Gate failures and errors", ""] + [f"- {p}" for p in report["problems"]]
     flipped = [a for a in report["artifacts"] if (a.get("parity") or {}).get("flips")]
@@ -129,13 +130,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _plt():
-    import matplotlib
+E2E_SOURCES = {"images": "data-set photos", "phone_12mp": "12 MP phone JPEG"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def _end_to_end_table(rows: list[dict]) -> list[str]:
+    """Per row and photo source: p50 of each step a person waits for, and the total over inference p50."""
+    lines = []
+    for r in rows:
+        for source, e2e in (r.get("end_to_end") or {}).items():
+            if not lines:
+                lines = [
+                    "",
+                    "## End to end (ms, p50 per file: decode + preprocess + inference)",
+                    "",
+                    "| artifact | threads | photos | files | decode | preprocess | inference | total | total / inference p50 |",
+                    "|---|---|---|---|---|---|---|---|---|",
+                ]
+            steps = [_f(e2e[f"{step}_ms"]["p50"]) for step in ("decode", "preprocess", "inference", "total")]
+            ratio = e2e.get("total_over_inference_p50")
+            lines.append(
+                f"| {r['artifact']} | {r['threads']} | {E2E_SOURCES.get(source, source)} | {e2e['files']} | "
+                f"{' | '.join(steps)} | {'–' if ratio is None else f'{ratio:.1f}x'} |"
+            )
+    return lines
 
 
 def plot_accuracy_latency(report: dict, path: Path) -> list[Path]:
@@ -149,7 +166,9 @@ def plot_accuracy_latency(report: dict, path: Path) -> list[Path]:
             points.append((p50, acc, r))
     if not points:
         return []
-    plt = _plt()
+    from dermmobile.display import figure_png, pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     groups = sorted({(r["source"], r["threads"]) for _, _, r in points})
     markers = "osD^v<>P*X"
@@ -170,9 +189,11 @@ def plot_accuracy_latency(report: dict, path: Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    try:
+        png = figure_png(fig)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, png)
     return [path]
 
 
@@ -190,14 +211,12 @@ def plot_confusion_pairs(report: dict, folder: Path) -> list[Path]:
         if a is reference or not a.get("parity"):
             continue
         path = Path(folder) / f"{a['name']}.png"
-        with atomic_path(path) as tmp:
-            plot_confusions(
-                [ref_matrix, np.asarray(a["parity"]["confusion"])],
-                [reference["name"], a["name"]],
-                labels,
-                tmp.with_suffix(".png"),
-                suptitle=f"{a['name']}: drift L1 {a['parity']['confusion_drift_l1']}",
-            )
-            tmp.with_suffix(".png").rename(tmp)
+        plot_confusions(
+            [ref_matrix, np.asarray(a["parity"]["confusion"])],
+            [reference["name"], a["name"]],
+            labels,
+            path,
+            suptitle=f"{a['name']}: drift L1 {a['parity']['confusion_drift_l1']}",
+        )
         written.append(path)
     return written

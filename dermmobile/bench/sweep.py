@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.bench.accuracy import evaluate
+from dermmobile.bench.accuracy import accuracy_parity
 from dermmobile.bench.latency import THREAD_ENV, gflops_per_second
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.errors import BadInputError, DermmobileError
@@ -46,6 +46,7 @@ class BenchConfig:
     iters: int = 100
     split: str = "test"  # test: the checkpoint's held-out files when --data is its training root; all: every image
     e2e_images: int = 20
+    phone_runs: int = 10  # end-to-end runs on a generated 12 MP JPEG (0 skips it)
     compile: bool = True  # also time torch.compile of the checkpoint, when there is one
     isolate: bool = True  # one subprocess per job (per-artifact peak RSS, crash isolation)
     timeout_s: float = 3600
@@ -56,8 +57,11 @@ class BenchConfig:
             raise BadInputError("nothing to bench: give --artifacts export/RUN and/or --checkpoint CKPT")
         if not self.threads or min(self.threads) < 1:
             raise BadInputError(f"--threads must be positive integers, got {self.threads}")
-        if self.iters < 1 or self.warmup < 0 or self.e2e_images < 0:
-            raise BadInputError(f"--iters must be >= 1 and --warmup >= 0, got {self.iters} and {self.warmup}")
+        if self.iters < 1 or self.warmup < 0 or self.e2e_images < 0 or self.phone_runs < 0:
+            raise BadInputError(
+                f"--iters must be >= 1, --warmup, --e2e-images and --phone-runs >= 0; got {self.iters}, {self.warmup}, "
+                f"{self.e2e_images} and {self.phone_runs}"
+            )
         if self.split not in ("test", "all"):
             raise BadInputError(f"--split must be test or all, got {self.split!r}")
 
@@ -78,12 +82,15 @@ class Subject:
     sha256: str = ""
     flops: int | None = None  # from the manifest, when the exporter recorded it
     error: str | None = None  # the manifest could not be read or verified
+    bad_input: bool = False  # the error is a refused file (exit 2), not a measurement failure
     float_layers: list[str] | None = None  # int8: layers the fallback left in float (manifest)
     float_macs_share: float | None = None  # their share of the model's MACs
 
 
 def _say(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
+    from dermmobile.display import printable
+
+    print(f"bench: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
@@ -120,7 +127,10 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
             try:
                 artifact = load_artifact(manifest_file)
             except DermmobileError as exc:
-                subjects.append(Subject(name, "artifact", manifest_file, "?", "none", [], {}, error=str(exc)))
+                refused = isinstance(exc, BadInputError)
+                subjects.append(
+                    Subject(name, "artifact", manifest_file, "unknown", "none", [], {}, error=str(exc), bad_input=refused)
+                )
                 continue
             m = artifact.manifest
             flops = (m.notes or {}).get("flops")
@@ -145,7 +155,11 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
         # time tied it to PyTorch within 1e-3, and the report says which artifact stood in.
         fp32 = [s for s in subjects if s.error is None and s.quantization == "none"]
         if not fp32:
-            raise BadInputError("without --checkpoint one artifact must be fp32 (quantization none) to serve as the reference")
+            refused = [s.error for s in subjects if s.error]
+            raise BadInputError(
+                "without --checkpoint one artifact must be fp32 (quantization none) to serve as the reference"
+                + (f"; {len(refused)} artifact(s) were refused, the first: {refused[0]}" if refused else "")
+            )
         fp32[0].role = "reference"
     return subjects, data_record
 
@@ -262,13 +276,25 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
         decodable = set(ref_set.names)
         e2e_files = [str(s.path) for s in samples if s.path.relative_to(folder.root).as_posix() in decodable]
         e2e_files = e2e_files[: config.e2e_images]
+        phone_photo = ""
+        if config.phone_runs and e2e_files:  # a phone-sized JPEG made from the first test photo, never kept
+            from dermmobile.bench.phone_photo import PHONE_SIZE, make_phone_photo
+
+            phone_photo = str(make_phone_photo(Path(e2e_files[0]), workdir / "phone-12mp.jpg"))
+            data_info["phone_photo"] = {"size": list(PHONE_SIZE), "source": Path(e2e_files[0]).name,
+                                        "bytes": Path(phone_photo).stat().st_size, "runs": config.phone_runs}  # fmt: skip
 
         results: dict[str, dict[int, dict]] = {}
         for subject in subjects:
             results[subject.name] = {}
             for index, threads in enumerate(config.threads):
                 if subject.error is not None:
-                    results[subject.name][threads] = {"status": "error", "error": subject.error, "threads": threads}
+                    results[subject.name][threads] = {
+                        "status": "error",
+                        "error": subject.error,
+                        "threads": threads,
+                        "bad_input": subject.bad_input,
+                    }
                     continue
                 try:
                     if subject.labels != labels:
@@ -279,7 +305,13 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
                     if image_set.names != ref_set.names:  # parity compares row i with row i
                         raise BadInputError(f"{subject.name}: its preprocessing decoded a different set of images")
                 except DermmobileError as exc:
-                    results[subject.name][threads] = {"status": "error", "error": str(exc), "threads": threads}
+                    refused = isinstance(exc, BadInputError)
+                    results[subject.name][threads] = {
+                        "status": "error",
+                        "error": str(exc),
+                        "threads": threads,
+                        "bad_input": refused,
+                    }
                     continue
                 logits_out = str(workdir / f"logits-{len(results)}.npy") if index == 0 else ""
                 job = Job(
@@ -292,6 +324,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
                     images=str(image_set.file),
                     logits_out=logits_out,
                     e2e_files=e2e_files,
+                    phone_photo=phone_photo,
+                    phone_runs=config.phone_runs,
                     spec=subject.preprocess,
                     count_flops=subject.role == "reference" and subject.kind == "checkpoint" and index == 0,
                 )
@@ -358,7 +392,7 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
     ref_logits = ref_result.get("logits_array")
     model_flops = ref_result.get("flops")
     machine = machine_info()
-    artifacts, rows, problems = [], [], []
+    artifacts, rows, problems, refused = [], [], [], []
     for subject in subjects:
         by_threads = results[subject.name]
         head = by_threads[first]
@@ -385,7 +419,9 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
             if ref_logits is None:
                 entry.update(status="error", error=f"no reference logits to compare with ({ref_result.get('error')})")
             elif logits is not None:
-                result = evaluate(ref_logits, logits, ref_set.targets, labels, ref_set.names, subject.quantization, subject.name)
+                result = accuracy_parity(
+                    ref_logits, logits, ref_set.targets, labels, ref_set.names, subject.quantization, subject.name
+                )
                 entry["parity"] = result.to_dict(labels)
                 entry["failures"] = result.parity.failures
                 entry["status"] = "passed" if result.parity.passed else "failed"
@@ -394,6 +430,8 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
         counted = subject.role != "compiled"  # torch.compile is information, not a shipped artifact
         if counted and entry["status"] == "error":
             problems.append(f"{subject.name}: not checked: {entry['error']}")
+            if any(result.get("bad_input") for result in by_threads.values()):
+                refused.append(subject.name)
         if counted:
             problems.extend(entry["failures"])
         artifacts.append(entry)
@@ -420,7 +458,7 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
                     "iterations": result.get("iterations"),
                     "warmup": result.get("warmup"),
                     "end_to_end_ms": result.get("end_to_end_ms"),
-                    "preprocess_ms": result.get("preprocess_ms"),
+                    "end_to_end": result.get("end_to_end"),
                     "e2e_images": (result.get("end_to_end_ms") or {}).get("n"),
                     "file_bytes": subject.file_bytes,
                     "peak_rss_mb": result.get("peak_rss_mb"),
@@ -460,4 +498,5 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
         "artifacts": artifacts,
         "rows": rows,
         "problems": problems,
+        "refused": refused,
     }

@@ -10,9 +10,10 @@ The same `run_job` runs in-process when isolation is off (tests, `--in-process`)
 is then the whole process's and reported as such.
 
 Order inside a job: a cold load (imports the runtime library), a load (timed as load_ms),
-first inference, warm-up, timed single-image calls, end-to-end per file, peak RSS, and only
-then parity over the whole test set, so the images paged in for parity do not count towards
-the runtime's memory.
+first inference, warm-up, timed single-image calls, end-to-end per data-set file (decode,
+preprocess and inference timed apart), peak RSS, end-to-end on the 12 MP phone photo, and
+only then parity over the whole test set, so neither the big photo nor the images paged in
+for parity count towards the runtime's memory.
 
 Torch is imported only by jobs that need it (the checkpoint reference, torch-based targets):
 `torch_imported` in the result says whether it was.
@@ -20,7 +21,6 @@ Torch is imported only by jobs that need it (the checkpoint reference, torch-bas
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import traceback
@@ -44,6 +44,8 @@ class Job:
     images: str = ""  # .npy of float32 N x 3 x H x W preprocessed test images; image 0 is timed
     logits_out: str = ""  # where to save N x C logits; "" skips parity
     e2e_files: list[str] = field(default_factory=list)
+    phone_photo: str = ""  # a 12 MP JPEG, timed end to end `phone_runs` times ("" skips it)
+    phone_runs: int = 0
     spec: dict = field(default_factory=dict)  # PreprocessSpec for end-to-end timing
     count_flops: bool = False  # checkpoint only: FLOPs of one forward pass
     gemm_size: int = 2048
@@ -52,8 +54,13 @@ class Job:
         return asdict(self)
 
 
-def open_runtime(job: Job):
-    """(load callable returning a Runtime, model for FLOP counting or None)."""
+def loader(job: Job):
+    """(load callable returning a Runtime, check callable for a loaded Runtime, holder of the model for FLOP counting).
+
+    Artifacts go through dermmobile.runtime: a risky format is first probed in a child process,
+    the loads are timed as they are, and the first loaded runtime gets the one-inference check,
+    so a damaged file is refused as in every other command.
+    """
     if job.kind == "checkpoint":
         from dermmobile.checkpoint import load_checkpoint
         from dermmobile.targets.base import TorchRuntime
@@ -69,15 +76,19 @@ def open_runtime(job: Job):
                 model = torch.compile(model)  # lazy: compiling happens in the first inference
             return TorchRuntime(model, job.threads)
 
-        return load, holder
+        return load, (lambda runtime: None), holder
     from dermmobile.artifact import load_artifact
-    from dermmobile.targets import get_target
+    from dermmobile.runtime import load_runtime, probe_if_risky, smoke_test
 
     artifact = load_artifact(Path(job.path))  # sha256 checked here, outside the timed load
-    target = get_target(artifact.manifest.format)
-    accepts_threads = "threads" in inspect.signature(target.load).parameters
-    kwargs = {"threads": job.threads} if accepts_threads else {}
-    return (lambda: target.load(artifact.path, artifact.manifest, **kwargs)), {}
+    probe_if_risky(artifact, job.threads)
+    return (lambda: load_runtime(artifact, job.threads)), (lambda runtime: smoke_test(runtime, artifact)), {}
+
+
+def _spec(job: Job):
+    from dermmobile.preprocess import PreprocessSpec
+
+    return PreprocessSpec.from_dict(job.spec)
 
 
 def _logits(runtime, batch: np.ndarray) -> np.ndarray:
@@ -101,9 +112,11 @@ def run_job(job: Job) -> dict:
         sample = np.ascontiguousarray(images[:1], dtype=np.float32)
         result["rss_before_load_mb"] = peak_rss_mb()
         stage = "load"
-        load, holder = open_runtime(job)
+        load, check, holder = loader(job)
         # The first load also imports the runtime's library; the second is what loading a model costs.
-        _, result["cold_load_ms"] = timed(load)
+        first, result["cold_load_ms"] = timed(load)
+        check(first)
+        del first
         runtime, result["load_ms"] = timed(load)
         result["runtime"] = getattr(runtime, "name", type(runtime).__name__)
         stage = "first inference"
@@ -114,14 +127,17 @@ def run_job(job: Job) -> dict:
         result["latency_ms"] = summarize(time_calls(lambda: runtime.predict(sample), job.iters)).to_dict()
         result["iterations"] = job.iters
         result["warmup"] = job.warmup
+        result["end_to_end"] = {}
         if job.e2e_files:
             stage = "end-to-end"
-            from dermmobile.preprocess import PreprocessSpec
-
-            e2e = end_to_end(runtime.predict, [Path(p) for p in job.e2e_files], PreprocessSpec.from_dict(job.spec))
+            e2e = end_to_end(runtime.predict, [Path(p) for p in job.e2e_files], _spec(job))
+            result["end_to_end"]["images"] = e2e.to_dict(result["latency_ms"]["p50"])
             result["end_to_end_ms"] = e2e.total.to_dict()
-            result["preprocess_ms"] = e2e.preprocess.to_dict()
         result["peak_rss_mb"] = peak_rss_mb()
+        if job.phone_photo and job.phone_runs:  # after the peak: decoding a 12 MP photo is not the runtime's memory
+            stage = "end-to-end (12 MP photo)"
+            e2e = end_to_end(runtime.predict, [Path(job.phone_photo)] * job.phone_runs, _spec(job))
+            result["end_to_end"]["phone_12mp"] = e2e.to_dict(result["latency_ms"]["p50"])
         if job.count_flops and holder.get("model") is not None:
             stage = "flop count"
             from dermmobile.bench.latency import count_flops
@@ -134,6 +150,8 @@ def run_job(job: Job) -> dict:
             result["logits"] = job.logits_out
     except MissingBackendError as exc:
         result.update(status="not-run", error=f"not run: {exc}")
+    except BadInputError as exc:  # a damaged artifact or manifest: the command's exit code says "bad input"
+        result.update(status="error", error=f"{stage}: {exc}", bad_input=True)
     except Exception as exc:  # any runtime failure becomes this row's error; the sweep goes on
         result.update(status="error", error=f"{stage}: {type(exc).__name__}: {' '.join(str(exc).split())[:600]}")
         result["traceback"] = traceback.format_exc(limit=8)[-4000:]

@@ -40,6 +40,12 @@ def add_arguments(parser) -> None:
         "--e2e-images", type=int, default=20, help="image files timed end to end: decode + preprocess + inference"
     )
     parser.add_argument(
+        "--phone-runs",
+        type=int,
+        default=10,
+        help="end-to-end runs on a 12 MP JPEG the bench makes from the first test photo (0 skips it; default 10)",
+    )
+    parser.add_argument(
         "--gemm-size", type=int, default=2048, help="matrix size of the fp32 GEMM peak measurement (default 2048)"
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row of the reference")
@@ -76,9 +82,11 @@ def run(args) -> int:
 
     from dermmobile.bench.merge import merge_rows, read_report, read_rows
     from dermmobile.bench.report import write_reports
-    from dermmobile.errors import EXIT_GATE_FAILED, BadInputError
+    from dermmobile.display import printable
+    from dermmobile.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInputError
+    from dermmobile.fsutil import check_output_dir
 
-    out = args.out or _default_out(args)
+    out = check_output_dir(args.out or _default_out(args))  # before anything is measured
     merged = [row for file in args.merge for row in read_rows(file)]  # validated before any measuring
     if args.artifacts is None and args.checkpoint is None:
         if not merged:
@@ -98,6 +106,7 @@ def run(args) -> int:
             iters=args.iters,
             split=args.split,
             e2e_images=args.e2e_images,
+            phone_runs=args.phone_runs,
             compile=not args.no_compile,
             isolate=not args.in_process,
             gemm_size=args.gemm_size,
@@ -108,6 +117,8 @@ def run(args) -> int:
     written = write_reports(report, out)
     print(f"wrote {', '.join(str(p) for p in written[:3])}" + (f" and {len(written) - 3} more" if len(written) > 3 else ""))
     if report.get("problems"):
-        print("dermmobile bench: gate failures or errors:\n  " + "\n  ".join(report["problems"]), file=sys.stderr)
-        return EXIT_GATE_FAILED
+        problems = "\n  ".join(printable(p) for p in report["problems"])
+        print(f"dermmobile bench: gate failures or errors:\n  {problems}", file=sys.stderr)
+        # A damaged or malformed artifact is bad input (2), as in inspect and predict; otherwise a gate failed (3).
+        return EXIT_BAD_INPUT if report.get("refused") else EXIT_GATE_FAILED
     return 0

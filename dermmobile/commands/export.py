@@ -56,17 +56,20 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
+    import math
 
     from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.errors import BadInputError
     from dermmobile.exporter import plan_export, run_plan
+    from dermmobile.fsutil import check_output_dir
     from dermmobile.quantization.options import Int8Options
 
-    if not 0.0 <= args.max_float_macs <= 1.0:
-        from dermmobile.errors import BadInputError
-
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise BadInputError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if not (math.isfinite(args.max_float_macs) and 0.0 <= args.max_float_macs <= 1.0):
         raise BadInputError(f"--max-float-macs is a share of the model's MACs in [0, 1], got {args.max_float_macs}")
+    out = check_output_dir(args.out or Path("export") / args.checkpoint.stem)
     checkpoint = load_checkpoint(args.checkpoint)
-    out = args.out or Path("export") / args.checkpoint.stem
     int8 = Int8Options(fallback=not args.no_fallback, max_float_macs=args.max_float_macs, tune_count=args.tune_count,
                        observer=args.observer, explain=args.explain)  # fmt: skip
     plan = plan_export(

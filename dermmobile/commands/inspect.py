@@ -17,7 +17,7 @@ def run(args) -> int:
 
     from dermmobile.artifact import load_artifact
     from dermmobile.errors import MissingBackendError
-    from dermmobile.targets import get_target
+    from dermmobile.runtime import open_runtime
 
     artifact = load_artifact(args.artifact)
     manifest = artifact.manifest
@@ -56,9 +56,8 @@ def run(args) -> int:
             if k in manifest.parity
         }
         print(f"parity at export: {parity}")
-    target = get_target(manifest.format)
     try:
-        runtime = target.load(artifact.path, manifest)
+        runtime = open_runtime(artifact)  # exit 2 when the file is damaged or does not fit its manifest
     except MissingBackendError as exc:
         print(f"runtime: not loaded ({exc})")
         return 0

@@ -54,6 +54,9 @@ class ExecuTorchTarget:
     extension = ".pte"
     quantizations = frozenset({"none", "int8"})
     extra = "executorch"
+    # Measured: 2 of 30 bit-flipped .pte files made XNNPACK's loader abort the process (SIGABRT):
+    # dermmobile.runtime loads such files in a child process first.
+    load_may_crash = True
 
     def export(self, request: ExportRequest) -> ExportResult:
         torch = require("torch", "executorch")

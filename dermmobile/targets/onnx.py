@@ -14,6 +14,7 @@ with 1.32) is the guard.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -209,7 +210,8 @@ def _opset(model) -> int:
 
 
 def check_external_data(path: Path) -> None:
-    """Refuse a model whose external-data tensors name files outside its own folder (CVE-2024-27318)."""
+    """Refuse a model whose external-data tensors name files outside its own folder (CVE-2024-27318),
+    or files that are not regular files (a FIFO would hang onnxruntime, a device would feed it forever)."""
     try:
         import onnx
         from onnx.external_data_helper import _get_all_tensors, uses_external_data
@@ -231,6 +233,10 @@ def check_external_data(path: Path) -> None:
                 f"{folder}; refused (CVE-2024-27318). Load only models whose external data sits beside them, "
                 "or re-export it with dermmobile (its files hold all data inline)"
             )
+        if os.path.lexists(folder / location):  # a missing file is onnxruntime's to report
+            from dermmobile.readers import check_regular
+
+            check_regular(folder / location, f"{path}: external data of tensor {tensor.name!r},")
 
 
 TARGET = OnnxTarget()
