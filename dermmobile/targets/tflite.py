@@ -17,6 +17,7 @@ Loading needs ai-edge-litert only (no torch), so the bench runs where just the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -101,7 +102,10 @@ class TFLiteTarget:
             images = to_layout(np.ascontiguousarray(request.calibration, dtype=np.float32), request.layout)
             float_layers = {module_prefix(model, request.model) + name for name in request.float_layers}
             model, quant_config = _pt2e_int8(model, example, images, float_layers, request.observer or OBSERVER)
-        with torch.no_grad():
+        # Layers left float need strict QDQ: by default the converter also quantizes a float op whose
+        # neighbours are quantized (a float convolution between int8 tensors came out int8).
+        strict = request.quantize == "int8" and bool(request.float_layers)
+        with torch.no_grad(), _strict_qdq(strict):
             content = litert_torch.convert(model, (example,), quant_config=quant_config).model_content()
         if request.quantize in ("fp16", "int8-dynamic"):
             content = _ai_edge_quantize(content, request.quantize)
@@ -180,6 +184,33 @@ def _with_names(model):
             return {"logits": self.inner(image)}
 
     return Named(model)
+
+
+@contextlib.contextmanager
+def _strict_qdq(enabled: bool):
+    """Run litert-torch's converter passes with `strict_qdq_mode`: only ops with explicit quantize/dequantize
+    pairs become int8. litert-torch does not expose the flag, so its call into the converter is wrapped."""
+    if not enabled:
+        yield
+        return
+    from litert_torch._convert import litert_converter
+
+    passes = litert_converter.converter_api_ext.run_convert_to_tfl_passes
+    if not hasattr(litert_converter.converter_api_ext.ConvertToTFLConfig(), "strict_qdq_mode"):
+        raise ExportFailedError(
+            "this litert-torch's converter has no strict QDQ mode, so layers cannot be kept float in TFLite int8; "
+            "install the pinned version (pip install -e '.[tflite]') or export with --no-fallback"
+        )
+
+    def strict_passes(module, pass_manager, config):
+        config.strict_qdq_mode = True
+        return passes(module, pass_manager, config)
+
+    litert_converter.converter_api_ext.run_convert_to_tfl_passes = strict_passes
+    try:
+        yield
+    finally:
+        litert_converter.converter_api_ext.run_convert_to_tfl_passes = passes
 
 
 def _pt2e_int8(model, example, images: np.ndarray, float_layers: set[str], observer: str):
