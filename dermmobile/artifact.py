@@ -18,7 +18,7 @@ from dataclasses import asdict, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictFloat, model_validator
 from pydantic.dataclasses import dataclass
 
 from dermmobile.errors import BadInputError, UnsafeFileError
@@ -85,6 +85,13 @@ class Manifest:
     toolchain: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
     export_seconds: NonNegative | None = None
+    # int8 only (None elsewhere): the images that chose and judged it, and what it computes in.
+    tuning_images: dict | None = None  # chose the observer and the float layers (count, per_class, files_sha256)
+    gate_images: dict | None = None  # judged the artifact once, disjoint from calibration and tuning
+    float_layers: Annotated[list[Name], Field(max_length=100_000)] | None = None  # left in float by the fallback
+    float_macs_share: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None  # their share of the model's MACs
+    op_counts: dict | None = None  # compute ops in the file by precision: int8, dynamic, float, by_op
+    fallback: dict | None = None  # the search: criterion, attempts, sensitivity report file
     created: ShortText = ""
     schema: Literal["dermmobile-artifact"] = SCHEMA
     schema_version: Literal[1] = SCHEMA_VERSION

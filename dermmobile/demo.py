@@ -29,6 +29,7 @@ class DemoConfig:
 def run_demo(config: DemoConfig) -> dict:
     from dermmobile.augment import AugmentConfig
     from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.errors import BadInputError
     from dermmobile.exporter import plan_export, run_plan
     from dermmobile.fsutil import atomic_write_json, ensure_output_dir
     from dermmobile.preprocess import PreprocessSpec
@@ -67,6 +68,8 @@ def run_demo(config: DemoConfig) -> dict:
         )
         for outcome in run_plan(checkpoint, plan):
             status = outcome.artifact.manifest.status if outcome.artifact else "error"
+            if outcome.artifact is None and outcome.exit_code == BadInputError.exit_code:
+                status = "refused"  # a combination this model should not use (onnx int8-dynamic on a CNN), said why
             exports.append({"target": outcome.target, "quantization": quantize, "status": status, "error": outcome.error})
             print(f"  {outcome.target:<12} {quantize:<13} {status}{': ' + outcome.error if outcome.error else ''}")
     summary["exports"] = exports

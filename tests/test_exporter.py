@@ -17,7 +17,7 @@ from dermmobile.targets import _MODULES, resolve
 @pytest.fixture
 def fake_registry(monkeypatch):
     monkeypatch.setitem(_MODULES, "fake", "tests.fake_target")
-    monkeypatch.setattr(fake, "BEHAVIOUR", {"noise": 0.0, "nan_rows": 0, "raise": None, "hang": 0.0, "crash": False})
+    monkeypatch.setattr(fake, "BEHAVIOUR", dict(fake.DEFAULT_BEHAVIOUR, layer_noise={}))
     return fake
 
 
@@ -51,8 +51,9 @@ def test_manifest_carries_everything_and_parity_passes(fake_registry, tiny_check
     assert manifest.labels[0] == "acne" and manifest.preprocess["crop"] == 64
     assert manifest.calibration["count"] == 18 and sum(manifest.calibration["per_class"].values()) == 18
     assert manifest.input.shape == [1, 3, 64, 64] and manifest.toolchain["fake"] == "1"
-    # calibration images are never used to judge the calibrated artifact
-    assert manifest.parity["images"] == 90 - 18
+    # calibration and tuning images are never used to judge the calibrated artifact
+    assert manifest.tuning_images["count"] == 36  # half of what calibration left: the other half judges
+    assert manifest.parity["images"] == manifest.gate_images["count"] == 90 - 18 - 36
     assert [p.name for p in find_artifacts(tmp_path)] == ["tiny_cnn-fake-int8.fake.json"]
 
 

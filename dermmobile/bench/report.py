@@ -52,6 +52,12 @@ def _status(entry: dict, width: int) -> str:
     return error[:width] if error.startswith("not run") else f"{entry['status']}: {error[:width]}"
 
 
+def _float_layers(entry: dict) -> str:
+    """int8 artifacts: how many layers the accuracy-aware fallback left in float, and their share of MACs."""
+    layers = entry.get("float_layers")
+    return "–" if layers is None else f"{len(layers)} ({_pct(entry.get('float_macs_share'))})"
+
+
 def markdown(report: dict) -> str:
     machine, data, settings = report["machine"], report["data"], report["settings"]
     ref = report["reference"]
@@ -72,8 +78,8 @@ def markdown(report: dict) -> str:
         "## Accuracy and parity (against the reference, on the labeled set)",
         "",
         "| artifact | format | quant | status | top-1 | Δ top-1 (pts) | agreement | flips | max abs logit | "
-        "mean abs logit | min cosine | confusion drift (L1) | MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "mean abs logit | min cosine | confusion drift (L1) | MB | float layers (MACs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in report["artifacts"]:
         p = a.get("parity") or {}
@@ -82,7 +88,7 @@ def markdown(report: dict) -> str:
             f"| {a['name']} | {a['format']} | {a['quantization']} | {status} | {_pct(p.get('accuracy'))} | "
             f"{_f(p.get('accuracy_drop_points'))} | {_pct(p.get('agreement'))} | {len(p.get('flips', [])) if p else '–'} | "
             f"{_f(p.get('max_abs_logit'), '.2e')} | {_f(p.get('mean_abs_logit'), '.2e')} | {_f(p.get('min_cosine'), '.6f')} | "
-            f"{p.get('confusion_drift_l1', '–')} | {_f(a.get('bytes'), '.2f', 1 / 2**20)} |"
+            f"{p.get('confusion_drift_l1', '–')} | {_f(a.get('bytes'), '.2f', 1 / 2**20)} | {_float_layers(a)} |"
         )
     lines += [
         "",

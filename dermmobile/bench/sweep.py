@@ -83,6 +83,8 @@ class Subject:
     flops: int | None = None  # from the manifest, when the exporter recorded it
     error: str | None = None  # the manifest could not be read or verified
     bad_input: bool = False  # the error is a refused file (exit 2), not a measurement failure
+    float_layers: list[str] | None = None  # int8: layers the fallback left in float (manifest)
+    float_macs_share: float | None = None  # their share of the model's MACs
 
 
 def _say(message: str) -> None:
@@ -144,6 +146,8 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
                     file_bytes=m.bytes,
                     sha256=m.sha256,
                     flops=int(flops) if flops else None,
+                    float_layers=m.float_layers,
+                    float_macs_share=m.float_macs_share,
                 )
             )
     if config.checkpoint is None:
@@ -407,6 +411,8 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
             "failures": [],
             "parity": None,
             "gate": TOLERANCES[subject.quantization].why if subject.quantization in TOLERANCES else None,
+            "float_layers": subject.float_layers,
+            "float_macs_share": subject.float_macs_share,
         }
         logits = head.get("logits_array")
         if head["status"] == "ok":
