@@ -82,10 +82,16 @@ def base_toolchain() -> dict:
     }
 
 
-def export_request(checkpoint, plan: ExportPlan, float_layers=frozenset()) -> ExportRequest:
+def export_request(checkpoint, target: Target, plan: ExportPlan, float_layers=frozenset()) -> ExportRequest:
     meta = checkpoint.meta
+    model = checkpoint.model
+    if plan.quantize == "int8" and plan.int8.bias_correction and plan.calibration is not None:
+        from dermmobile.quantization.bias_correction import WEIGHT_RANGES, correct_biases
+
+        if target.name in WEIGHT_RANGES:
+            model = correct_biases(model, plan.calibration, WEIGHT_RANGES[target.name], frozenset(float_layers))
     return ExportRequest(
-        model=checkpoint.model,
+        model=model,
         arch=meta.arch,
         labels=list(meta.labels),
         preprocess=dict(meta.preprocess),
@@ -102,7 +108,7 @@ def export_artifact(checkpoint, target: Target, plan: ExportPlan, float_layers=f
     """Convert, write the manifest and return the artifact (parity not yet checked)."""
     meta = checkpoint.meta
     final = plan.out_dir / artifact_name(meta.arch, target, plan.quantize, plan.layout, plan.variant)
-    request = export_request(checkpoint, plan, float_layers)
+    request = export_request(checkpoint, target, plan, float_layers)
     started = time.perf_counter()
     with atomic_path(final) as tmp:
         request.out_file = tmp
@@ -291,7 +297,10 @@ def _load_int8_images(plan: ExportPlan, meta, calib_data: Path, calib_count: int
     if plan.check is not None:
         plan.check.unseen = np.array([name in splits.unseen_gate for name in plan.check.names], dtype=bool)
     plan.image_records = splits.records(seed)
-    plan.calibration_record = plan.image_records["calibration"] | {"observer": plan.int8.observer or "target default"}
+    plan.calibration_record = plan.image_records["calibration"] | {
+        "observer": plan.int8.observer or "target default",
+        "bias_correction": plan.int8.bias_correction,
+    }
 
 
 def _load_set(samples, spec, root: Path, what: str) -> CheckImages | None:

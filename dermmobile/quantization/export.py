@@ -51,7 +51,7 @@ def export_int8(checkpoint, target, plan):
         return criterion.judge(reference, logits, tuning.targets, artifact.path.name)
 
     factory = getattr(target, "simulation", None)
-    simulate = _LazySimulation(lambda: factory(export_request(checkpoint, plan))) if factory else None
+    simulate = _LazySimulation(lambda: factory(export_request(checkpoint, target, plan))) if factory else None
     log = _logger(f"{target.name} int8")
     if options.fallback:
         result = search(attempt, simulate, layers, (tuning.arrays, reference, tuning.targets), criterion,
