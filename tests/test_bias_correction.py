@@ -85,3 +85,19 @@ def test_layers_left_in_float_keep_their_bias():
     corrected = correct_biases(model, _images(8), (-127, 127), float_layers=frozenset({"8"}))
     assert torch.equal(corrected[8].bias, folded[8].bias)
     assert not torch.equal(corrected[0].bias, folded[0].bias)
+
+
+def test_folding_keeps_same_padding_convolutions_exact():
+    """EfficientNet-Lite's SameConv2d pads in forward and is built without a bias; folded, it must use the new one."""
+    from torch import nn
+
+    from dermmobile.efficientnet_lite import SameConv2d
+
+    model = nn.Sequential(SameConv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8)).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].bias.uniform_(-2, 2)
+    folded = fold_batch_norms(model, torch.from_numpy(_images(1)))
+    x = torch.from_numpy(_images(4))
+    with torch.no_grad():
+        assert folded[0].bias is not None and torch.allclose(model(x), folded(x), atol=1e-4)

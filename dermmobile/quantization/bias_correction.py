@@ -88,14 +88,21 @@ def correct_biases(model, calibration: np.ndarray, weight_range: tuple[int, int]
     }
     shifts: dict[str, torch.Tensor] = {}
     seen: dict[str, int] = {}
+    busy: set[str] = set()
 
     def recorder(name, module, error):
         def hook(_module, inputs, _output):
-            x = inputs[0]
-            if isinstance(module, torch.nn.Conv2d):
-                out = module._conv_forward(x, error, None).mean(dim=(2, 3))
-            else:
-                out = torch.nn.functional.linear(x, error).reshape(-1, error.shape[0])
+            if name in busy:  # the call below runs this hook again
+                return
+            # The module's own forward with the rounding error as its weights (keeps its padding rules).
+            busy.add(name)
+            try:
+                out = torch.func.functional_call(module, {"weight": error}, inputs)
+            finally:
+                busy.discard(name)
+            if module.bias is not None:
+                out = out - module.bias.reshape((-1,) + (1,) * (out.dim() - 2))
+            out = out.mean(dim=(2, 3)) if out.dim() == 4 else out.reshape(-1, error.shape[0])
             shifts[name] = shifts.get(name, 0) + out.sum(dim=0)
             seen[name] = seen.get(name, 0) + out.shape[0]
 
