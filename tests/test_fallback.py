@@ -88,6 +88,33 @@ def test_an_optimistic_simulation_is_corrected_by_real_artifacts():
     assert simulated and simulated[0].passed  # what misled the first real attempt
 
 
+def test_a_layer_that_hurts_in_the_real_file_makes_the_search_shrink():
+    """The simulation needs dw and fc float to pass; in the real file fc in float costs more than it gives (on Lite0 a
+    float projection convolution did that in TFLite), so the search goes back to the shorter prefix, which passes."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, (400, len(LABELS)))
+    noise = {"stem": 0.002, "dw": 0.3, "pw": 0.002, "fc": 0.03}
+    directions = {name: rng.normal(0, 1, reference.shape) for name in noise}
+    harm = rng.normal(0, 1, reference.shape)
+
+    def logits(float_layers, scale):
+        return reference + sum(scale * size * directions[n] for n, size in noise.items() if n not in float_layers)
+
+    criterion, calls = Criterion(LABELS, margin=0.0), []
+
+    def attempt(float_layers):
+        calls.append(float_layers)
+        hurt = 0.5 * harm if "fc" in float_layers else 0.0
+        return criterion.judge(reference, logits(float_layers, 1.0) + hurt, None, "artifact")
+
+    def simulate(batch, float_layers):  # pessimistic: sees every error twice
+        return logits(float_layers, 2.0)[batch.astype(int)]
+
+    result = search(attempt, simulate, LAYERS, (np.arange(400), reference, None), criterion, max_float_macs=0.3)
+    assert calls == [frozenset(), frozenset({"dw", "fc"}), frozenset({"dw"})]
+    assert result.passed and result.float_layers == ["dw"]
+
+
 def test_max_attempts_bounds_the_real_artifacts():
     attempt, simulate, tuning, criterion, calls = _problem({"stem": 0.2, "dw": 0.2, "pw": 0.01, "fc": 0.2}, bias=0.01)
     search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3, max_attempts=2)
