@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dermmobile.artifact import Artifact, Manifest, TensorSpec, artifact_digest, write_manifest
+from dermmobile.chatter import to_log
 from dermmobile.errors import BadInputError, DermmobileError, ExportFailedError, GateFailedError, MissingBackendError
 from dermmobile.fsutil import atomic_path, exclusive_lock
 from dermmobile.parity import apply_gate, compare_logits
@@ -70,6 +71,11 @@ class ExportPlan:
 def artifact_name(arch: str, target: Target, quantize: str, layout: str = "NCHW", variant: str = "") -> str:
     suffix = ("-nhwc" if layout == "NHWC" else "") + (f"-{variant}" if variant else "")
     return f"{arch}-{target.name}-{quantize}{suffix}{target.extension}"
+
+
+def converter_log(out_dir: Path) -> Path:
+    """Where the converters' and runtimes' own output goes (dermmobile/chatter.py): one file per output folder."""
+    return Path(out_dir) / "converters.log"
 
 
 def base_toolchain() -> dict:
@@ -220,7 +226,7 @@ def run_plan(checkpoint, plan: ExportPlan) -> list[ExportOutcome]:
             # One writer per artifact name from conversion through parity: the file, its manifest and
             # the parity recorded in it always come from the same run (issue 15, class 6).
             name = artifact_name(checkpoint.meta.arch, target, plan.quantize, plan.layout, plan.variant)
-            with exclusive_lock(plan.out_dir, name):
+            with exclusive_lock(plan.out_dir, name), to_log(converter_log(plan.out_dir)):
                 if plan.quantize == "int8" and plan.tuning is not None:
                     from dermmobile.quantization.export import export_int8
 

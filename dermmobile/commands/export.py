@@ -62,10 +62,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
     import math
+    import sys
 
     from dermmobile.checkpoint import load_checkpoint
     from dermmobile.errors import BadInputError
-    from dermmobile.exporter import plan_export, run_plan
+    from dermmobile.exporter import converter_log, plan_export, run_plan
     from dermmobile.fsutil import check_output_dir
     from dermmobile.quantization.options import Int8Options
 
@@ -83,6 +84,7 @@ def run(args) -> int:
     )  # fmt: skip
     if plan.check is None:
         print("parity: no real images to check on (give --check-data or --calib-data); artifacts are marked unchecked")
+    print(f"converter output goes to {converter_log(plan.out_dir)}", file=sys.stderr)
     outcomes = run_plan(checkpoint, plan)
     rows = [
         {

@@ -8,8 +8,6 @@ afterwards by the exporter, once.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from dermmobile.quantization.fallback import Criterion, FallbackResult, measure_sensitivity, search, spread
@@ -105,7 +103,9 @@ def _record(artifact, result: FallbackResult, layers, options, criterion: Criter
 
 
 def _logger(prefix: str):
+    from dermmobile.chatter import say
+
     def log(message: str) -> None:
-        print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+        say(f"{prefix}: {message}")
 
     return log
