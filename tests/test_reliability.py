@@ -48,7 +48,7 @@ def test_signal_during_export_keeps_finished_artifacts(tiny_checkpoint, tmp_path
         load_artifact(manifest)  # sha256 verified: whole, not half-written
     leftovers = [p.name for p in out.iterdir() if p.name.endswith(".partial")]
     assert leftovers == []
-    artifacts = {p.name for p in out.iterdir() if not p.name.startswith(".") and not p.name.endswith(".json")}
+    artifacts = {p.name for p in out.iterdir() if not p.name.startswith(".") and p.suffix not in (".json", ".log")}
     assert artifacts == {m.name.removesuffix(".json") for m in finished}
 
 
