@@ -30,6 +30,9 @@ class ExportRequest:
     calibration: np.ndarray | None = None  # float32 NCHW normalized real images (int8 needs them)
     calibration_record: dict | None = None
     out_file: Path | None = None  # where the Target writes (a temporary name; renamed on success)
+    # A QAT checkpoint's record (CheckpointMeta.qat): `model` is then its fake-quantize model, and
+    # int8 converts that trained graph instead of calibrating (see dermmobile/qat.py).
+    qat: dict | None = None
 
     @property
     def input_shape(self) -> list[int]:
@@ -42,7 +45,7 @@ class ExportRequest:
 
         if self.layout not in layouts:
             raise BadInputError(f"{target} takes --layout {' or '.join(layouts)}, got {self.layout!r}")
-        if self.quantize == "int8" and (self.calibration is None or not len(self.calibration)):
+        if self.quantize == "int8" and not self.qat and (self.calibration is None or not len(self.calibration)):
             raise BadInputError(
                 f"{target} int8 calibrates activation ranges on real images: --calib-data FOLDER is needed "
                 "(an ImageFolder of training images); --quantize int8-dynamic needs none"
@@ -86,6 +89,9 @@ class Target(Protocol):
     def load(self, path: Path, manifest, threads: int | None = None) -> Runtime:
         """Open the file with its runtime; raises MissingBackendError where it cannot run (Core ML off macOS)."""
         ...
+
+    # Optional: targets whose int8 is PT2E also define `pt2e_quantizer(is_qat: bool = False)`, the
+    # quantizer their int8 export uses; `dermmobile qat` trains with its is_qat form (dermmobile/qat.py).
 
 
 class TorchRuntime:

@@ -84,17 +84,28 @@ class ExecuTorchTarget:
     def load(self, path: Path, manifest, threads: int | None = None) -> ExecuTorchRuntime:
         return ExecuTorchRuntime(Path(path), threads)
 
+    def pt2e_quantizer(self, is_qat: bool = False):
+        """XNNPACK's PT2E quantizer as int8 uses it: ReLU6 outputs observed after the clamp (see targets/pt2e.py).
+
+        is_qat: the same annotation with fake-quantize observers, for `dermmobile qat`.
+        """
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        from dermmobile.targets.pt2e import clamp_aware
+
+        return clamp_aware(XNNPACKQuantizer)().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
+
 
 def _quantize(model, request: ExportRequest):
-    """PT2E int8 with XNNPACK's quantizer, ReLU6 outputs observed after the clamp (see targets/pt2e.py)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    """PT2E int8: calibrated on the request's images, or converted from a QAT checkpoint's trained graph."""
+    from dermmobile.targets.pt2e import calibrated_int8, converted_qat
 
-    from dermmobile.targets.pt2e import calibrated_int8, clamp_aware
-
-    quantizer = clamp_aware(XNNPACKQuantizer)().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    if request.qat:
+        return converted_qat(model, fold_quantize=True)
+    quantizer = TARGET.pt2e_quantizer()
     return calibrated_int8(model, request.example_input(), quantizer, request.calibration, fold_quantize=True)
 
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
-# Convolution and linear outputs followed only by a clamp get observed after the clamp.
-_PRODUCERS = ("conv2d", "linear")
+# Convolution and linear outputs followed only by a clamp get observed after the clamp. QAT
+# graphs keep batch norm until convert folds it: there the clamp follows the batch norm.
+_PRODUCERS = ("conv2d", "linear", "batch_norm")
 _CLAMPS = ("relu6", "hardtanh")
 
 
 def observe_after_clamps(graph_module) -> int:
-    """Move each conv/linear output annotation onto the ReLU6/hardtanh that is its only user; return how many moved."""
+    """Move each conv/linear (QAT: batch norm) output annotation onto the clamp that is its only user; return how many moved."""
     import torch
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
@@ -79,3 +80,20 @@ def calibrated_int8(model, example, quantizer, images: np.ndarray, fold_quantize
         for image in np.ascontiguousarray(images, dtype=np.float32):
             prepared(torch.from_numpy(image[None]))
     return move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=fold_quantize))
+
+
+def converted_qat(model, fold_quantize: bool):
+    """The int8 graph of a QAT checkpoint: its trained fake-quantize graph converted as it is, nothing re-calibrated.
+
+    `model` is what load_checkpoint builds for a QAT checkpoint (dermmobile.qat.FakeQuantModel);
+    a copy is converted, so the artifact is still checked against the fake-quantize model itself.
+    """
+    import copy
+
+    from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    converted = move_exported_model_to_eval(convert_pt2e(copy.deepcopy(model.prepared), fold_quantize=fold_quantize))
+    converted.training = False  # in eval form already; litert-torch warns about "training mode" otherwise
+    # eval()/train() on an exported graph raise unless allowed; a wrapper's eval() must reach it harmlessly.
+    return allow_exported_model_train_eval(converted)

@@ -88,12 +88,19 @@ class TFLiteTarget:
         os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
         litert_torch = require("litert_torch", "tflite")
 
-        model = _with_names(request.model.eval()).eval()
+        base = request.model.eval()
+        if request.qat:  # int8 of a QAT checkpoint: its trained graph converted, the same quantizer's QAT form
+            from litert_torch.quantize.quant_config import QuantConfig
+
+            from dermmobile.targets.pt2e import converted_qat
+
+            base = converted_qat(base, fold_quantize=False)
+        model = _with_names(base).eval()
         if request.layout == "NHWC":
             model = litert_torch.to_channel_last_io(model, args=[0]).eval()
         example = torch.from_numpy(to_layout(request.example_input().numpy(), request.layout))
-        quant_config = None
-        if request.quantize == "int8":
+        quant_config = QuantConfig(pt2e_quantizer=self.pt2e_quantizer(is_qat=True)) if request.qat else None
+        if request.quantize == "int8" and not request.qat:
             images = to_layout(np.ascontiguousarray(request.calibration, dtype=np.float32), request.layout)
             model, quant_config = _pt2e_int8(model, example, images)
         with torch.no_grad():
@@ -121,6 +128,41 @@ class TFLiteTarget:
     def load(self, path: Path, manifest, threads: int | None = None) -> TFLiteRuntime:
         return TFLiteRuntime(Path(path), manifest, threads)
 
+    def pt2e_quantizer(self, is_qat: bool = False):
+        """litert-torch's PT2E quantizer as int8 uses it (per-channel weights); is_qat: its fake-quantize form.
+
+        Not clamp_aware: litert-torch's converter fuses ReLU6 by itself, and a moved observer
+        made it keep 33 layout transposes (30 % slower for +0.3 points; see targets/pt2e.py).
+        """
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+        if is_qat:
+            _qat_annotation_compat()
+        return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
+
+
+def _qat_annotation_compat() -> None:
+    """Let litert-torch's QAT conv+bn annotator run on this torchao.
+
+    litert-torch 0.10 hands torchao's `_get_aten_graph_module_for_pattern` plain functions as
+    patterns; torchao 0.18 exports them with torch.export, which takes modules only
+    ("Expected `mod` to be an instance of `torch.nn.Module`"). Wrapping each function in
+    torchao's own WrapperModule is what torchao does for its patterns. Idempotent.
+    """
+    import torch
+    from litert_torch.quantize import pt2e_quantizer_utils
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    original = pt2e_quantizer_utils._get_aten_graph_module_for_pattern
+    if getattr(original, "wraps_functions", False):
+        return
+
+    def patterns_as_modules(pattern, *args, **kwargs):
+        return original(pattern if isinstance(pattern, torch.nn.Module) else WrapperModule(pattern), *args, **kwargs)
+
+    patterns_as_modules.wraps_functions = True
+    pt2e_quantizer_utils._get_aten_graph_module_for_pattern = patterns_as_modules
+
 
 def _with_names(model):
     """Wrap the model so the TFLite signature reads `image` -> `logits`, the names the manifest and apps use."""
@@ -139,14 +181,11 @@ def _with_names(model):
 
 def _pt2e_int8(model, example, images: np.ndarray):
     """Static int8 by PT2E: observe activation ranges on the calibration images, then fold in the scales."""
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
 
     from dermmobile.targets.pt2e import calibrated_int8
 
-    # Not clamp_aware: litert-torch's converter fuses ReLU6 by itself, and a moved observer
-    # made it keep 33 layout transposes (30 % slower for +0.3 points; see targets/pt2e.py).
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = TARGET.pt2e_quantizer()
     quantized = calibrated_int8(model, example, quantizer, images, fold_quantize=False)
     quantized.training = False  # batch norm is already in eval form; this silences litert-torch's "training mode" warning
     return quantized, QuantConfig(pt2e_quantizer=quantizer)
