@@ -31,6 +31,9 @@ class CheckpointMeta:
     data: dict = field(default_factory=dict)
     weights_sha256: str = ""
     created: str = ""
+    # Set only by `dermmobile qat`: the target, quantizer and source of a quantization-aware
+    # trained checkpoint, whose tensors are its fake-quantize graph's state (dermmobile/qat.py).
+    qat: dict = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -63,7 +66,8 @@ def save_checkpoint(path: Path, model, meta: CheckpointMeta) -> Path:
 
     from dermmobile.fsutil import atomic_path
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Cloned: a QAT graph shares one observer between several ops, and safetensors stores each name apart.
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     meta.weights_sha256 = weights_digest(state)
     meta.created = meta.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     path = Path(path)
@@ -120,6 +124,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
     state = load_file(str(path))
     if weights_digest(state) != meta.weights_sha256:
         raise BadInputError(f"{path}: weights do not match the sha256 in its metadata (edited or corrupted file)")
+    if meta.qat:
+        from dermmobile.qat import rebuild_qat_model
+
+        model = rebuild_qat_model(meta, state, Path(path))
+        return Checkpoint(model, meta, Path(path), sha256_file(Path(path)))
     model = build_model(meta.arch, len(meta.labels), weights="none")
     try:
         model.load_state_dict(state, strict=True)

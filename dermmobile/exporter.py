@@ -103,6 +103,7 @@ def export_artifact(checkpoint, target: Target, plan: ExportPlan) -> Artifact:
         layout=plan.layout,
         calibration=plan.calibration,
         calibration_record=plan.calibration_record,
+        qat=meta.qat or None,
     )
     started = time.perf_counter()
     with _artifact_lock(plan.out_dir, final.name):
@@ -119,13 +120,28 @@ def export_artifact(checkpoint, target: Target, plan: ExportPlan) -> Artifact:
             output=TensorSpec(**result.output),
             preprocess=dict(meta.preprocess),
             checkpoint_sha256=checkpoint.file_sha256,
-            calibration=plan.calibration_record if plan.quantize == "int8" else None,
+            calibration=_calibration(meta, plan),
             toolchain=base_toolchain() | result.toolchain,
-            notes=result.notes,
+            notes=result.notes | _qat_notes(meta),
             export_seconds=round(time.perf_counter() - started, 3),
         )
         write_manifest(final, manifest)
     return Artifact(final, manifest)
+
+
+def _qat_notes(meta) -> dict:
+    if not meta.qat:
+        return {}
+    from dermmobile.qat import manifest_notes
+
+    return manifest_notes(meta)
+
+
+def _calibration(meta, plan: ExportPlan) -> dict | None:
+    """Where the int8 ranges came from: the calibration images, or a QAT checkpoint's training images."""
+    if plan.quantize != "int8":
+        return None
+    return meta.qat.get("calibration") if meta.qat else plan.calibration_record
 
 
 def _run_export(target: Target, request: ExportRequest, timeout: float | None):
@@ -202,6 +218,10 @@ def plan_export(
     from dermmobile.data import balanced_sample, calibration_record, load_images, scan_image_folder
 
     chosen = resolve(targets, quantize)
+    if checkpoint.meta.qat:
+        from dermmobile.qat import check_export
+
+        check_export(checkpoint.meta, chosen, quantize, calib_data)
     layout = layout.upper()
     if layout not in ("NCHW", "NHWC"):
         raise BadInputError(f"--layout must be nchw or nhwc, got {layout.lower()}")
@@ -220,7 +240,7 @@ def plan_export(
         plan.calibration = images.arrays
         plan.calibration_record = calibration_record(kept, folder.classes, folder.root, seed).as_dict()
         calib_names = set(images.names)
-    elif quantize == "int8":
+    elif quantize == "int8" and not meta.qat:
         raise BadInputError(
             "--quantize int8 quantizes activations and needs real calibration images: pass --calib-data DIR "
             "(an ImageFolder with the checkpoint's classes); dermmobile never calibrates on random data"
