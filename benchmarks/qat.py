@@ -29,7 +29,7 @@ import numpy as np
 from dermmobile.bench.latency import summarize, time_calls
 from dermmobile.bench.sweep import machine_info, versions
 from dermmobile.checkpoint import load_checkpoint
-from dermmobile.data import balanced_sample, calibration_record, load_images, scan_image_folder
+from dermmobile.data import balanced_sample, calibration_record, held_out, load_images, scan_image_folder
 from dermmobile.exporter import CheckImages, plan_export, run_plan
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.parity import compare_logits
@@ -41,15 +41,12 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
 
 
-def held_out(checkpoint, data: Path) -> CheckImages:
+def held_out_photos(checkpoint, data: Path) -> CheckImages:
     """The float checkpoint's recorded held-out test photos: nothing below ever trained or calibrated on them."""
     folder = scan_image_folder(data, expected_classes=checkpoint.meta.labels)
-    wanted = set(checkpoint.meta.data.get("test_files") or [])
-    if not wanted:
-        raise SystemExit(f"{checkpoint.path} records no held-out test files; train it with `dermmobile train`")
-    samples = [s for s in folder.samples if s.path.relative_to(folder.root).as_posix() in wanted]
-    images = load_images(samples, checkpoint.meta.spec, folder.root, progress="test photos")
-    return CheckImages(images.arrays, images.names, images.targets, f"{data} (held-out test files)")
+    held = held_out(folder, checkpoint.meta.data, split="test")
+    images = load_images(held.samples, checkpoint.meta.spec, folder.root, progress="test photos")
+    return CheckImages(images.arrays, images.names, images.targets, f"{data} ({held.note})")
 
 
 def plain_int8(checkpoint, target: str, data: Path, out: Path, check: CheckImages, calib_count: int):
@@ -207,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_info()
     checkpoint = load_checkpoint(args.checkpoint)
-    check = held_out(checkpoint, args.data)
+    check = held_out_photos(checkpoint, args.data)
     rows = [run_target(checkpoint, target, args.data, args.work, check, args) for target in (args.targets or qat_targets())]
     report = {
         "arch": checkpoint.meta.arch,

@@ -12,7 +12,9 @@
 Golden folder layout (schema "dermmobile-golden" version 1):
 
     golden.json           index: the artifact's manifest, the runtime, tolerances, one entry per sample
-    <id>.rgb              decoded 8-bit RGB, row-major, width x height x 3 (no header)
+                          (with `decode`: the file's format, stored size and the spec's reduction factor)
+    <id>.rgb              decoded 8-bit RGB (`spec.decode`: reduced as the spec says), row-major,
+                          width x height x 3 (no header)
     <id>.input.f32        expected input tensor, float32 little-endian, the manifest's layout, batch of 1
     <id>.input.q          int8/uint8 manifests only: that tensor quantized with the input scale/zero point
 """
@@ -98,13 +100,11 @@ def check_bench_row(row: object, where: str = "android bench row") -> dict:
 
 def quantize_input(values: np.ndarray, dtype: str, scale: float, zero_point: int) -> np.ndarray:
     """float32 -> int8/uint8 as the app does it (float32 division, round half to even, clip)."""
-    from dermmobile.targets.base import quantize_int8
+    from dermmobile.targets.base import quantize
 
-    if dtype == "int8":
-        return quantize_int8(values.astype(np.float32), scale, zero_point)
-    if dtype == "uint8":
-        return np.clip(np.round(values.astype(np.float32) / scale) + zero_point, 0, 255).astype(np.uint8)
-    raise BadInputError(f"cannot quantize an input of dtype {dtype!r}; expected int8 or uint8")
+    if dtype not in ("int8", "uint8"):
+        raise BadInputError(f"cannot quantize an input of dtype {dtype!r}; expected int8 or uint8")
+    return quantize(values.astype(np.float32), np.dtype(dtype), scale, zero_point)
 
 
 def _sha256(data: bytes) -> str:
@@ -123,7 +123,6 @@ def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Pat
     scale and zero point, and labels are used); `runtime` is any Runtime (float32 NCHW in,
     logits out): the artifact's own, or the PyTorch model for tests.
     """
-    from dermmobile.data import decode_image
     from dermmobile.fsutil import atomic_write_bytes, atomic_write_json
     from dermmobile.preprocess import PreprocessSpec
 
@@ -141,7 +140,7 @@ def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = []
     for index, path in enumerate(Path(p) for p in images):
-        rgb = np.asarray(decode_image(path))
+        rgb = np.asarray(spec.decode(path))
         height, width = rgb.shape[:2]
         if width * height > MAX_GOLDEN_PIXELS:
             raise BadInputError(
@@ -168,6 +167,7 @@ def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Pat
             "source": path.name,
             "width": int(width),
             "height": int(height),
+            "decode": _decode_record(path, spec),
             "rgb": f"{sample_id}.rgb",
             "rgb_sha256": _sha256(rgb_bytes),
             "input": f"{sample_id}.input.f32",
@@ -201,6 +201,19 @@ def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Pat
         },
     )
     return index_path
+
+
+def _decode_record(path: Path, spec) -> dict:
+    """How the file was decoded: format, stored size and the spec's reduction factor, which the
+    Java and JavaScript tests recompute (Android's sample size, the web page's note)."""
+    from PIL import Image
+
+    from dermmobile.data import JPEG_FORMATS
+
+    with Image.open(path) as image:  # the header only: the pixels were decoded by spec.decode
+        fmt, (width, height) = image.format or "", image.size
+    factor = spec.decode_factor(width, height) if fmt in JPEG_FORMATS else 1
+    return {"format": fmt, "stored_width": width, "stored_height": height, "factor": factor}
 
 
 # -- copying into the app ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ import sys
 from dermmobile import __version__, interrupts
 from dermmobile.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DermmobileError
 
-COMMANDS = ["train", "qat", "evaluate", "export", "bench", "predict", "inspect", "android", "demo"]
+COMMANDS = ["train", "qat", "evaluate", "export", "bench", "predict", "inspect", "android", "web", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,9 @@
 Every split here is deterministic and *per class*: a file's place depends only on the
 seed, its class and its own name, so adding images to one class never moves another
 class's images between train, validation and test.
+
+`held_out` is the one answer to "which images of this folder did the checkpoint not train
+on?": export, evaluate and bench all ask it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ from dermmobile.errors import BadImageError, BadInputError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # 40 megapixels: above any phone photo we expect, far below a decompression bomb.
 MAX_PIXELS = 40_000_000
+# The memory one image's decode may hold (`decode_bytes`), checked before its pixels are
+# decoded. Anything under the pixel cap fits (at most 8 bytes a pixel plus the strips: 340 MB).
+MAX_DECODE_BYTES = 512 * 2**20
+# Pixels per strip when converting a decoded image to RGB (see to_rgb).
+STRIP_PIXELS = 1 << 20
+# A strip's temporaries: up to five 4-byte copies of it (crop, white, composite, RGB; or
+# the 16-bit path's uint32 arrays).
+STRIP_BYTES_PER_PIXEL = 20
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO: a JPEG with extra frames (many phone cameras)
 
 
 @dataclass(frozen=True)
@@ -104,14 +116,21 @@ def check_same_classes(expected: list[str], found: list[str], expected_name: str
     )
 
 
-def decode_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode_image(
+    path: Path, max_pixels: int = MAX_PIXELS, min_side: int | None = None, max_bytes: int = MAX_DECODE_BYTES
+) -> Image.Image:
     """Open an image file as 8-bit RGB, upright, or raise BadImageError naming the problem.
 
     - EXIF orientation is applied (phone photos are often stored sideways).
     - 16-bit greyscale is scaled to 8 bits (value / 257), not clipped.
     - CMYK goes through Pillow's conversion; palette and alpha images are composited on
       white, so transparent pixels do not turn black.
-    - Images above `max_pixels` are refused before their pixels are decoded.
+    - `min_side` (the preprocessing spec's reduced decode): a JPEG is decoded reduced in
+      the DCT domain by the largest f of 8, 4, 2, 1 with min(W, H) // f >= min_side, to
+      (ceil(W / f), ceil(H / f)). Other formats have no reduced decode and are read whole.
+    - Refused before their pixels are decoded: more than `max_pixels` stored pixels (a
+      decompression bomb), or a decode that would hold more than `max_bytes` of memory
+      (`decode_bytes`: the decoded image plus one copy, conversions run in strips).
     """
     path = Path(path)
     try:
@@ -125,7 +144,18 @@ def decode_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                     raise BadImageError(
                         path, f"{width}x{height} pixels is above the {max_pixels:,} pixel cap (decompression bomb?)"
                     )
+                if min_side is not None and img.format in JPEG_FORMATS:
+                    _draft(img, path, min_side)
+                needed = decode_bytes(img)
+                if needed > max_bytes:
+                    raise BadImageError(
+                        path,
+                        f"decoding this {img.size[0]}x{img.size[1]} {img.mode} image needs about {needed / 2**20:,.0f} MiB, "
+                        f"above the {max_bytes / 2**20:,.0f} MiB per-image memory budget; give a smaller copy of the image",
+                    )
                 img.load()
+                if img.readonly:  # memory-mapped from the file: take the pixels out before the file can change
+                    img = img.copy()
                 return to_rgb(img)
     except BadImageError:
         raise
@@ -135,29 +165,81 @@ def decode_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise BadImageError(path, "not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImageError(path, f"decompression bomb refused ({exc})") from None
+    except MemoryError:
+        raise BadImageError(path, "out of memory while decoding; give a smaller copy of the image") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(path, f"corrupt or truncated image ({exc})") from None
 
 
+def _draft(img: Image.Image, path: Path, min_side: int) -> None:
+    """Ask libjpeg for the spec's DCT-domain reduction; check it gave exactly that size."""
+    from dermmobile.preprocess import reduced_decode_factor
+
+    width, height = img.size
+    factor = reduced_decode_factor(width, height, min_side)
+    if factor == 1:
+        return
+    img.draft(None, (min_side, min_side))  # Pillow picks the same f: largest of 8, 4, 2, 1 with min(W, H) // f >= min_side
+    expected = (-(-width // factor), -(-height // factor))
+    if img.size != expected:
+        raise BadImageError(path, f"the JPEG decoder gave {img.size} for a 1/{factor} reduced decode, expected {expected}")
+
+
+# Bytes per pixel of Pillow's in-memory modes (every mode not listed takes 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def decode_bytes(img: Image.Image) -> int:
+    """Most memory decoding `img` (its size and mode as opened) and `to_rgb` hold at once:
+    the decoded image and either its EXIF-rotated copy or the RGB image built from it
+    plus one strip's temporaries."""
+    width, height = img.size
+    decoded = width * height * _MODE_BYTES.get(img.mode, 4)
+    rgb = 0 if img.mode == "RGB" else width * height * 4 + _strip_rows(width) * width * STRIP_BYTES_PER_PIXEL
+    return decoded + max(decoded, rgb)
+
+
+def _strip_rows(width: int) -> int:
+    return max(1, STRIP_PIXELS // width)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to upright 8-bit RGB (see decode_image)."""
-    img = ImageOps.exif_transpose(img)
+    """Convert any Pillow mode to upright 8-bit RGB (see decode_image). `img` is rotated in place.
+
+    Every conversion here is per pixel, so it runs on strips of about STRIP_PIXELS pasted
+    into one RGB image: a 40 MP RGBA photo needs the decoded image and the result, not the
+    four full-size copies (RGBA, white background, composite, RGB) a whole-image pass makes.
+    """
+    ImageOps.exif_transpose(img, in_place=True)
+    if img.mode == "RGB":
+        return img
+    divisor = 257  # 16-bit levels to 8 bits
+    if img.mode == "I":
+        low, high = img.getextrema()
+        if low >= 0 and high <= 255:  # 8-bit values stored in 32-bit integers: keep them
+            divisor = 1
+    width, height = img.size
+    out = Image.new("RGB", img.size)
+    rows = _strip_rows(width)
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
+        out.paste(_strip_to_rgb(img.crop(box), divisor), box)
+    return out
+
+
+def _strip_to_rgb(img: Image.Image, divisor: int) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(img, dtype=np.uint32)
-        scaled = array if img.mode == "I" and array.max(initial=0) <= 255 else array // 257
-        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+        array = np.asarray(img, dtype=np.uint32) // divisor
+        img = Image.fromarray(np.minimum(array, 255).astype(np.uint8), mode="L")
     elif img.mode == "F":
         array = np.nan_to_num(np.asarray(img, dtype=np.float32))
         img = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return img
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _rank(seed: int, sample: Sample, root: Path | None) -> str:
@@ -245,6 +327,74 @@ class CalibrationRecord:
             "source": self.source,
             "seed": self.seed,
         }
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The images of a folder that a checkpoint did not train on, and how that was decided."""
+
+    samples: list[Sample]
+    split: str  # "test": the checkpoint's recorded held-out files; "all": every image of the folder
+    unseen: bool  # True when no chosen image was used in training
+    note: str
+
+    def info(self) -> dict:
+        return {"split": self.split, "unseen": self.unseen, "note": self.note}
+
+
+HELD_OUT_SPLITS = ("auto", "test", "all")
+
+
+def is_training_root(folder: ImageFolder, data_record: dict | None) -> bool:
+    """True when `folder` is the one the checkpoint was trained on: the same path, or the same file list moved elsewhere."""
+    record = data_record or {}
+    recorded = record.get("root")
+    try:
+        if recorded and Path(recorded).resolve() == folder.root.resolve():
+            return True
+    except (OSError, RuntimeError, TypeError):  # an unresolvable recorded path is simply another folder
+        pass
+    digest = record.get("files_sha256")
+    return bool(digest) and digest == files_digest(s.path.relative_to(folder.root) for s in folder.samples)
+
+
+def held_out(folder: ImageFolder, data_record: dict | None, split: str = "auto") -> HeldOut:
+    """Which images of `folder` a checkpoint (its `meta.data` record) has not trained on.
+
+    split "auto": the recorded held-out test files when `folder` is the training root; every
+    image of any other folder (none was seen); every image, flagged as seen, when the training
+    root records no test files. "test" insists on the recorded test files and refuses
+    otherwise. "all" takes every image. Recorded files missing from the folder are refused:
+    a held-out set that silently shrank would report a number for other images.
+    """
+    if split not in HELD_OUT_SPLITS:
+        raise BadInputError(f"unknown split {split!r}; valid: {', '.join(HELD_OUT_SPLITS)}")
+    if split == "all":
+        return HeldOut(folder.samples, "all", not is_training_root(folder, data_record), "every image of the folder")
+    own = is_training_root(folder, data_record)
+    test_files = list((data_record or {}).get("test_files") or [])
+    if not (own and test_files):
+        if split == "test":
+            problem = (
+                "the checkpoint records no held-out test files"
+                if own
+                else f"{folder.root} is not the folder the checkpoint was trained on ({(data_record or {}).get('root')})"
+            )
+            raise BadInputError(f"no held-out test split here: {problem}; use --split all to take every image")
+        if own:
+            note = "the training folder, but the checkpoint records no held-out test files: every image (some seen in training)"
+            return HeldOut(folder.samples, "all", False, note)
+        return HeldOut(folder.samples, "all", True, "not the checkpoint's training folder: every image is unseen")
+    by_name = {s.path.relative_to(folder.root).as_posix(): s for s in folder.samples}
+    missing = [name for name in test_files if name not in by_name]
+    if missing:
+        raise BadInputError(
+            f"{len(missing)} of the {len(test_files)} held-out test files recorded in the checkpoint are missing from "
+            f"{folder.root} (first: {missing[0]}); restore them, or use --split all to take every image"
+        )
+    wanted = set(test_files)
+    chosen = [s for s in folder.samples if s.path.relative_to(folder.root).as_posix() in wanted]
+    return HeldOut(chosen, "test", True, "the held-out test files recorded in the checkpoint")
 
 
 def files_digest(paths) -> str:

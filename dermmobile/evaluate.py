@@ -24,8 +24,6 @@ from dermmobile.metrics import (
     plot_confusions,
 )
 
-SPLITS = ("auto", "test", "all")
-
 
 def predict_logits(model, arrays: np.ndarray, device="cpu", batch_size: int = 64, amp_dtype=None) -> np.ndarray:
     """float32 N x 3 x H x W -> float32 N x classes logits, the model in eval mode."""
@@ -148,14 +146,7 @@ class EvalResult:
         return report_markdown(f"{Path(self.checkpoint).name} on {self.split} images", self.matrix, self.labels, self.facts())
 
 
-def is_training_root(meta_data: dict, root: Path, digest: str) -> bool:
-    """True when `root` is the folder the checkpoint was trained on (same path, or same file list moved elsewhere)."""
-    recorded = meta_data.get("root")
-    same_path = recorded is not None and Path(recorded).resolve() == Path(root).resolve()
-    return same_path or digest == meta_data.get("files_sha256")
-
-
-def evaluate(checkpoint: Path, data_dir: Path, split: str = "auto", out: Path | None = None, device: str = "cpu",
+def evaluate_checkpoint(checkpoint: Path, data_dir: Path, split: str = "auto", out: Path | None = None, device: str = "cpu",
              batch_size: int = 32, progress: str | None = None) -> EvalResult:  # fmt: skip
     """Accuracy of `checkpoint` on `data_dir`.
 
@@ -165,43 +156,22 @@ def evaluate(checkpoint: Path, data_dir: Path, split: str = "auto", out: Path | 
     With `out`, writes evaluation.md/.json/.png there.
     """
     from dermmobile.checkpoint import load_checkpoint
-    from dermmobile.data import check_same_classes, files_digest, load_images, scan_image_folder
+    from dermmobile.data import check_same_classes, held_out, load_images, scan_image_folder
 
-    if split not in SPLITS:
-        raise BadInputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     ckpt = load_checkpoint(Path(checkpoint))
     folder = scan_image_folder(Path(data_dir))
     check_same_classes(ckpt.meta.labels, folder.classes, f"checkpoint {Path(checkpoint).name}", str(data_dir))
-    digest = files_digest(s.path.relative_to(folder.root) for s in folder.samples)
-    own = is_training_root(ckpt.meta.data, folder.root, digest)
-    test_files = ckpt.meta.data.get("test_files") or []
-    if split == "test" and not (own and test_files):
-        raise BadInputError(
-            f"{data_dir} is not the folder {Path(checkpoint).name} was trained on ({ckpt.meta.data.get('root')}) "
-            "or the checkpoint records no test split; use --split all to score every image"
-        )
-    samples = folder.samples
-    chosen = "all"
-    if split != "all" and own and test_files:
-        by_name = {s.path.relative_to(folder.root).as_posix(): s for s in folder.samples}
-        missing = [name for name in test_files if name not in by_name]
-        if missing:
-            raise BadInputError(
-                f"{len(missing)} test images recorded in the checkpoint are missing from {data_dir} "
-                f"(first: {missing[0]}); restore them or evaluate with --split all"
-            )
-        samples = [by_name[name] for name in test_files]
-        chosen = "test"
-    images = load_images(samples, ckpt.meta.spec, folder.root, progress=progress)
+    chosen = held_out(folder, ckpt.meta.data, split)
+    images = load_images(chosen.samples, ckpt.meta.spec, folder.root, progress=progress)
     if not len(images):
         raise BadInputError(f"no readable images to evaluate in {data_dir} ({len(images.bad)} unreadable)")
     logits = predict_logits(ckpt.model.to(device), images.arrays, device=device, batch_size=batch_size)
     predictions = logits.argmax(axis=1)
     matrix = confusion_matrix(images.targets, predictions, len(ckpt.meta.labels))
-    result = EvalResult(Path(checkpoint), Path(data_dir), chosen, list(ckpt.meta.labels), matrix, images.names,
+    result = EvalResult(Path(checkpoint), Path(data_dir), chosen.split, list(ckpt.meta.labels), matrix, images.names,
                         [int(p) for p in predictions], images.bad)  # fmt: skip
     if out is not None:
-        title = f"{ckpt.meta.arch} on {chosen} images of {Path(data_dir).name}"
+        title = f"{ckpt.meta.arch} on {chosen.split} images of {Path(data_dir).name}"
         write_report(Path(out), "evaluation", matrix, result.labels, title, result.facts())
         result.files = {ext: str(Path(out) / f"evaluation.{ext}") for ext in ("md", "json", "png")}
     return result

@@ -215,7 +215,7 @@ def plan_export(
     seed: int = 0,
 ) -> ExportPlan:
     """Validate options and load calibration/check images, before any conversion starts."""
-    from dermmobile.data import balanced_sample, calibration_record, load_images, scan_image_folder
+    from dermmobile.data import balanced_sample, calibration_record, held_out, load_images, scan_image_folder
 
     chosen = resolve(targets, quantize)
     if checkpoint.meta.qat:
@@ -248,9 +248,9 @@ def plan_export(
     check_root = check_data or calib_data or _training_root(meta)
     if check_root is not None:
         folder = scan_image_folder(check_root, expected_classes=meta.labels)
-        samples = folder.samples
-        if check_data is None and calib_data is None:
-            samples = _held_out(folder, meta)
+        # Calibration images are the checkpoint's training images (or another folder): the parity
+        # set is then the rest of that folder, else the checkpoint's held-out images.
+        samples = folder.samples if calib_data is not None and check_data is None else held_out(folder, meta.data).samples
         # Images used for calibration are not used to judge the calibrated artifact.
         samples = [s for s in samples if s.path.relative_to(folder.root).as_posix() not in calib_names]
         images = load_images(samples, spec, folder.root, progress="parity images")
@@ -263,17 +263,6 @@ def plan_export(
 def _training_root(meta) -> Path | None:
     root = (meta.data or {}).get("root")
     return Path(root) if root and Path(root).is_dir() else None
-
-
-def _held_out(folder, meta) -> list:
-    """The checkpoint's recorded held-out test files, else the default split's test part."""
-    from dermmobile.data import stratified_split
-
-    recorded = (meta.data or {}).get("test_files")
-    if recorded:
-        wanted = set(recorded)
-        return [s for s in folder.samples if s.path.relative_to(folder.root).as_posix() in wanted]
-    return [folder.samples[i] for i in stratified_split(folder.samples).test]
 
 
 def _report_bad(bad: list[tuple[str, str]]) -> None:

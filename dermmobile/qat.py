@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,24 +45,27 @@ CHECKPOINT_NAME = "qat.safetensors"
 
 
 class FakeQuantModel(nn.Module):
-    """A trained QAT graph in inference form (batch norm on running statistics, observers off).
+    """A QAT-prepared graph behind the ordinary module interface the trainer and every runner use.
 
     Exported graphs refuse eval()/train(): they cannot switch batch norm and dropout by
-    themselves. Every runner in dermmobile calls eval() on its model, so this wrapper takes
-    that call; the graph is already in inference form and stays there.
+    themselves. Here train(mode) moves the graph between its training and inference forms
+    (set_mode), with batch norm frozen and observers on as the epoch's schedule says. A model
+    rebuilt from a checkpoint is in inference form: batch norm on running statistics,
+    observers off, fake quantization on.
     """
 
-    def __init__(self, prepared):
+    def __init__(self, prepared, bn_frozen: bool = True, observing: bool = False):
         super().__init__()
         self.prepared = prepared
-        self.training = False
+        self.bn_frozen, self.observing = bn_frozen, observing
+        self.train(False)
 
     def forward(self, x):
         return self.prepared(x)
 
     def train(self, mode: bool = True):
-        if mode:
-            raise BadInputError("a QAT checkpoint's model runs inference only; to train further, run `dermmobile qat` again")
+        set_mode(self.prepared, training=mode, bn_frozen=self.bn_frozen, observing=self.observing)
+        self.training = mode  # not passed down: the graph's own train() raises
         return self
 
 
@@ -199,23 +202,26 @@ def rebuild_qat_model(meta, state: dict, path: Path) -> FakeQuantModel:
 def training_split(folder, meta) -> tuple[list[int], list[int]]:
     """(train, validation) sample indices of the checkpoint's own split; its held-out test files never appear.
 
-    The recorded test and validation file lists (what `dermmobile train` writes) decide; a
-    checkpoint without them gets the default split, the held-out part export and bench assume.
+    data.held_out decides what is held out (the recorded test files); the recorded validation
+    files stay out of training too. A checkpoint that records no test files gets the default
+    split (export and bench then treat every image as seen). Another folder is refused: its
+    images would count as unseen for every later evaluation.
     """
-    from dermmobile.data import stratified_split
+    from dermmobile.data import held_out, stratified_split
 
-    data = meta.data or {}
-    test, val = data.get("test_files"), data.get("val_files")
-    if isinstance(test, list) and isinstance(val, list):
-        names = [s.path.relative_to(folder.root).as_posix() for s in folder.samples]
-        held, seen = set(map(str, test)), set(map(str, val))
-        train = [i for i, name in enumerate(names) if name not in held and name not in seen]
-        return train, [i for i, name in enumerate(names) if name in seen]
-    split = stratified_split(folder.samples)
-    return split.train, split.val
-
-
-# -- training -------------------------------------------------------------------------------------
+    held = held_out(folder, meta.data)
+    if held.split == "all" and held.unseen:
+        raise BadInputError(
+            f"{folder.root} is not the folder the checkpoint was trained on ({(meta.data or {}).get('root')}): QAT trains on "
+            "the checkpoint's own training split, whose held-out test files it knows. Pass that folder as --data"
+        )
+    if held.split != "test":
+        split = stratified_split(folder.samples)
+        return split.train, split.val
+    names = [s.path.relative_to(folder.root).as_posix() for s in folder.samples]
+    test = {s.path.relative_to(folder.root).as_posix() for s in held.samples}
+    val = set(map(str, (meta.data or {}).get("val_files") or []))
+    return [i for i, n in enumerate(names) if n not in test and n not in val], [i for i, n in enumerate(names) if n in val]
 
 
 @dataclass
@@ -225,32 +231,25 @@ class QatConfig:
     out: Path
     data: Path | None = None  # default: the data root the checkpoint records
     epochs: int = 3
-    batch_size: int = 16
-    lr: float = 1e-3  # cosine to 0 over the epochs
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: float = 1e-3  # peak; cosine to 0 over the epochs
     freeze_bn_after: int = 1  # epochs that still update BatchNorm statistics
     freeze_observers_after: int = 2  # epochs whose batches still move the int8 ranges
     device: str = "cpu"
-    workers: int = 0  # threads that augment images; 0 = one per core
+    workers: int = 0  # threads that decode images; 0 = one per core
     threads: int = 0  # torch CPU threads; 0 = every core
     seed: int = 0
     progress: bool = True
 
     def check(self) -> None:
-        counts = {"epochs": self.epochs, "batch-size": self.batch_size}
-        for name, value in counts.items():
-            if value < 1:
-                raise BadInputError(f"--{name} must be at least 1, got {value}")
+        if self.epochs < 1:
+            raise BadInputError(f"--epochs must be at least 1, got {self.epochs}")
         if self.freeze_bn_after < 0 or self.freeze_observers_after < 1:
             raise BadInputError(
                 "--freeze-bn-after must be 0 or more and --freeze-observers-after 1 or more (epochs), "
                 f"got {self.freeze_bn_after} and {self.freeze_observers_after}"
             )
-        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise BadInputError(
-                f"need --lr > 0, --momentum in [0, 1), --weight-decay >= 0; got {self.lr}, {self.momentum}, {self.weight_decay}"
-            )
+        if self.lr <= 0:
+            raise BadInputError(f"--lr must be above 0, got {self.lr}")
         qat_quantizer(self.target)
 
     def to_dict(self) -> dict:
@@ -264,17 +263,26 @@ class QatResult:
     model: FakeQuantModel
 
 
-def _augment_config(meta):
-    """The augmentation the checkpoint was trained with (its recorded arguments), else the trainer's default."""
-    from dermmobile.augment import AugmentConfig
+def recipe(meta, config: QatConfig):
+    """The checkpoint's own training recipe (batch size, augmentation, loss, SGD settings) for the QAT epochs.
 
-    recorded = (meta.args or {}).get("augment")
-    if not isinstance(recorded, dict):
-        return AugmentConfig()
+    Only the epochs, the learning rate and the seed are QAT's own; a checkpoint that records
+    no arguments gets the trainer's defaults.
+    """
+    from dataclasses import fields
+
+    from dermmobile.train_config import AugmentConfig, TrainConfig
+
+    recorded = dict(meta.args or {})
+    known = {f.name for f in fields(TrainConfig)} - {"data", "arch", "out", "spec", "augment", "on_epoch_end"}
+    kept = {k: v for k, v in recorded.items() if k in known}
     try:
-        return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
+        augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (recorded.get("augment") or {}).items()})
+        train = TrainConfig(data=Path(config.data or "."), arch=meta.arch, **kept, augment=augment, spec=meta.spec)
     except TypeError as exc:
-        raise BadInputError(f"{meta.arch} checkpoint records an augmentation this dermmobile cannot use ({exc})") from None
+        raise BadInputError(f"{config.checkpoint} records training arguments this dermmobile cannot use ({exc})") from None
+    return replace(train, epochs=config.epochs, lr=config.lr, seed=config.seed, lr_decay="cosine", warmup_epochs=0.0,
+                   freeze_backbone=False, folds=0, resume=False, progress=config.progress)  # fmt: skip
 
 
 @dataclass
@@ -308,52 +316,17 @@ def _load_images(config: QatConfig, meta, workers: int) -> _Images:
     return _Images(folder, train, [i for i in val if i not in decoded.bad], decoded, labels)
 
 
-def _criterion(meta, images: _Images, device) -> nn.CrossEntropyLoss:
-    """The checkpoint's own loss: class-weighted by inverse frequency unless it recorded --balance none."""
-    if (meta.args or {}).get("balance", "loss") != "loss":
-        return nn.CrossEntropyLoss()
-    counts = np.bincount(images.labels[images.train], minlength=len(meta.labels))
-    weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-    return nn.CrossEntropyLoss(weight=weights.to(device))
-
-
-def _train_epoch(prepared, images: _Images, epoch: int, config: QatConfig, meta, optimizer, criterion, pool, device) -> dict:
-    """One pass over the training images in a seeded order, augmented per (seed, epoch, image) as the trainer does."""
-    from dermmobile.augment import augment
-    from dermmobile.progress import progress_bar
-
-    bn_frozen, observing = epoch > config.freeze_bn_after, epoch <= config.freeze_observers_after
-    set_mode(prepared, training=True, bn_frozen=bn_frozen, observing=observing)
-    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout draws
-    augmentation = _augment_config(meta)
-
-    def one(index: int) -> np.ndarray:
-        return augment(images.decoded.train[index], meta.spec, np.random.default_rng([config.seed, epoch, index]), augmentation)
-
-    order = [images.train[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(images.train))]
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    totals = np.zeros(3)  # loss sum, correct, images
-    started = time.perf_counter()
-    for batch in progress_bar(batches, desc=f"qat epoch {epoch}/{config.epochs}" if config.progress else None, unit="batch"):
-        x = torch.from_numpy(np.stack(list(pool.map(one, batch)))).to(device)
-        y = torch.from_numpy(images.labels[batch]).to(device)
-        logits = prepared(x)
-        loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        totals += [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)]
-    seconds = time.perf_counter() - started
-    return {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "bn_frozen": bn_frozen, "observers": observing,
-            "train_loss": totals[0] / totals[2], "train_acc": totals[1] / totals[2],
-            "time_s": round(seconds, 2), "img_per_s": round(totals[2] / seconds, 2)}  # fmt: skip
-
-
 def train_qat(config: QatConfig) -> QatResult:
-    """Fine-tune the checkpoint with fake quantization and save the QAT checkpoint (see the module docstring)."""
+    """Fine-tune the checkpoint with fake quantization and save the QAT checkpoint (see the module docstring).
+
+    The epochs run through the trainer's own pieces: its decoding, its batched augmentation
+    (ImageBank, epoch_batches) and its epoch loop (train_one_epoch) with the model swapped for
+    the fake-quantized graph.
+    """
+    from dermmobile.augment import ImageBank
     from dermmobile.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
     from dermmobile.fsutil import atomic_write_json
-    from dermmobile.trainer import Dist, resolve_device
+    from dermmobile.trainer import Dist, Learner, class_weights, epoch_batches, epoch_order, resolve_device, train_one_epoch
 
     config.check()
     started = time.perf_counter()
@@ -365,41 +338,61 @@ def train_qat(config: QatConfig) -> QatResult:
         )
     source = load_checkpoint(config.checkpoint)
     meta = source.meta
-    device = resolve_device(config.device, Dist(), config.threads)
-    workers = config.workers or torch.get_num_threads()
-    images = _load_images(config, meta, workers)
+    train_config = recipe(meta, config)
+    dist = Dist()
+    device = resolve_device(config.device, dist, config.threads)
+    images = _load_images(config, meta, config.workers or torch.get_num_threads())
     val_arrays, val_targets = images.val_arrays(meta.spec.crop), images.labels[images.val]
-    reference = _logits(source.model.eval().to(device), val_arrays, device)
+    reference = _logits(source.model, val_arrays, device)
 
-    prepared = prepare(copy.deepcopy(source.model), config.target, meta.spec.crop).to(device)
-    optimizer = torch.optim.SGD(prepared.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    criterion = _criterion(meta, images, device)
+    model = FakeQuantModel(prepare(copy.deepcopy(source.model), config.target, meta.spec.crop).to(device))
+    counts = np.bincount(images.labels[images.train], minlength=len(meta.labels))
+    weights = class_weights(counts).to(device) if train_config.balance == "loss" else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=train_config.momentum,
+                                weight_decay=train_config.weight_decay)  # fmt: skip
+    learner = Learner(model, model, model, optimizer, torch.amp.GradScaler(device.type, enabled=False),
+                      nn.CrossEntropyLoss(weight=weights, label_smoothing=train_config.label_smoothing), None, False)  # fmt: skip
+    augment = train_config.augment
+    bank = ImageBank.build([images.decoded.train[i] for i in images.train], list(images.labels[images.train]),
+                           landscape=augment.quarter_turns and (augment.hflip or augment.vflip)).place(device)  # fmt: skip
+    steps = math.ceil(len(images.train) / train_config.batch_size)
+    total = steps * config.epochs
+
+    def lr_of_step(step: int) -> float:
+        return config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+
     config.out.mkdir(parents=True, exist_ok=True)
     log = config.out / "log.jsonl"
     log.write_text("")
     history = []
-    with ThreadPoolExecutor(workers) as pool:
-        for epoch in range(1, config.epochs + 1):
-            record = _train_epoch(prepared, images, epoch, config, meta, optimizer, criterion, pool, device)
-            scheduler.step()
-            set_mode(prepared, training=False)
-            record["val"] = _scores(_logits(prepared, val_arrays, device), val_targets, reference, criterion)
-            history.append(record)
-            with open(log, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if config.progress and len(val_targets):
-                print(f"qat epoch {epoch}: train loss {record['train_loss']:.3f} acc {record['train_acc']:.1%} | validation "
-                      f"{record['val']['accuracy']:.1%}, agrees with the float model on {record['val']['agreement']:.1%}",
-                      file=sys.stderr)  # fmt: skip
+    for epoch in range(1, config.epochs + 1):
+        model.bn_frozen = epoch > config.freeze_bn_after
+        model.observing = epoch <= config.freeze_observers_after
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout draws
+        order = epoch_order(len(images.train), dist, config.seed, epoch)
+        batches = epoch_batches(bank, order, train_config, meta.spec, epoch, dist.rank, device)
+        desc = f"qat epoch {epoch}/{config.epochs}" if config.progress else None
+        stats = train_one_epoch(learner, batches, lr_of_step, (epoch - 1) * steps, desc)
+        record = {"epoch": epoch, "lr": stats.lr, "bn_frozen": model.bn_frozen, "observers": model.observing,
+                  "train_loss": stats.loss, "train_acc": stats.accuracy, "time_s": round(stats.seconds, 2),
+                  "img_per_s": round(stats.images / stats.seconds, 2)}  # fmt: skip
+        model.train(False)
+        record["val"] = _scores(_logits(model, val_arrays, device), val_targets, reference, learner.criterion)
+        history.append(record)
+        with open(log, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if config.progress and len(val_targets):
+            print(f"qat epoch {epoch}: train loss {stats.loss:.3f} acc {stats.accuracy:.1%} | validation "
+                  f"{record['val']['accuracy']:.1%}, agrees with the float model on {record['val']['agreement']:.1%}",
+                  file=sys.stderr)  # fmt: skip
 
-    set_mode(prepared, training=False)
-    prepared = prepared.cpu()
+    model.bn_frozen, model.observing = True, False
+    model = model.cpu().train(False)
     folder = images.folder
     metrics = {
         "epochs": history,
         "train_images": len(images.train),
-        "float_val": _scores(reference, val_targets, reference, criterion),
+        "float_val": _scores(reference, val_targets, reference, learner.criterion),
         "fake_quant_val": history[-1]["val"],
         "bad_images": [
             {"path": folder.samples[i].path.relative_to(folder.root).as_posix(), "reason": reason}
@@ -410,13 +403,13 @@ def train_qat(config: QatConfig) -> QatResult:
         "threads": torch.get_num_threads(),
     }
     out_meta = CheckpointMeta(meta.arch, list(meta.labels), dict(meta.preprocess), args=config.to_dict(), metrics=metrics,
-                              data=dict(meta.data or {}), qat=_record(config, source, images))  # fmt: skip
-    path = save_checkpoint(config.out / CHECKPOINT_NAME, prepared, out_meta)
+                              data=dict(meta.data or {}), qat=_record(config, train_config, source, images))  # fmt: skip
+    path = save_checkpoint(config.out / CHECKPOINT_NAME, model.prepared, out_meta)
     atomic_write_json(config.out / "metrics.json", metrics)
-    return QatResult(path, metrics, FakeQuantModel(prepared))
+    return QatResult(path, metrics, model)
 
 
-def _record(config: QatConfig, source, images: _Images) -> dict:
+def _record(config: QatConfig, train_config, source, images: _Images) -> dict:
     """CheckpointMeta.qat: what export needs to rebuild the graph and refuse other targets, and where it came from."""
     from dermmobile.data import calibration_record
     from dermmobile.targets.base import package_version
@@ -433,24 +426,22 @@ def _record(config: QatConfig, source, images: _Images) -> dict:
         "source_checkpoint_sha256": source.file_sha256,
         "source_metrics": {k: meta.metrics[k] for k in ("val", "test") if k in (meta.metrics or {})},
         "capture": {"input": [2, 3, meta.spec.crop, meta.spec.crop], "dynamic_batch": True, "mode": "train"},
-        "schedule": {k: getattr(config, k) for k in ("epochs", "lr", "freeze_bn_after", "freeze_observers_after", "seed")},
+        "schedule": {k: getattr(config, k) for k in ("epochs", "lr", "freeze_bn_after", "freeze_observers_after", "seed")}
+        | {"batch_size": train_config.batch_size, "augment": train_config.augment.to_dict(), "balance": train_config.balance},
         # Where the int8 ranges were learned: a QAT artifact's manifest gives this as its calibration.
         "calibration": learned_on | {"method": "quantization-aware training"},
         "toolchain": {name: package_version(name) for name in ("torch", "torchao", _converter(config.target))},
     }
 
 
-def _logits(model, arrays: np.ndarray, device, batch_size: int = 32) -> np.ndarray:
-    """Logits in batches; a prepared graph must be in its inference form already (set_mode)."""
-    with torch.no_grad():
-        outputs = [
-            model(torch.from_numpy(arrays[i : i + batch_size]).to(device)).cpu() for i in range(0, len(arrays), batch_size)
-        ]
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
+def _logits(model, arrays: np.ndarray, device) -> np.ndarray:
+    from dermmobile.evaluate import predict_logits
+
+    return predict_logits(model, arrays, device, batch_size=32)
 
 
 def _scores(logits: np.ndarray, targets: np.ndarray, reference: np.ndarray, criterion) -> dict:
-    """Validation loss (the training criterion), accuracy, and agreement with the float model's answers."""
+    """Validation loss (the training criterion's class weights), accuracy, and agreement with the float model's answers."""
     if not len(targets):
         return {"images": 0}
     weight = None if criterion.weight is None else criterion.weight.cpu()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from dermmobile.android import (
     BENCH_ROW_KEYS,
@@ -26,11 +25,12 @@ from dermmobile.android import (
     quantize_input,
     write_golden_samples,
 )
-from dermmobile.artifact import Manifest, TensorSpec, load_artifact, write_manifest
+from dermmobile.artifact import load_artifact, write_manifest
 from dermmobile.errors import BadInputError, UnsafeFileError
 from dermmobile.predict import softmax
-from dermmobile.preprocess import PreprocessSpec
-from dermmobile.synthetic import PAPER_CLASSES, synthetic_image
+from dermmobile.preprocess import ALGORITHM_V1, PreprocessSpec
+from dermmobile.synthetic import PAPER_CLASSES
+from tests.golden_images import SIZES, golden_manifest, phone_images, small_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "android_demo" / "preprocess-core"
@@ -38,10 +38,8 @@ RUN_TESTS = CORE / "run-tests.sh"
 JUNIT_JAR = Path(os.environ.get("JUNIT_JAR", "/usr/share/java/junit4.jar"))
 HAMCREST_JAR = Path(os.environ.get("HAMCREST_JAR", "/usr/share/java/hamcrest-core.jar"))
 
-# (width, height): portrait, landscape, tiny (upsampled), odd sizes, and 129x128 / 128x129 whose
-# resized long side 64.5 exercises round-half-up on either axis.
-SIZES = [(37, 91), (150, 64), (5, 7), (101, 99), (129, 128), (128, 129), (64, 64)]
 SMALL = PreprocessSpec(resize=64, crop=56)
+SMALL_V1 = PreprocessSpec(resize=64, crop=56, algorithm=ALGORITHM_V1)
 
 
 def _java_missing() -> str | None:
@@ -58,41 +56,6 @@ def _require_java() -> None:
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):
         pytest.fail(message)
     pytest.skip(message)
-
-
-def _images(folder: Path, sizes=SIZES) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, (width, height) in enumerate(sizes):
-        pixels = synthetic_image(index % 9, index, size=max(width, height, 8))[:height, :width]
-        path = folder / f"img{index}_{width}x{height}.png"
-        Image.fromarray(np.ascontiguousarray(pixels)).save(path)
-        paths.append(path)
-    return paths
-
-
-def _manifest(spec: PreprocessSpec, layout: str, dtype: str, file: str = "model.tflite") -> Manifest:
-    crop = spec.crop
-    shape = [1, 3, crop, crop] if layout == "NCHW" else [1, crop, crop, 3]
-    quantized = dtype in ("int8", "uint8")
-    return Manifest(
-        format="tflite",
-        quantization="int8" if quantized else "none",
-        file=file,
-        arch="tiny_cnn",
-        labels=list(PAPER_CLASSES),
-        input=TensorSpec(
-            "image",
-            shape,
-            dtype,
-            layout,
-            scale=0.0187 if quantized else None,
-            zero_point=(-14 if dtype == "int8" else 114) if quantized else None,
-        ),
-        output=TensorSpec("logits", [1, len(PAPER_CLASSES)], "float32"),
-        preprocess=spec.to_dict(),
-        sha256="0" * 64,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -112,21 +75,37 @@ def runtime():
 
 
 @pytest.fixture(scope="module")
-def golden_root(tmp_path_factory, runtime) -> Path:
-    """Golden sets for NCHW/NHWC x float32/int8/uint8, plus the full-size default spec."""
-    tmp = tmp_path_factory.mktemp("golden")
-    images = _images(tmp / "images")
-    root = tmp / "sets"
-    cases = [
-        ("nchw-float32", SMALL, "NCHW", "float32"),
-        ("nhwc-float32", SMALL, "NHWC", "float32"),
-        ("nchw-int8", SMALL, "NCHW", "int8"),
-        ("nhwc-int8", SMALL, "NHWC", "int8"),
-        ("nhwc-uint8", SMALL, "NHWC", "uint8"),
-        ("default-nhwc-float32", PreprocessSpec(), "NHWC", "float32"),
-    ]
-    for name, spec, layout, dtype in cases:
-        write_golden_samples(images, _manifest(spec, layout, dtype), runtime, root / name)
+def golden_images(tmp_path_factory) -> dict[str, list[Path]]:
+    tmp = tmp_path_factory.mktemp("golden-images")
+    small = small_images(tmp / "small")
+    large = phone_images(tmp / "large")
+    # v1 decodes at full size: the 12 MP photo is above the golden pixel limit there.
+    return {"v2": [*small, *large.values()], "v1": [*small, *(path for name, path in large.items() if name != "phone")]}
+
+
+# (set name, spec, layout, dtype): v2 (new manifests) in every layout and dtype, v1 (older
+# manifests) in both layouts; each with the default 256/224 spec too.
+GOLDEN_CASES = [
+    ("nchw-float32", SMALL, "NCHW", "float32"),
+    ("nhwc-float32", SMALL, "NHWC", "float32"),
+    ("nchw-int8", SMALL, "NCHW", "int8"),
+    ("nhwc-int8", SMALL, "NHWC", "int8"),
+    ("nhwc-uint8", SMALL, "NHWC", "uint8"),
+    ("default-nhwc-float32", PreprocessSpec(), "NHWC", "float32"),
+    ("v1-nchw-float32", SMALL_V1, "NCHW", "float32"),
+    ("v1-nhwc-int8", SMALL_V1, "NHWC", "int8"),
+    ("v1-default-nchw-float32", PreprocessSpec(algorithm=ALGORITHM_V1), "NCHW", "float32"),
+]
+GOLDEN_SAMPLES = sum(len(SIZES) + (4 if spec.algorithm != ALGORITHM_V1 else 3) for _, spec, _, _ in GOLDEN_CASES)
+
+
+@pytest.fixture(scope="module")
+def golden_root(tmp_path_factory, runtime, golden_images) -> Path:
+    """Golden sets for NCHW/NHWC x float32/int8/uint8, v2 and v1, small and phone-sized photos."""
+    root = tmp_path_factory.mktemp("golden") / "sets"
+    for name, spec, layout, dtype in GOLDEN_CASES:
+        images = golden_images["v1" if spec.algorithm == ALGORITHM_V1 else "v2"]
+        write_golden_samples(images, golden_manifest(spec, layout, dtype), runtime, root / name)
     return root
 
 
@@ -145,7 +124,7 @@ def _run_core(core: Path, golden: Path, **env) -> subprocess.CompletedProcess:
 
 def test_golden_files_match_python_preprocessing(golden_root):
     index = json.loads((golden_root / "nhwc-int8" / GOLDEN_INDEX).read_text())
-    assert index["schema"] == "dermmobile-golden" and len(index["samples"]) == len(SIZES)
+    assert index["schema"] == "dermmobile-golden" and len(index["samples"]) == len(SIZES) + 4
     for sample in index["samples"]:
         folder = golden_root / "nhwc-int8"
         rgb = np.frombuffer((folder / sample["rgb"]).read_bytes(), np.uint8).reshape(sample["height"], sample["width"], 3)
@@ -163,20 +142,42 @@ def test_golden_files_match_python_preprocessing(golden_root):
     assert all(s["input_quantized"] is None for s in float_index["samples"])
 
 
+@pytest.mark.parametrize(
+    ("golden_set", "phone", "sideways", "boundary"),
+    [
+        ("nhwc-int8", (8, 504, 378), (8, 113, 151), (8, 64, 88)),  # resize 64
+        ("default-nhwc-float32", (8, 504, 378), (2, 451, 602), (2, 256, 350)),  # resize 256
+        ("v1-default-nchw-float32", None, (1, 901, 1203), (1, 512, 700)),  # v1: always full size
+    ],
+)
+def test_golden_records_the_reduced_decode(golden_root, golden_set, phone, sideways, boundary):
+    """(factor, decoded width, decoded height) per photo: JPEGs reduced by the spec, EXIF rotation after."""
+    samples = {s["source"]: s for s in json.loads((golden_root / golden_set / GOLDEN_INDEX).read_text())["samples"]}
+    expected = {"phone-4032x3024.jpg": phone, "sideways-1203x901.jpg": sideways, "boundary-512x700.jpg": boundary,
+                "large-2401x1599.png": (1, 2401, 1599)}  # fmt: skip
+    for source, want in expected.items():
+        if want is None:
+            assert source not in samples
+            continue
+        sample = samples[source]
+        assert (sample["decode"]["factor"], sample["width"], sample["height"]) == want, source
+    assert samples["phone-4032x3024.jpg" if phone else "boundary-512x700.jpg"]["decode"]["format"] == "JPEG"
+
+
 def test_golden_refuses_oversized_and_mismatched(tmp_path, runtime, monkeypatch):
     import dermmobile.android as android
 
-    images = _images(tmp_path / "images", [(20, 10)])
+    images = small_images(tmp_path / "images", [(20, 10)])
     monkeypatch.setattr(android, "MAX_GOLDEN_PIXELS", 100)
     with pytest.raises(BadInputError, match="pixel limit"):
-        write_golden_samples(images, _manifest(SMALL, "NCHW", "float32"), runtime, tmp_path / "g")
+        write_golden_samples(images, golden_manifest(SMALL, "NCHW", "float32"), runtime, tmp_path / "g")
     monkeypatch.undo()
-    wrong = _manifest(SMALL, "NCHW", "float32")
+    wrong = golden_manifest(SMALL, "NCHW", "float32")
     wrong.labels = wrong.labels[:3]
     with pytest.raises(BadInputError, match="labels"):
         write_golden_samples(images, wrong, runtime, tmp_path / "g")
     with pytest.raises(BadInputError, match="no golden images"):
-        write_golden_samples([], _manifest(SMALL, "NCHW", "float32"), runtime, tmp_path / "g")
+        write_golden_samples([], golden_manifest(SMALL, "NCHW", "float32"), runtime, tmp_path / "g")
 
 
 def test_bench_row_schema():
@@ -209,7 +210,7 @@ def test_java_core_matches_python(golden_root, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "OK (" in output, output
-    assert f"golden samples checked: {6 * len(SIZES)} in 6 set(s)" in output, output
+    assert f"golden samples checked: {GOLDEN_SAMPLES} in {len(GOLDEN_CASES)} set(s)" in output, output
     # The row the Java code writes is the row Python's bench --merge accepts.
     rows = json.loads(bench_row.read_text())
     assert isinstance(rows, list) and rows
@@ -220,18 +221,25 @@ def test_java_core_matches_python(golden_root, tmp_path):
         check_row(row, "row written by BenchRow.java")
 
 
-# One constant in the Java filter, changed slightly: the tests must notice.
-DRIFTS = [
-    ("Preprocessor.java", "double centre = (o + 0.5) * ratio;", "double centre = (o + 0.501) * ratio;"),
-    ("Preprocessor.java", "Math.floor(height * scale + 0.5)", "Math.floor(height * scale + 0.49)"),
-    ("Preprocessor.java", "double support = Math.max(ratio, 1.0);", "double support = Math.max(ratio, 1.01);"),
-    ("Postprocess.java", "out[i] = Math.exp(logits[i] - max);", "out[i] = Math.exp(1.001 * (logits[i] - max));"),
-]
+# One constant in the Java code, changed slightly: the tests must notice.
+DRIFTS = {
+    "v1-filter-centre": ("Preprocessor.java", "double centre = (o + 0.5) * ratio;", "double centre = (o + 0.501) * ratio;"),
+    "resize-rounding": ("Preprocessor.java", "Math.floor(height * scale + 0.5)", "Math.floor(height * scale + 0.49)"),
+    "v1-upsampling-support": ("Preprocessor.java", "double support = Math.max(ratio, 1.0);",
+                              "double support = Math.max(ratio, 1.01);"),
+    "v2-filter-centre": ("Preprocessor.java", "double center = (first + k + 0.5) * scale;",
+                         "double center = (first + k + 0.5001) * scale;"),
+    "v2-pass-rounding": ("Preprocessor.java", "int half = 1 << (PRECISION_BITS - 1);", "int half = 1 << (PRECISION_BITS - 2);"),
+    "v2-tap-rounding": ("Preprocessor.java", "fixed[x] = (int) (0.5 + normalized * (1 << PRECISION_BITS));",
+                        "fixed[x] = (int) (normalized * (1 << PRECISION_BITS));"),
+    "v2-table": ("Preprocessor.java", "table[c][v] = (float) ((v / spec.scale - spec.mean[c]) / spec.std[c]);",
+                 "table[c][v] = (float) (v / spec.scale - spec.mean[c]) / (float) spec.std[c];"),
+    "v2-decode-factor": ("PreprocessSpec.java", "if (shorter / f >= resize) {", "if (shorter / f > resize) {"),
+    "softmax": ("Postprocess.java", "out[i] = Math.exp(logits[i] - max);", "out[i] = Math.exp(1.001 * (logits[i] - max));"),
+}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("file", "original", "drifted"), DRIFTS, ids=["filter-centre", "resize-rounding", "upsampling-support", "softmax"]
-)
+@pytest.mark.parametrize(("file", "original", "drifted"), DRIFTS.values(), ids=DRIFTS.keys())
 def test_java_core_fails_when_it_drifts(golden_root, tmp_path, file, original, drifted):
     _require_java()
     copy = tmp_path / "preprocess-core"
@@ -261,7 +269,7 @@ def _fake_artifact(tmp_path: Path, name: str = "tiny_cnn-tflite-none.tflite", fm
     folder.mkdir(exist_ok=True)
     path = folder / name
     path.write_bytes(b"TFL3 fake model bytes")
-    manifest = _manifest(SMALL, "NHWC", "float32", file=name)
+    manifest = golden_manifest(SMALL, "NHWC", "float32", file=name)
     manifest.format = fmt
     write_manifest(path, manifest)
     return path
@@ -270,7 +278,7 @@ def _fake_artifact(tmp_path: Path, name: str = "tiny_cnn-tflite-none.tflite", fm
 def test_android_command_copies_artifact_manifest_and_golden(tmp_path, runtime):
     app = _fake_app(tmp_path)
     artifact = _fake_artifact(tmp_path)
-    images = _images(tmp_path / "images", SIZES[:2])
+    images = small_images(tmp_path / "images", SIZES[:2])
     installed = install_into_app(artifact, images, app, runtime=runtime)
     assets = app / "app" / "src" / "main" / "assets" / "dermmobile"
     assert installed.assets == assets
@@ -290,7 +298,7 @@ def test_android_command_refuses_bad_inputs(tmp_path, runtime):
     from dermmobile.cli import main
 
     app = _fake_app(tmp_path)
-    images = _images(tmp_path / "images", SIZES[:1])
+    images = small_images(tmp_path / "images", SIZES[:1])
     onnx = _fake_artifact(tmp_path, "m-onnx-none.onnx", fmt="onnx")
     with pytest.raises(BadInputError, match="tflite"):
         install_into_app(onnx, images, app, runtime=runtime)

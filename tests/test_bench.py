@@ -14,8 +14,9 @@ import pytest
 
 from dermmobile.artifact import Manifest, TensorSpec, write_manifest
 from dermmobile.bench import latency
-from dermmobile.bench.accuracy import evaluate
+from dermmobile.bench.accuracy import accuracy_parity
 from dermmobile.bench.merge import check_row, merge_rows, read_rows
+from dermmobile.bench.phone_photo import make_phone_photo
 from dermmobile.bench.sweep import select_samples
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.cli import main
@@ -58,7 +59,7 @@ def test_accuracy_agreement_flips_logit_errors_and_drift_by_hand():
     ref = np.array([[3.0, 0, 0], [0, 2, 0], [0, 0, 1], [1, 0, 0]])
     cand = np.array([[3.0, 0, 0], [0, 2, 0], [0, 1, 0.5], [1, 0, 0]])  # image 2 flips c2 -> c1
     targets = np.array([0, 1, 2, 1])
-    result = evaluate(ref, cand, targets, LABELS, ["i0", "i1", "i2", "i3"], "int8", "art.tflite")
+    result = accuracy_parity(ref, cand, targets, LABELS, ["i0", "i1", "i2", "i3"], "int8", "art.tflite")
     p = result.parity
     assert p.agreement == pytest.approx(0.75)
     assert [(f.image, f.reference, f.artifact) for f in p.flips] == [("i2", "wheal", "crust")]
@@ -84,7 +85,7 @@ def test_nan_outputs_count_as_wrong_and_as_drift():
     ref = np.eye(3)
     cand = np.eye(3)
     cand[1, 0] = np.nan
-    result = evaluate(ref, cand, np.array([0, 1, 2]), LABELS, None, "none", "a.onnx")
+    result = accuracy_parity(ref, cand, np.array([0, 1, 2]), LABELS, None, "none", "a.onnx")
     assert result.parity.nonfinite == 1
     assert result.per_class.tolist() == [1.0, 0.0, 1.0]  # the NaN image is not silently dropped
     assert result.confusion[1].sum() == 0 and result.drift_l1 == 2
@@ -93,7 +94,7 @@ def test_nan_outputs_count_as_wrong_and_as_drift():
 
 def test_identical_fp32_outputs_pass():
     ref = np.random.default_rng(0).normal(size=(5, 3))
-    result = evaluate(ref, ref + 1e-5, np.array([0, 1, 2, 0, 1]), LABELS, None, "none", "a.onnx")
+    result = accuracy_parity(ref, ref + 1e-5, np.array([0, 1, 2, 0, 1]), LABELS, None, "none", "a.onnx")
     assert result.parity.passed and result.drift_l1 == 0
 
 
@@ -172,11 +173,19 @@ def test_worker_protocol_order_and_counts(tmp_path, monkeypatch, data):
         e2e_files=files,
         spec=SPEC.to_dict(),
     )
+    job.phone_photo = str(make_phone_photo(Path(files[0]), tmp_path / "phone.jpg", size=(640, 480)))
+    job.phone_runs = 3
     result = run_job(job)
     assert result["status"] == "ok", result
-    # first inference + warm-up + timed + end-to-end + one call per parity image
-    assert runtime.calls == 1 + 3 + 5 + 2 + 4
+    # first inference + warm-up + timed + end-to-end (data set, then phone photo) + one call per parity image
+    assert runtime.calls == 1 + 3 + 5 + 2 + 3 + 4
     assert result["latency_ms"]["n"] == 5 and result["end_to_end_ms"]["n"] == 2
+    on_images, phone = result["end_to_end"]["images"], result["end_to_end"]["phone_12mp"]
+    assert (on_images["files"], phone["files"]) == (2, 3)
+    for e2e in (on_images, phone):  # the parts add up to the whole, file by file
+        parts = sum(e2e[f"{step}_ms"]["mean"] for step in ("decode", "preprocess", "inference"))
+        assert parts == pytest.approx(e2e["total_ms"]["mean"], rel=1e-9)
+        assert e2e["total_over_inference_p50"] == pytest.approx(e2e["total_ms"]["p50"] / result["latency_ms"]["p50"])
     assert np.allclose(np.load(tmp_path / "logits.npy"), images.mean(axis=(2, 3)))
     assert result["peak_rss_mb"] > 0
 
@@ -260,6 +269,8 @@ def test_all_passing_sweep_exits_zero(tmp_path, monkeypatch, data):
             "1",
             "--e2e-images",
             "1",
+            "--phone-runs",
+            "2",
             "--gemm-size",
             "32",
             "--out",
@@ -267,6 +278,13 @@ def test_all_passing_sweep_exits_zero(tmp_path, monkeypatch, data):
         ]
     )
     assert code == 0
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["data"]["phone_photo"]["size"] == [4032, 3024] and report["data"]["phone_photo"]["runs"] == 2
+    for row in report["rows"]:  # decode, preprocess and inference apart, on the data set's photos and the 12 MP JPEG
+        e2e = row["end_to_end"]
+        assert (e2e["images"]["files"], e2e["phone_12mp"]["files"]) == (1, 2)
+        assert set(e2e["phone_12mp"]) >= {"decode_ms", "preprocess_ms", "inference_ms", "total_ms", "total_over_inference_p50"}
+    assert "12 MP phone JPEG" in (tmp_path / "out" / "bench.md").read_text()
 
 
 # -- data selection ---------------------------------------------------------------------------

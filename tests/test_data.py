@@ -13,11 +13,13 @@ from dermmobile.data import (
     balanced_sample,
     calibration_record,
     check_same_classes,
+    decode_bytes,
     decode_image,
     kfold_indices,
     load_images,
     scan_image_folder,
     stratified_split,
+    to_rgb,
 )
 from dermmobile.errors import BadImageError, BadInputError
 from dermmobile.preprocess import PreprocessSpec
@@ -137,6 +139,127 @@ def test_extreme_shapes_preprocess(tmp_path):
         assert np.allclose(array[0], expected, atol=1e-5)
 
 
+# -- reduced decode and memory ---------------------------------------------------------------
+
+
+def _noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("size", "min_side", "decoded"),
+    [
+        ((1000, 700), 256, (500, 350)),  # 700 // 2 >= 256, 700 // 4 < 256
+        ((1001, 701), 64, (126, 88)),  # 1/8: sizes round up
+        ((300, 200), 256, (300, 200)),  # already small: never reduced
+        ((1000, 700), None, (1000, 700)),  # no min_side (v1): full size
+    ],
+)
+def test_jpeg_is_decoded_reduced_in_the_dct_domain(tmp_path, size, min_side, decoded):
+    path = _save(_noise(*size), tmp_path / "photo.jpg", quality=90)
+    assert decode_image(path, min_side=min_side).size == decoded
+
+
+def test_reduced_decode_happens_before_exif_rotation_and_skips_other_formats(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 1000 x 700, shown 700 x 1000
+    rotated = _save(_noise(1000, 700), tmp_path / "rotated.jpg", exif=exif, quality=90)
+    assert decode_image(rotated, min_side=256).size == (350, 500)
+    png = _save(_noise(1000, 700), tmp_path / "photo.png")
+    assert decode_image(png, min_side=256).size == (1000, 700)  # no reduced decode but JPEG's
+    spec = PreprocessSpec()  # v2: spec.decode is decode_image with min_side=resize
+    assert spec.decode(rotated).size == (350, 500) and spec.decode(png).size == (1000, 700)
+
+
+def test_decode_refuses_what_exceeds_the_memory_budget(tmp_path):
+    path = _save(Image.new("RGBA", (500, 400)), tmp_path / "big.png")
+    with Image.open(path) as img:
+        needed = decode_bytes(img)
+    assert needed >= 500 * 400 * 4 * 2  # the RGBA image and the RGB image made from it
+    with pytest.raises(BadImageError, match="memory budget") as info:
+        decode_image(path, max_bytes=needed - 1)
+    assert "MiB" in info.value.reason and info.value.path == path
+    assert decode_image(path, max_bytes=needed).size == (500, 400)
+    jpeg = _save(Image.new("RGB", (4000, 3000)), tmp_path / "big.jpg")
+    with pytest.raises(BadImageError, match="memory budget"):
+        decode_image(jpeg, max_bytes=20 * 2**20)  # 12 MP at full size needs 96 MB
+    assert decode_image(jpeg, min_side=256, max_bytes=20 * 2**20).size == (500, 375)  # at 1/8 it fits
+
+
+def _modes() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (37, 23, 4), dtype=np.uint8)
+    palette = Image.fromarray(rng.integers(0, 4, (37, 23), dtype=np.uint8), mode="L").convert("P")
+    palette.putpalette([10, 20, 30, 200, 100, 0, 0, 0, 255, 9, 9, 9] + [0] * 756)
+    palette.info["transparency"] = bytes([0, 128, 255, 40])
+    small_ints = Image.fromarray(rng.integers(0, 256, (37, 23), dtype=np.int32), mode="I")
+    return {
+        "RGBA": Image.fromarray(rgba, "RGBA"),
+        "LA": Image.fromarray(rgba[..., :2].copy(), "LA"),
+        "P": palette,
+        "I;16": Image.fromarray(rng.integers(0, 65536, (37, 23), dtype=np.uint16)),
+        "I": Image.fromarray(rng.integers(-70000, 70000, (37, 23), dtype=np.int32), mode="I"),
+        "I small": small_ints,
+        "F": Image.fromarray(rng.normal(100, 120, (37, 23)).astype(np.float32), mode="F"),
+        "CMYK": Image.fromarray(rgba, "RGBA").convert("CMYK"),
+        "L": Image.fromarray(rgba[..., 0].copy(), "L"),
+    }
+
+
+@pytest.mark.parametrize("mode", list(_modes()))
+def test_rgb_conversion_in_strips_equals_one_pass(monkeypatch, mode):
+    """to_rgb converts strip by strip to save memory: every conversion is per pixel, so the
+    strips must give what one whole-image pass gives (strips of 1 and 5 rows vs one strip)."""
+    image = _modes()[mode]
+    whole = np.asarray(to_rgb(image.copy()))
+    for strip_pixels in (1, 5 * image.width):
+        monkeypatch.setattr("dermmobile.data.STRIP_PIXELS", strip_pixels)
+        np.testing.assert_array_equal(np.asarray(to_rgb(image.copy())), whole)
+
+
+def test_rgb_image_is_not_copied():
+    image = _noise(8, 6)
+    assert to_rgb(image) is image  # already upright RGB: no full-size copy
+
+
+RSS_SCRIPT = """
+import sys
+from pathlib import Path
+def peak():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+from dermmobile.preprocess import PreprocessSpec
+spec = PreprocessSpec()
+spec.array(spec.decode(Path(sys.argv[2])))  # warm up: imports and lazy tables
+before = peak()
+tensor = spec.load(Path(sys.argv[1]))
+print(before, peak(), tensor.shape)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_classifying_a_large_png_stays_within_its_decode_budget(tmp_path, mode):
+    """Issue 15: a PNG just under the pixel cap took 1.4 GB of RSS (float64 copies of the whole
+    image). Now the decoded image and one RGB copy are all: measured in a fresh process."""
+    import subprocess
+    import sys
+
+    width, height = 4000, 2500  # 10 MP: big enough to see, quick to write
+    gradient = np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)
+    pixels = np.broadcast_to(gradient[None, :, None], (height, width, len(mode))).copy()
+    path = _save(Image.fromarray(pixels, mode), tmp_path / "large.png", compress_level=1)
+    small = _save(Image.new(mode, (300, 300)), tmp_path / "small.png")
+    with Image.open(path) as img:
+        budget = decode_bytes(img)
+    done = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(path), str(small)], capture_output=True, text=True, check=True)
+    before, after, _ = done.stdout.split(maxsplit=2)
+    growth = int(after) - int(before)
+    assert growth <= budget + 16 * 2**20, f"peak RSS grew {growth / 2**20:.0f} MiB; decode budget {budget / 2**20:.0f} MiB"
+    assert growth <= (2.3 if mode == "RGBA" else 1.3) * width * height * 4  # v1 took 9 full-size float64 bytes per pixel
+
+
 def test_load_images_skips_bad_files_and_keeps_labels(tmp_path):
     _folder(tmp_path, {"a": 2, "b": 2})
     (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
@@ -195,3 +318,71 @@ def test_balanced_calibration_sample_records_what_it_took(tmp_path):
     )
     other = calibration_record(balanced_sample(folder.samples, 9, 1), folder.classes, folder.root, 1)
     assert other.files_sha256 != record.files_sha256
+
+
+# -- held-out images: the one rule export, evaluate and bench share ----------------------------
+def _record(folder, test_files, root=None):
+    from dermmobile.data import files_digest
+
+    names = [s.path.relative_to(folder.root) for s in folder.samples]
+    return {"root": str(root or folder.root), "files_sha256": files_digest(names), "test_files": test_files}
+
+
+def test_held_out_takes_the_recorded_test_files_of_the_training_folder(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "data", {"a": 3, "b": 3}))
+    record = _record(folder, ["b/b01.png", "a/a02.png"])
+    chosen = held_out(folder, record)
+    assert [s.path.name for s in chosen.samples] == ["a02.png", "b01.png"]  # folder order, whatever the record's
+    assert (chosen.split, chosen.unseen) == ("test", True)
+    assert held_out(folder, record, "test").samples == chosen.samples
+    every = held_out(folder, record, "all")
+    assert len(every.samples) == 6 and (every.split, every.unseen) == ("all", False)  # training images among them
+
+
+def test_held_out_recognises_a_moved_training_folder_by_its_file_list(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "moved", {"a": 3, "b": 3}))
+    record = _record(folder, ["a/a00.png"], root=tmp_path / "where-it-was-trained")
+    assert [s.path.name for s in held_out(folder, record).samples] == ["a00.png"]
+    record["files_sha256"] = "0" * 64  # another file list at another path: another folder
+    other = held_out(folder, record)
+    assert len(other.samples) == 6 and other.unseen and "not the checkpoint's training folder" in other.note
+
+
+def test_held_out_of_another_folder_is_every_image_and_test_is_refused(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "other", {"a": 2, "b": 2}))
+    record = {"root": str(tmp_path / "train"), "files_sha256": "f" * 64, "test_files": ["a/a00.png"]}
+    chosen = held_out(folder, record)
+    assert len(chosen.samples) == 4 and chosen.split == "all" and chosen.unseen
+    with pytest.raises(BadInputError, match="is not the folder the checkpoint was trained on"):
+        held_out(folder, record, "test")
+    assert held_out(folder, None).unseen  # no record at all: nothing was seen
+
+
+def test_held_out_without_a_recorded_split_says_training_images_are_included(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "data", {"a": 2, "b": 2}))
+    chosen = held_out(folder, {"root": str(folder.root)})
+    assert len(chosen.samples) == 4 and not chosen.unseen and "some seen in training" in chosen.note
+    with pytest.raises(BadInputError, match="records no held-out test files"):
+        held_out(folder, {"root": str(folder.root)}, "test")
+
+
+def test_held_out_refuses_recorded_files_that_went_missing(tmp_path):
+    from dermmobile.data import held_out
+
+    folder = scan_image_folder(_folder(tmp_path / "data", {"a": 3, "b": 3}))
+    record = _record(folder, ["a/a00.png", "b/b02.png"])
+    (folder.root / "b" / "b02.png").unlink()
+    shrunk = scan_image_folder(folder.root)
+    with pytest.raises(BadInputError, match=r"1 of the 2 held-out test files .* missing .*\(first: b/b02.png\)"):
+        held_out(shrunk, record)
+    assert len(held_out(shrunk, record, "all").samples) == 5  # --split all still works
+    with pytest.raises(BadInputError, match="unknown split 'train'"):
+        held_out(shrunk, record, "train")

@@ -132,3 +132,17 @@ def test_isolated_real_conversion_after_torch_has_run(tiny_checkpoint, synthetic
     _, (outcome,) = _export(tiny_checkpoint, tmp_path, target="torchscript", check_data=synthetic_root, timeout=240)
     assert outcome.ok, outcome.error
     assert outcome.artifact.manifest.status == "passed"
+
+
+def test_parity_without_data_uses_the_checkpoints_held_out_files(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    """No --check-data: the check images are data.held_out's answer, the recorded test files, not every image."""
+    from dataclasses import replace
+
+    from dermmobile.checkpoint import save_checkpoint
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    test_files = ["wheal/wheal_003.png", "acne/acne_001.png"]
+    meta = replace(checkpoint.meta, data={"root": str(synthetic_root), "test_files": test_files})
+    path = save_checkpoint(tmp_path / "held.safetensors", checkpoint.model, meta)
+    plan = plan_export(load_checkpoint(path), "fake", "none", tmp_path / "out")
+    assert plan.check.names == sorted(test_files)

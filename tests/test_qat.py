@@ -164,15 +164,17 @@ def test_qat_refuses_what_it_cannot_train(qat_checkpoint, float_checkpoint, tmp_
     assert "already a QAT checkpoint" in capsys.readouterr().err
 
 
-def test_training_split_leaves_out_recorded_test_and_validation_files(synthetic_root):
+def test_training_split_leaves_out_recorded_test_and_validation_files(synthetic_root, tmp_path):
     folder = scan_image_folder(synthetic_root)
     names = [s.path.relative_to(folder.root).as_posix() for s in folder.samples]
-    meta = CheckpointMeta("tiny_cnn", folder.classes, {}, data={"test_files": names[:7], "val_files": names[7:10]})
-    train, val = training_split(folder, meta)
+    record = {"root": str(folder.root), "test_files": names[:7], "val_files": names[7:10]}
+    train, val = training_split(folder, CheckpointMeta("tiny_cnn", folder.classes, {}, data=record))
     assert val == list(range(7, 10)) and train == list(range(10, len(names)))
-    # Without a record, the default split's test part is held out (what export and bench assume).
+    # Without a record of test files, the default split (export and bench then call every image seen).
     from dermmobile.data import stratified_split
 
-    train, val = training_split(folder, CheckpointMeta("tiny_cnn", folder.classes, {}, data={}))
-    assert not set(train) & set(stratified_split(folder.samples).test)
-    assert set(train) | set(val) | set(stratified_split(folder.samples).test) == set(range(len(names)))
+    train, val = training_split(folder, CheckpointMeta("tiny_cnn", folder.classes, {}, data={"root": str(folder.root)}))
+    assert (train, val) == (stratified_split(folder.samples).train, stratified_split(folder.samples).val)
+    # Another folder's images would all count as unseen later: refused.
+    with pytest.raises(BadInputError, match="not the folder the checkpoint was trained on"):
+        training_split(folder, CheckpointMeta("tiny_cnn", folder.classes, {}, data={"root": str(tmp_path)}))

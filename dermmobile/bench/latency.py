@@ -81,25 +81,37 @@ def timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 @dataclass
 class EndToEnd:
-    """Per image file: decode + preprocess, and decode + preprocess + inference."""
+    """What a person waits for per photo, step by step: milliseconds over `files` files."""
 
-    preprocess: LatencyStats
-    total: LatencyStats
+    files: int
+    decode: LatencyStats  # file -> upright RGB (spec.decode: reduced JPEG decode where the spec says)
+    preprocess: LatencyStats  # RGB -> input tensor (spec.array)
+    inference: LatencyStats  # one predict call on that tensor, inside the same loop
+    total: LatencyStats  # the three together
+
+    def to_dict(self, inference_p50: float | None = None) -> dict:
+        """With `inference_p50` (the warm single-image p50), also the ratio the issue judges by."""
+        steps = {f"{step}_ms": getattr(self, step).to_dict() for step in ("decode", "preprocess", "inference", "total")}
+        ratio = self.total.p50 / inference_p50 if inference_p50 else None
+        return {"files": self.files, **steps, "total_over_inference_p50": ratio}
 
 
 def end_to_end(predict: Callable[[np.ndarray], np.ndarray], files: list[Path], spec) -> EndToEnd:
     """Time what an app does per photo: decode the file, preprocess with the one spec, predict."""
-    pre, total = [], []
+    steps: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": [], "total": []}
     clock = time.perf_counter_ns
     for path in files:
         start = clock()
-        array = spec.load(Path(path))
+        rgb = spec.decode(Path(path))
         decoded = clock()
+        array = spec.array(rgb)
+        prepared = clock()
         predict(array[None])
         done = clock()
-        pre.append((decoded - start) / 1e6)
-        total.append((done - start) / 1e6)
-    return EndToEnd(summarize(pre), summarize(total))
+        for step, (a, b) in {"decode": (start, decoded), "preprocess": (decoded, prepared), "inference": (prepared, done),
+                             "total": (start, done)}.items():  # fmt: skip
+            steps[step].append((b - a) / 1e6)
+    return EndToEnd(len(files), **{step: summarize(values) for step, values in steps.items()})
 
 
 def gflops_per_second(flops: float | None, milliseconds: float | None) -> float | None:

@@ -102,6 +102,7 @@ def markdown(report: dict) -> str:
             f"{_f(lat.get('mean'))} ± {_f(lat.get('std'))} | {_f(e2e.get('p50'))} | {_f(r.get('peak_rss_mb'), '.0f')} | "
             f"{_f(r.get('gflops_per_s'), '.1f')} | {_f(r.get('peak_fraction'), '.1%')} |"
         )
+    lines += _end_to_end_table(report["rows"])
     if report.get("problems"):
         lines += ["", "## Gate failures and errors", ""] + [f"- {p}" for p in report["problems"]]
     flipped = [a for a in report["artifacts"] if (a.get("parity") or {}).get("flips")]
@@ -121,6 +122,31 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+E2E_SOURCES = {"images": "data-set photos", "phone_12mp": "12 MP phone JPEG"}
+
+
+def _end_to_end_table(rows: list[dict]) -> list[str]:
+    """Per row and photo source: p50 of each step a person waits for, and the total over inference p50."""
+    lines = []
+    for r in rows:
+        for source, e2e in (r.get("end_to_end") or {}).items():
+            if not lines:
+                lines = [
+                    "",
+                    "## End to end (ms, p50 per file: decode + preprocess + inference)",
+                    "",
+                    "| artifact | threads | photos | files | decode | preprocess | inference | total | total / inference p50 |",
+                    "|---|---|---|---|---|---|---|---|---|",
+                ]
+            steps = [_f(e2e[f"{step}_ms"]["p50"]) for step in ("decode", "preprocess", "inference", "total")]
+            ratio = e2e.get("total_over_inference_p50")
+            lines.append(
+                f"| {r['artifact']} | {r['threads']} | {E2E_SOURCES.get(source, source)} | {e2e['files']} | "
+                f"{' | '.join(steps)} | {'–' if ratio is None else f'{ratio:.1f}x'} |"
+            )
+    return lines
 
 
 def _plt():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.bench.accuracy import evaluate
+from dermmobile.bench.accuracy import accuracy_parity
 from dermmobile.bench.latency import THREAD_ENV, gflops_per_second
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.errors import BadInputError, DermmobileError
@@ -46,6 +46,7 @@ class BenchConfig:
     iters: int = 100
     split: str = "test"  # test: the checkpoint's held-out files when --data is its training root; all: every image
     e2e_images: int = 20
+    phone_runs: int = 10  # end-to-end runs on a generated 12 MP JPEG (0 skips it)
     compile: bool = True  # also time torch.compile of the checkpoint, when there is one
     isolate: bool = True  # one subprocess per job (per-artifact peak RSS, crash isolation)
     timeout_s: float = 3600
@@ -56,8 +57,11 @@ class BenchConfig:
             raise BadInputError("nothing to bench: give --artifacts export/RUN and/or --checkpoint CKPT")
         if not self.threads or min(self.threads) < 1:
             raise BadInputError(f"--threads must be positive integers, got {self.threads}")
-        if self.iters < 1 or self.warmup < 0 or self.e2e_images < 0:
-            raise BadInputError(f"--iters must be >= 1 and --warmup >= 0, got {self.iters} and {self.warmup}")
+        if self.iters < 1 or self.warmup < 0 or self.e2e_images < 0 or self.phone_runs < 0:
+            raise BadInputError(
+                f"--iters must be >= 1, --warmup, --e2e-images and --phone-runs >= 0; got {self.iters}, {self.warmup}, "
+                f"{self.e2e_images} and {self.phone_runs}"
+            )
         if self.split not in ("test", "all"):
             raise BadInputError(f"--split must be test or all, got {self.split!r}")
 
@@ -146,36 +150,14 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
     return subjects, data_record
 
 
-def _same_folder(a, b: Path) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
-    except (OSError, TypeError):
-        return False
-
-
 def select_samples(data: Path, labels: list[str], data_record: dict | None, split: str):
-    """(ImageFolder, samples, description): the held-out test files when `data` is the training root."""
-    from dermmobile.data import scan_image_folder
+    """(ImageFolder, samples, description): the checkpoint's held-out images (data.held_out), or every image."""
+    from dermmobile.data import held_out, scan_image_folder
 
     folder = scan_image_folder(Path(data), expected_classes=labels)
-    record = data_record or {}
-    info: dict = {"root": str(data), "split": "all"}
-    if split == "all":
-        info["note"] = "--split all: every image in the folder"
-        return folder, folder.samples, info
-    if not _same_folder(record.get("root", ""), data):
-        info["note"] = "not the checkpoint's training root (or no checkpoint): every image is unseen, all are used"
-        return folder, folder.samples, info
-    test_files = record.get("test_files")
-    if not test_files:
-        info["note"] = "the checkpoint records no held-out test files: all images are used (some were seen in training)"
-        return folder, folder.samples, info
-    wanted = set(test_files)
-    chosen = [s for s in folder.samples if s.path.relative_to(folder.root).as_posix() in wanted]
-    info.update(split="test", note="held-out test files recorded in the checkpoint", missing_test_files=len(wanted) - len(chosen))
-    if not chosen:
-        raise BadInputError(f"none of the checkpoint's {len(wanted)} held-out test files exist under {data}")
-    return folder, chosen, info
+    # The bench's "test" means: the held-out files where --data is the training root, else every image.
+    chosen = held_out(folder, data_record, "auto" if split == "test" else "all")
+    return folder, chosen.samples, {"root": str(data), **chosen.info()}
 
 
 def machine_info() -> dict:
@@ -280,6 +262,13 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
         decodable = set(ref_set.names)
         e2e_files = [str(s.path) for s in samples if s.path.relative_to(folder.root).as_posix() in decodable]
         e2e_files = e2e_files[: config.e2e_images]
+        phone_photo = ""
+        if config.phone_runs and e2e_files:  # a phone-sized JPEG made from the first test photo, never kept
+            from dermmobile.bench.phone_photo import PHONE_SIZE, make_phone_photo
+
+            phone_photo = str(make_phone_photo(Path(e2e_files[0]), workdir / "phone-12mp.jpg"))
+            data_info["phone_photo"] = {"size": list(PHONE_SIZE), "source": Path(e2e_files[0]).name,
+                                        "bytes": Path(phone_photo).stat().st_size, "runs": config.phone_runs}  # fmt: skip
 
         results: dict[str, dict[int, dict]] = {}
         for subject in subjects:
@@ -310,6 +299,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
                     images=str(image_set.file),
                     logits_out=logits_out,
                     e2e_files=e2e_files,
+                    phone_photo=phone_photo,
+                    phone_runs=config.phone_runs,
                     spec=subject.preprocess,
                     count_flops=subject.role == "reference" and subject.kind == "checkpoint" and index == 0,
                 )
@@ -401,7 +392,9 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
             if ref_logits is None:
                 entry.update(status="error", error=f"no reference logits to compare with ({ref_result.get('error')})")
             elif logits is not None:
-                result = evaluate(ref_logits, logits, ref_set.targets, labels, ref_set.names, subject.quantization, subject.name)
+                result = accuracy_parity(
+                    ref_logits, logits, ref_set.targets, labels, ref_set.names, subject.quantization, subject.name
+                )
                 entry["parity"] = result.to_dict(labels)
                 entry["failures"] = result.parity.failures
                 entry["status"] = "passed" if result.parity.passed else "failed"
@@ -436,7 +429,7 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
                     "iterations": result.get("iterations"),
                     "warmup": result.get("warmup"),
                     "end_to_end_ms": result.get("end_to_end_ms"),
-                    "preprocess_ms": result.get("preprocess_ms"),
+                    "end_to_end": result.get("end_to_end"),
                     "e2e_images": (result.get("end_to_end_ms") or {}).get("n"),
                     "file_bytes": subject.file_bytes,
                     "peak_rss_mb": result.get("peak_rss_mb"),

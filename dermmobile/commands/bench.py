@@ -40,6 +40,12 @@ def add_arguments(parser) -> None:
         "--e2e-images", type=int, default=20, help="image files timed end to end: decode + preprocess + inference"
     )
     parser.add_argument(
+        "--phone-runs",
+        type=int,
+        default=10,
+        help="end-to-end runs on a 12 MP JPEG the bench makes from the first test photo (0 skips it; default 10)",
+    )
+    parser.add_argument(
         "--gemm-size", type=int, default=2048, help="matrix size of the fp32 GEMM peak measurement (default 2048)"
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row of the reference")
@@ -98,6 +104,7 @@ def run(args) -> int:
             iters=args.iters,
             split=args.split,
             e2e_images=args.e2e_images,
+            phone_runs=args.phone_runs,
             compile=not args.no_compile,
             isolate=not args.in_process,
             gemm_size=args.gemm_size,

@@ -25,10 +25,11 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from dermmobile.evaluate import evaluate
+    from dermmobile.evaluate import evaluate_checkpoint
 
-    result = evaluate(Path(args.checkpoint), Path(args.data), split=args.split, out=Path(args.out) if args.out else None,
-                      device=args.device, progress="evaluating")  # fmt: skip
+    out = Path(args.out) if args.out else None
+    result = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), split=args.split, out=out, device=args.device,
+                                 progress="evaluating")  # fmt: skip
     for path, reason in result.bad:
         print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.markdown())

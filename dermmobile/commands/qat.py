@@ -19,9 +19,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="the fine-tuned float checkpoint to start from")
     parser.add_argument("--target", required=True, help="tflite or executorch: whose int8 quantizer to train against")
     parser.add_argument("--data", type=Path, help="ImageFolder it was trained on. Default: the folder the checkpoint records")
-    parser.add_argument("--epochs", type=int, default=3, help="QAT epochs over the checkpoint's training split. Default: 3")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="QAT epochs over the checkpoint's training split, with its recorded batch size, "
+                             "augmentation and loss. Default: 3")  # fmt: skip
     parser.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate, cosine to 0 over the epochs. Default: 1e-3")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per step. Default: 16")
     bn_help = "epochs that update BatchNorm statistics; later ones use the running statistics. Default: 1"
     parser.add_argument("--freeze-bn-after", type=int, default=1, help=bn_help)
     observer_help = "epochs whose batches move the int8 ranges; later ones train against fixed ranges. Default: 2"
@@ -44,7 +45,7 @@ def run(args) -> int:
 
     out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-qat-{args.target}"
     config = QatConfig(
-        checkpoint=args.checkpoint, target=args.target, out=out, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+        checkpoint=args.checkpoint, target=args.target, out=out, data=args.data, epochs=args.epochs,
         lr=args.lr, freeze_bn_after=args.freeze_bn_after, freeze_observers_after=args.freeze_observers_after, seed=args.seed,
         device=args.device, threads=args.threads,
     )  # fmt: skip

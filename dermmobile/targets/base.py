@@ -124,8 +124,14 @@ def to_layout(batch: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(batch.transpose(0, 2, 3, 1)) if layout == "NHWC" else batch
 
 
+def quantize(batch: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """float32 -> int8 or uint8: float32 division, round half to even, clip (the apps do exactly this)."""
+    limits = np.iinfo(dtype)
+    return np.clip(np.round(batch / scale) + zero_point, limits.min, limits.max).astype(dtype)
+
+
 def quantize_int8(batch: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return np.clip(np.round(batch / scale) + zero_point, -128, 127).astype(np.int8)
+    return quantize(batch, np.int8, scale, zero_point)
 
 
 def dequantize(values: np.ndarray, scale: float | None, zero_point: int | None) -> np.ndarray:

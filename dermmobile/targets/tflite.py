@@ -29,11 +29,13 @@ from dermmobile.targets.base import (
     batched,
     dequantize,
     package_version,
-    quantize_int8,
+    quantize,
     to_layout,
 )
 
 LAYOUTS = ("NCHW", "NHWC")
+# int8 is what the exporter writes; uint8 is the I/O of tflite_uint8_io's twin for LiteRT.js.
+QUANTIZED_IO = (np.int8, np.uint8)
 TOOLCHAIN = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torchao")
 
 
@@ -49,8 +51,8 @@ class TFLiteRuntime:
         self.layout = manifest.input.layout or "NCHW"
         self.input_q = (manifest.input.scale, manifest.input.zero_point)
         self.output_q = (manifest.output.scale, manifest.output.zero_point)
-        if self.input["dtype"] == np.int8 and manifest.input.scale is None:
-            raise BadInputError(f"{path}: the model takes int8 input but its manifest has no input scale; re-export it")
+        if self.input["dtype"] in QUANTIZED_IO and manifest.input.scale is None:
+            raise BadInputError(f"{path}: the model takes quantized input but its manifest has no input scale; re-export it")
 
     def describe(self) -> list[str]:
         """Inputs and outputs as the LiteRT interpreter reports them (for `dermmobile inspect`)."""
@@ -67,12 +69,12 @@ class TFLiteRuntime:
 
     def _predict_one(self, image: np.ndarray) -> np.ndarray:
         values = to_layout(image, self.layout)
-        if self.input["dtype"] == np.int8:
-            values = quantize_int8(values, *self.input_q)
+        if self.input["dtype"] in QUANTIZED_IO:
+            values = quantize(values, self.input["dtype"], *self.input_q)
         self.interpreter.set_tensor(self.input["index"], values)
         self.interpreter.invoke()
         logits = self.interpreter.get_tensor(self.output["index"])
-        return dequantize(logits, *self.output_q) if self.output["dtype"] == np.int8 else logits.astype(np.float32)
+        return dequantize(logits, *self.output_q) if self.output["dtype"] in QUANTIZED_IO else logits.astype(np.float32)
 
 
 class TFLiteTarget:

@@ -49,6 +49,11 @@ public final class Golden {
         public final String inputFile;
         public final String inputSha256;
         public final String quantizedFile; // null unless the model input is int8/uint8
+        /** How Python decoded the file: its format ("JPEG", "PNG", ...), stored size and reduction factor; null in old sets. */
+        public final String decodeFormat;
+        public final int storedWidth;
+        public final int storedHeight;
+        public final int decodeFactor;
         public final float[] logits;
         public final double[] probabilities;
         public final int top1;
@@ -63,6 +68,18 @@ public final class Golden {
             rgbSha256 = Json.str(map, "rgb_sha256", where);
             inputFile = Json.str(map, "input", where);
             inputSha256 = Json.str(map, "input_sha256", where);
+            Object decode = map.get("decode");
+            if (decode instanceof Map) {
+                @SuppressWarnings("unchecked")
+                Map<String, Object> d = (Map<String, Object>) decode;
+                decodeFormat = Json.str(d, "format", where + " decode");
+                storedWidth = (int) Json.num(d, "stored_width", where + " decode");
+                storedHeight = (int) Json.num(d, "stored_height", where + " decode");
+                decodeFactor = (int) Json.num(d, "factor", where + " decode");
+            } else {
+                decodeFormat = null;
+                storedWidth = storedHeight = decodeFactor = 0;
+            }
             Object quantized = map.get("input_quantized");
             quantizedFile = quantized == null ? null : quantized.toString();
             double[] raw = Json.doubles(Json.list(map, "logits", where), where + " logits");

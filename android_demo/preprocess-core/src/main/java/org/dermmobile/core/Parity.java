@@ -15,6 +15,10 @@ import java.util.Locale;
  * - quantized input: identical wherever the two float32 tensors are identical; one step
  *   only where they differ in the last bit and straddle a rounding boundary.
  * - probabilities: 1e-4 given the same logits (double-precision softmax on both sides).
+ * - reduced decode (v2): the factor this code picks for the stored size of a JPEG equals the
+ *   one Python decoded with, and the decoded size is (ceil(W / f), ceil(H / f)), EXIF-rotated.
+ * v2 inputs are integer arithmetic and one table lookup on both sides: expected bit-identical
+ * (input sha256 "identical"), the tolerances above only bound what a failure looks like.
  */
 public final class Parity {
     public static final double PIXEL_TOLERANCE = 1e-3;
@@ -49,6 +53,27 @@ public final class Parity {
 
     private Parity() {}
 
+    /** The reduced decode Python used for this sample is the one the spec gives (v2 step 1). */
+    static void checkDecode(PreprocessSpec spec, Golden.Sample sample, StringBuilder problems) {
+        if (sample.decodeFormat == null) {
+            return; // a golden set written before v2 records no decode
+        }
+        boolean jpeg = sample.decodeFormat.equals("JPEG") || sample.decodeFormat.equals("MPO");
+        int factor = jpeg ? spec.reducedDecodeFactor(sample.storedWidth, sample.storedHeight) : 1;
+        if (factor != sample.decodeFactor) {
+            problems.append("reduced decode factor ").append(factor).append(" != golden ").append(sample.decodeFactor).append("; ");
+            return;
+        }
+        int w = (sample.storedWidth + factor - 1) / factor;
+        int h = (sample.storedHeight + factor - 1) / factor;
+        boolean same = sample.width == w && sample.height == h;
+        boolean rotated = sample.width == h && sample.height == w; // EXIF orientation swaps the sides after decoding
+        if (!same && !rotated) {
+            problems.append("decoded size ").append(sample.width).append("x").append(sample.height).append(" is not ").append(w)
+                    .append("x").append(h).append(" (stored size / ").append(factor).append(", rounded up); ");
+        }
+    }
+
     public static Result check(Golden golden, Golden.Sample sample) throws IOException {
         ModelManifest manifest = golden.manifest;
         Preprocessor pre = new Preprocessor(manifest.preprocess);
@@ -58,6 +83,7 @@ public final class Parity {
                 + manifest.input.dtype + ")";
         StringBuilder problems = new StringBuilder();
 
+        checkDecode(manifest.preprocess, sample, problems);
         byte[] rgb = golden.rgb(sample);
         if (!Golden.sha256(rgb).equals(sample.rgbSha256)) {
             problems.append("rgb file does not match its sha256 in golden.json; ");
@@ -83,6 +109,9 @@ public final class Parity {
             problems.append("normalized diff ").append(result.maxNormalizedDiff).append(" > ").append(NORMALIZED_TOLERANCE).append("; ");
         }
         result.inputSha256Equal = Golden.sha256(Golden.float32Bytes(actual)).equals(sample.inputSha256);
+        if (manifest.preprocess.isV2() && !result.inputSha256Equal) {
+            problems.append("v2 input tensor is not bit-identical to Python's; ");
+        }
 
         int[] expectedQ = golden.quantizedInput(sample);
         if (manifest.input.isQuantized() != (expectedQ != null)) {

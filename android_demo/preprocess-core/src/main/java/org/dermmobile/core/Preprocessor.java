@@ -2,24 +2,42 @@ package org.dermmobile.core;
 
 /**
  * Decoded RGB pixels -> the model's input tensor, exactly as dermmobile.preprocess does it
- * (see that module's docstring; the golden tests compare the two):
+ * (that module's docstring is the spec; the golden tests compare the two bit for bit).
  *
+ * <p>dermmobile-preprocess-v2:
  * <ol>
+ *   <li>(decoding, the platform's job) a JPEG is decoded reduced by
+ *       {@link PreprocessSpec#reducedDecodeFactor}; on Android {@code setTargetSampleSize(f)};</li>
  *   <li>resize so the shorter side is {@code resize}: s = resize / min(W, H), output size
- *       round_half_up(W * s) x round_half_up(H * s);</li>
- *   <li>compute only the centre crop x crop window (left = (outW - crop) / 2, top likewise);</li>
- *   <li>antialiased triangle filter in double precision, rows first then columns, support
- *       max(n_in / n_out, 1), weights normalised to sum 1, no rounding between passes;</li>
- *   <li>value = (pixel / scale - mean[c]) / std[c], cast to float, laid out CHW or HWC.</li>
+ *       round_half_up(W * s) x round_half_up(H * s), with Pillow's BILINEAR in 8-bit fixed point
+ *       ({@link Taps}): horizontal pass, rounded to uint8, then vertical pass, rounded to uint8;</li>
+ *   <li>only the centre crop x crop window is computed (left = (outW - crop) / 2, top likewise):
+ *       each output pixel depends only on its own taps, so this equals resizing all then cropping;</li>
+ *   <li>value = table[c][pixel], table[c][v] = (float) ((v / scale - mean[c]) / std[c]) in double;
+ *       laid out CHW or HWC.</li>
  * </ol>
+ *
+ * <p>dermmobile-preprocess-v1 (older manifests): the same sizes and crop, an antialiased
+ * triangle filter in double precision (rows first, weights normalised to sum 1, no rounding
+ * between passes), then value = (float) ((pixel / scale - mean[c]) / std[c]).
  *
  * Decoding (JPEG, EXIF rotation) is the platform's job: on Android, ImageDecoder.
  */
 public final class Preprocessor {
+    /** Resample.c's PRECISION_BITS (32 - 8 - 2): taps are fixed point with 22 fractional bits. */
+    static final int PRECISION_BITS = 22;
+
     private final PreprocessSpec spec;
+    private final float[][] table; // v2: [channel][level]
 
     public Preprocessor(PreprocessSpec spec) {
         this.spec = spec;
+        table = new float[3][256];
+        for (int c = 0; c < 3; c++) {
+            for (int v = 0; v < 256; v++) {
+                table[c][v] = (float) ((v / spec.scale - spec.mean[c]) / spec.std[c]);
+            }
+        }
     }
 
     /** Output (width, height) with the shorter side exactly {@code shorter}, aspect kept. */
@@ -71,24 +89,156 @@ public final class Preprocessor {
     }
 
     /**
-     * Packed RGB bytes (row-major, 3 bytes a pixel, as Python's rgb.raw) -> crop x crop x 3
+     * v2: the fixed-point taps of outputs [first, first + count) of an axis of nIn -> nOut
+     * pixels, computed as Pillow's Resample.c does (precompute_coeffs, then
+     * normalize_coeffs_8bpc) for its BILINEAR filter, in the same double operations.
+     */
+    static final class Taps {
+        final int[] start;
+        final int[][] weights;
+
+        Taps(int nIn, int nOut, int first, int count) {
+            // Pillow passes the sizes as a float box: (double) (float) nIn is what it divides.
+            double scale = (double) (float) nIn / nOut;
+            double filterscale = Math.max(scale, 1.0);
+            double support = filterscale; // BILINEAR's support is 1
+            double inverse = 1.0 / filterscale;
+            start = new int[count];
+            weights = new int[count][];
+            for (int k = 0; k < count; k++) {
+                double center = (first + k + 0.5) * scale;
+                int xmin = (int) (center - support + 0.5); // C's (int): truncation toward zero
+                if (xmin < 0) {
+                    xmin = 0;
+                }
+                int xmax = (int) (center + support + 0.5);
+                if (xmax > nIn) {
+                    xmax = nIn;
+                }
+                int n = xmax - xmin;
+                double[] w = new double[n];
+                double ww = 0.0;
+                for (int x = 0; x < n; x++) {
+                    double t = (x + xmin - center + 0.5) * inverse;
+                    if (t < 0.0) {
+                        t = -t;
+                    }
+                    w[x] = t < 1.0 ? 1.0 - t : 0.0;
+                    ww += w[x];
+                }
+                int[] fixed = new int[n];
+                for (int x = 0; x < n; x++) {
+                    double normalized = ww != 0.0 ? w[x] / ww : w[x];
+                    fixed[x] = (int) (0.5 + normalized * (1 << PRECISION_BITS));
+                }
+                start[k] = xmin;
+                weights[k] = fixed;
+            }
+        }
+
+        /** First input index any of these outputs reads, and one past the last. */
+        int from() {
+            return start[0];
+        }
+
+        int to() {
+            return start[start.length - 1] + weights[weights.length - 1].length;
+        }
+    }
+
+    private static int clip8(int sum) {
+        int v = sum >> PRECISION_BITS;
+        return v < 0 ? 0 : (v > 255 ? 255 : v);
+    }
+
+    /**
+     * v2 steps 2 and 3: packed RGB bytes (row-major, 3 a pixel) -> the crop x crop x 3 window of
+     * the resized image, HWC, levels 0..255.
+     */
+    public int[] resizeCrop(byte[] rgb, int width, int height) {
+        checkRgb(rgb, width, height);
+        int crop = spec.crop;
+        int[] size = resizedSize(width, height, spec.resize);
+        int left = (size[0] - crop) / 2;
+        int top = (size[1] - crop) / 2;
+        Taps cols = new Taps(width, size[0], left, crop);
+        Taps rows = new Taps(height, size[1], top, crop);
+        int y0 = rows.from();
+        int y1 = rows.to();
+        int half = 1 << (PRECISION_BITS - 1);
+        // Horizontal pass over the input rows the crop's vertical taps read, rounded to uint8.
+        int[] tmp = new int[(y1 - y0) * crop * 3];
+        for (int y = y0; y < y1; y++) {
+            int rowIn = y * width * 3;
+            int rowOut = (y - y0) * crop * 3;
+            for (int ox = 0; ox < crop; ox++) {
+                int[] w = cols.weights[ox];
+                int at = rowIn + cols.start[ox] * 3;
+                int r = half;
+                int g = half;
+                int b = half;
+                for (int j = 0; j < w.length; j++, at += 3) {
+                    r += (rgb[at] & 0xFF) * w[j];
+                    g += (rgb[at + 1] & 0xFF) * w[j];
+                    b += (rgb[at + 2] & 0xFF) * w[j];
+                }
+                int o = rowOut + ox * 3;
+                tmp[o] = clip8(r);
+                tmp[o + 1] = clip8(g);
+                tmp[o + 2] = clip8(b);
+            }
+        }
+        // Vertical pass over those rows, rounded to uint8.
+        int[] out = new int[crop * crop * 3];
+        for (int oy = 0; oy < crop; oy++) {
+            int[] w = rows.weights[oy];
+            int first = rows.start[oy] - y0;
+            for (int i = 0; i < crop * 3; i++) {
+                int sum = half;
+                for (int j = 0; j < w.length; j++) {
+                    sum += tmp[(first + j) * crop * 3 + i] * w[j];
+                }
+                out[oy * crop * 3 + i] = clip8(sum);
+            }
+        }
+        return out;
+    }
+
+    private static void checkRgb(byte[] rgb, int width, int height) {
+        if (width <= 0 || height <= 0 || rgb.length != (long) width * height * 3) {
+            throw new IllegalArgumentException("expected " + width + "x" + height + "x3 = " + ((long) width * height * 3)
+                    + " RGB bytes, got " + rgb.length);
+        }
+    }
+
+    /** v2 step 4: levels -> normalized float32 through the per-channel table. */
+    public float[] normalizeLevels(int[] levels, Layout layout) {
+        int plane = spec.crop * spec.crop;
+        float[] out = new float[plane * 3];
+        for (int p = 0; p < plane; p++) {
+            for (int c = 0; c < 3; c++) {
+                out[layout == Layout.NHWC ? p * 3 + c : c * plane + p] = table[c][levels[p * 3 + c]];
+            }
+        }
+        return out;
+    }
+
+    /**
+     * v1: packed RGB bytes (row-major, 3 bytes a pixel, as Python's rgb.raw) -> crop x crop x 3
      * resampled pixel values in [0, 255], HWC, double.
      */
     public double[] pixels(byte[] rgb, int width, int height) {
-        if (rgb.length != width * height * 3) {
-            throw new IllegalArgumentException("expected " + width + "x" + height + "x3 = " + (width * height * 3)
-                    + " RGB bytes, got " + rgb.length);
-        }
+        checkRgb(rgb, width, height);
         return resample(width, height, (y, x, c) -> rgb[(y * width + x) * 3 + c] & 0xFF);
     }
 
     /**
-     * Android Bitmap.getPixels() ARGB ints (unpremultiplied) -> resampled pixels. Transparent
+     * Android Bitmap.getPixels() ARGB ints (unpremultiplied) -> packed RGB bytes. Transparent
      * pixels are composited on white, as dermmobile.data.to_rgb does (to within rounding).
      */
-    public double[] pixelsArgb(int[] argb, int width, int height) {
-        if (argb.length != width * height) {
-            throw new IllegalArgumentException("expected " + (width * height) + " ARGB pixels, got " + argb.length);
+    public static byte[] argbToRgb(int[] argb, int width, int height) {
+        if (argb.length != (long) width * height) {
+            throw new IllegalArgumentException("expected " + ((long) width * height) + " ARGB pixels, got " + argb.length);
         }
         byte[] rgb = new byte[width * height * 3];
         for (int i = 0; i < argb.length; i++) {
@@ -99,7 +249,7 @@ public final class Preprocessor {
                 rgb[i * 3 + c] = (byte) (a == 255 ? v : Math.round((v * a + 255 * (255 - a)) / 255.0f));
             }
         }
-        return pixels(rgb, width, height);
+        return rgb;
     }
 
     private interface Source {
@@ -148,7 +298,7 @@ public final class Preprocessor {
         return out;
     }
 
-    /** Resampled HWC pixels -> normalized float32 tensor values in the given layout. */
+    /** v1: resampled HWC pixels -> normalized float32 tensor values in the given layout. */
     public float[] normalize(double[] pixels, Layout layout) {
         int crop = spec.crop;
         int plane = crop * crop;
@@ -167,11 +317,15 @@ public final class Preprocessor {
         return ((double) value * spec.std[channel] + spec.mean[channel]) * spec.scale;
     }
 
+    /** Packed RGB bytes of the decoded image -> the model's input tensor, by the spec's algorithm. */
     public float[] tensor(byte[] rgb, int width, int height, Layout layout) {
+        if (spec.isV2()) {
+            return normalizeLevels(resizeCrop(rgb, width, height), layout);
+        }
         return normalize(pixels(rgb, width, height), layout);
     }
 
     public float[] tensorArgb(int[] argb, int width, int height, Layout layout) {
-        return normalize(pixelsArgb(argb, width, height), layout);
+        return tensor(argbToRgb(argb, width, height), width, height, layout);
     }
 }

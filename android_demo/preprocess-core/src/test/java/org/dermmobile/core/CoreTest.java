@@ -35,17 +35,48 @@ public class CoreTest {
         assertThrows(IllegalArgumentException.class, () -> Preprocessor.resizedSize(0, 10, 8));
     }
 
+    static PreprocessSpec spec(int resize, int crop, String algorithm) {
+        return new PreprocessSpec(resize, crop, new double[] {0, 0, 0}, new double[] {1, 1, 1}, 255.0, algorithm);
+    }
+
     @Test
     public void sameSizeResampleIsIdentity() {
-        PreprocessSpec spec = new PreprocessSpec(4, 4, new double[] {0, 0, 0}, new double[] {1, 1, 1}, 255.0);
         byte[] rgb = new byte[4 * 4 * 3];
         for (int i = 0; i < rgb.length; i++) {
             rgb[i] = (byte) (i * 5);
         }
-        double[] pixels = new Preprocessor(spec).pixels(rgb, 4, 4);
+        double[] pixels = new Preprocessor(spec(4, 4, PreprocessSpec.ALGORITHM_V1)).pixels(rgb, 4, 4);
+        int[] levels = new Preprocessor(spec(4, 4, PreprocessSpec.ALGORITHM_V2)).resizeCrop(rgb, 4, 4);
         for (int i = 0; i < rgb.length; i++) {
             assertEquals(rgb[i] & 0xFF, pixels[i], 1e-12);
+            assertEquals(rgb[i] & 0xFF, levels[i]);
         }
+    }
+
+    @Test
+    public void v2TapsAreResampleCFixedPoint() {
+        // 8 -> 4: scale 2, support 2; output 0 has centre 1.0 and reads inputs 0..2 at distances 0.5, 0.5, 1.5
+        Preprocessor.Taps taps = new Preprocessor.Taps(8, 4, 0, 4);
+        assertEquals(0, taps.start[0]);
+        int a = (int) (0.5 + 0.75 / 1.75 * (1 << 22));
+        int b = (int) (0.5 + 0.25 / 1.75 * (1 << 22));
+        assertArrayEquals(new int[] {a, a, b}, taps.weights[0]);
+        // one input pixel, upscaled: every output reads it with weight 1.0
+        Preprocessor.Taps up = new Preprocessor.Taps(1, 7, 0, 7);
+        for (int[] w : up.weights) {
+            assertArrayEquals(new int[] {1 << 22}, w);
+        }
+    }
+
+    @Test
+    public void reducedDecodeFactorIsTheLargestThatKeepsTheShorterSide() {
+        PreprocessSpec v2 = spec(256, 224, PreprocessSpec.ALGORITHM_V2);
+        int[][] cases = {{4032, 3024, 8}, {3024, 4032, 8}, {768, 529, 2}, {2047, 2047, 4}, {2048, 2048, 8}, {511, 511, 1}, {1, 1, 1}};
+        for (int[] c : cases) {
+            assertEquals(c[0] + "x" + c[1], c[2], v2.reducedDecodeFactor(c[0], c[1]));
+            assertEquals(1, spec(256, 224, PreprocessSpec.ALGORITHM_V1).reducedDecodeFactor(c[0], c[1]));
+        }
+        assertThrows(IllegalArgumentException.class, () -> v2.reducedDecodeFactor(0, 5));
     }
 
     @Test
@@ -80,6 +111,10 @@ public class CoreTest {
         assertThrows(IllegalArgumentException.class, () -> ModelManifest.parse(wrongShape, "test"));
         String otherAlgorithm = MANIFEST.replace("dermmobile-preprocess-v1", "dermmobile-preprocess-v9");
         assertThrows(IllegalArgumentException.class, () -> ModelManifest.parse(otherAlgorithm, "test"));
+        String v2 = MANIFEST.replace("dermmobile-preprocess-v1", "dermmobile-preprocess-v2");
+        assertTrue(ModelManifest.parse(v2, "test").preprocess.isV2());
+        String huge = MANIFEST.replace("\"resize\": 8", "\"resize\": 1000000");
+        assertThrows(IllegalArgumentException.class, () -> ModelManifest.parse(huge, "test"));
         String noScale = MANIFEST.replace("\"scale\": 0.0157,", "");
         assertThrows(IllegalArgumentException.class, () -> ModelManifest.parse(noScale, "test"));
     }
