@@ -124,25 +124,38 @@ def test_export_converts_the_trained_graph(qat_loaded, tmp_path):
         assert manifest.input.scale == pytest.approx(float(_input_observer(checkpoint.model).scale), rel=1e-6)
 
 
-def test_export_follows_the_saved_ranges(qat_checkpoint, qat_loaded, tmp_path):
-    """Edit one learned range in the checkpoint: the artifact follows it (nothing is re-observed at export)."""
+def test_conversion_follows_the_saved_ranges(qat_checkpoint, qat_loaded, tmp_path):
+    """Edit one learned range in the checkpoint: the converted int8 graph follows it (nothing is re-observed).
+
+    (The TFLite artifact's input scale equals the converted graph's: test_export_converts_the_trained_graph.)
+    """
     from safetensors.torch import load_file, save_file
 
-    checkpoint = qat_loaded
-    if checkpoint.meta.qat["target"] != "tflite":
-        pytest.skip("the input scale shows in the manifest of TFLite artifacts only")
-    prepared = checkpoint.model.prepared
-    observer = _input_observer(checkpoint.model)
-    # One observer may serve several ops; each of its names is stored.
-    keys = [f"{name}.scale" for name, module in prepared.named_modules(remove_duplicate=False) if module is observer]
+    from dermmobile.targets.pt2e import converted_qat
+
+    prepared = qat_loaded.model.prepared
+    observer = _input_observer(qat_loaded.model)
+    # The learned range is the observer's min/max (convert derives the scale from it); doubling
+    # both doubles the scale. One observer may serve several ops; each of its names is stored.
+    names = [name for name, module in prepared.named_modules(remove_duplicate=False) if module is observer]
+    keys = [f"{name}.activation_post_process.{end}" for name in names for end in ("min_val", "max_val")]
     state = load_file(str(qat_checkpoint))
     state |= {key: state[key] * 2 for key in keys}
     edited = tmp_path / "edited.safetensors"
-    meta = replace(checkpoint.meta, weights_sha256=weights_digest(state))
-    save_file(state, str(edited), metadata={METADATA_KEY: json.dumps(asdict(meta))})
-    rebuilt = load_checkpoint(edited)
-    (outcome,) = run_plan(rebuilt, plan_export(rebuilt, "tflite", "int8", tmp_path / "out"))
-    assert outcome.artifact.manifest.input.scale == pytest.approx(2 * float(observer.scale), rel=1e-6)
+    save_file(
+        state,
+        str(edited),
+        metadata={METADATA_KEY: json.dumps(asdict(replace(qat_loaded.meta, weights_sha256=weights_digest(state))))},
+    )
+
+    def input_scale(model) -> float:
+        graph = converted_qat(model, fold_quantize=True).graph
+        (image,) = [n for n in graph.nodes if n.op == "placeholder"]
+        (quantize,) = [n for n in image.users if "quantize_per_tensor" in str(n.target)]
+        return float(quantize.args[1])
+
+    assert input_scale(qat_loaded.model) == pytest.approx(float(observer.scale), rel=1e-6)
+    assert input_scale(load_checkpoint(edited).model) == pytest.approx(2 * float(observer.scale), rel=1e-6)
 
 
 def test_qat_checkpoint_exports_only_what_it_was_trained_for(qat_loaded, synthetic_root, tmp_path):
