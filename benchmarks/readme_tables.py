@@ -59,8 +59,9 @@ def export_section(path: Path) -> list[str]:
     head = " | ".join(f"p50 @{t} thr" for t in threads)
     links = f"[{path.name}](benchmarks/results/{path.name}), bench: [{report['bench']}](benchmarks/results/{report['bench']})"
     lines = [f"### Export matrix ({links})", "",
-             f"int8 calibrated on {report['calib_count']} class-balanced photos. Agreement at export: on every other photo "
-             "(int8) or the held-out split (fp32/fp16). Top-1 and latency: bench on the held-out test split.", "",
+             f"int8: calibrated on {report['calib_count']} class-balanced photos, layers left float chosen on tuning photos, "
+             "agreement at export on the gate photos (disjoint from both; `plain`: no fallback). fp32/fp16: the held-out "
+             "split. Top-1 and latency: bench on the held-out test split.", "",
              f"| artifact | size | export | agreement at export (flips) | test top-1 | {head} | gate |",
              "|---|---|---|---|---|" + "---|" * len(threads) + "---|"]  # fmt: skip
     for name in ("pytorch-eager", "pytorch-compile"):
@@ -77,7 +78,10 @@ def export_section(path: Path) -> list[str]:
         )
         size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] else "–"
         gate = "not run (needs macOS)" if row["status"] == "not-run" else row["status"]
-        lines.append(f"| {row['target']} {row['quantization']} | {size} | {row['seconds']:.0f} s | {agreement} | "
+        label = f"{row['target']} {row['quantization']}" + (f" {row['variant']}" if row.get("variant") else "")
+        if row.get("float_macs_share"):
+            label += f" ({row['float_macs_share']:.0%} of MACs float)"
+        lines.append(f"| {label} | {size} | {row['seconds']:.0f} s | {agreement} | "
                      f"{_pct((bench_row.get('parity') or {}).get('accuracy'))} | {cells} | {gate} |")  # fmt: skip
     return lines
 

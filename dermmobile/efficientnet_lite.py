@@ -73,7 +73,8 @@ class SameConv2d(nn.Conv2d):
         pad_w = max((-(-width // stride) - 1) * stride + kernel - width, 0)
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
+        # bias is None as built; batch-norm folding (quantization/bias_correction.py) gives it one.
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class MBConv(nn.Module):

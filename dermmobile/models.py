@@ -117,15 +117,24 @@ def read_state_dict(path: Path) -> dict:
     """Read tensors from a local file without ever running pickled code."""
     import torch
 
+    from dermmobile.readers import open_regular
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise BadInputError(f"weights file {path} does not exist; pass --weights none, DEFAULT or a local .pth/.safetensors")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
-        return load_file(str(path))
+        with open_regular(path, "weights file") as handle:  # a FIFO or device is refused, not read
+            data = handle.read()
+        try:
+            return load(data)
+        except (SafetensorError, ValueError) as exc:
+            raise BadInputError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:200]})") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, "weights file") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError: both mean "not plain tensors"
         raise UnsafeFileError(
             f"{path} cannot be read as plain tensors ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "

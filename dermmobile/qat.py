@@ -6,8 +6,9 @@ on sd198-27). QAT trains the weights against int8 rounding instead of hoping the
 How, with PT2E as torchao documents it:
 1. The checkpoint's model is captured by torch.export in training form (batch dimension
    dynamic) and prepared by `prepare_qat_pt2e` with the target's own int8 quantizer in its
-   is_qat form (`Target.pt2e_quantizer(is_qat=True)`): the same annotation as the target's
-   int8 export, with fake-quantize observers (moving-average ranges) in place of calibration.
+   QAT form (`targets/pt2e.build_quantizer(target.pt2e_toolchain, qat=True)`): the same
+   annotation as the target's int8 export, with fake-quantize observers (moving-average
+   ranges) in place of calibration.
 2. A few epochs on the checkpoint's own training split (never its validation or held-out
    test files), with its recorded augmentation and class weighting. BatchNorm statistics
    freeze after `freeze_bn_after` epochs (batch norm then normalises with its running
@@ -20,7 +21,8 @@ How, with PT2E as torchao documents it:
 Export rebuilds the same graph (capture and prepare are deterministic for a given torch and
 torchao), loads that state and converts it (`targets/pt2e.converted_qat`): the artifact
 carries the ranges QAT learned, nothing is re-calibrated, and its parity is checked against
-the fake-quantize model. A QAT checkpoint exports only to the target and int8 it was trained for.
+the fake-quantize model. A QAT checkpoint exports only to the target and int8 it was trained
+for, without bias correction or the accuracy-aware fallback (`export_options` says why).
 """
 
 from __future__ import annotations
@@ -73,15 +75,16 @@ class FakeQuantModel(nn.Module):
 
 
 def qat_targets() -> list[str]:
-    """Targets whose int8 export is PT2E (they define pt2e_quantizer), in registry order."""
+    """Targets whose int8 export is PT2E (they name a pt2e_toolchain), in registry order."""
     from dermmobile.targets import get_target, target_names
 
-    return [name for name in target_names() if hasattr(get_target(name), "pt2e_quantizer")]
+    return [name for name in target_names() if getattr(get_target(name), "pt2e_toolchain", None)]
 
 
 def qat_quantizer(target: str):
     """The target's int8 quantizer in its QAT form, or a clear error where its converter is missing."""
     from dermmobile.targets import get_target
+    from dermmobile.targets.pt2e import build_quantizer
 
     if target not in qat_targets():
         raise BadInputError(
@@ -89,37 +92,11 @@ def qat_quantizer(target: str):
         )
     chosen = get_target(target)
     try:
-        quantizer = chosen.pt2e_quantizer(is_qat=True)
+        return build_quantizer(chosen.pt2e_toolchain, qat=True)
     except ImportError as exc:
         raise MissingBackendError(
             f"{target} QAT needs its quantizer ({exc}). Install it with: pip install 'dermmobile[{chosen.extra}]'"
         ) from exc
-    return quantizer.set_global(unfused(quantizer.global_config))
-
-
-def unfused(config):
-    """The same QAT config with torchao's FakeQuantize in place of FusedMovingAvgObsFakeQuantize.
-
-    Why: the fused kernel (torch.fused_moving_avg_obs_fake_quant) recomputes scale and zero
-    point from the running range on every call, with ATen's formula, while convert_pt2e
-    asks the observer (calculate_qparams): for per-channel symmetric weights in [-127, 127]
-    the two disagree (range/127.5 against range/127, XNNPACK's 2**-12 floor ignored, zero
-    points off 0). On a QAT Lite0 the converted graph then agreed with the fake-quantized
-    one on 88 % of test photos. FakeQuantize trains with exactly the observer's numbers,
-    the ones the exported int8 graph gets.
-    """
-    from dataclasses import replace
-
-    from torchao.quantization.pt2e.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
-
-    def swap(spec):
-        ctr = getattr(spec, "observer_or_fake_quant_ctr", None)
-        if ctr is None or getattr(getattr(ctr, "p", None), "func", None) is not FusedMovingAvgObsFakeQuantize:
-            return spec
-        return replace(spec, observer_or_fake_quant_ctr=FakeQuantize.with_args(*ctr.p.args, **ctr.p.keywords))
-
-    fields = ("input_activation", "output_activation", "weight", "bias")
-    return replace(config, **{name: swap(getattr(config, name)) for name in fields})
 
 
 def prepare(model, target: str, crop: int):
@@ -325,7 +302,7 @@ def train_qat(config: QatConfig) -> QatResult:
     """
     from dermmobile.augment import ImageBank
     from dermmobile.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
-    from dermmobile.fsutil import atomic_write_json
+    from dermmobile.fsutil import append_text, atomic_write_json, atomic_write_text, ensure_output_dir
     from dermmobile.trainer import Dist, Learner, class_weights, epoch_batches, epoch_order, resolve_device, train_one_epoch
 
     config.check()
@@ -361,9 +338,9 @@ def train_qat(config: QatConfig) -> QatResult:
     def lr_of_step(step: int) -> float:
         return config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
 
-    config.out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(config.out, "--out")
     log = config.out / "log.jsonl"
-    log.write_text("")
+    atomic_write_text(log, "")  # a new run's log; never written through a planted link
     history = []
     for epoch in range(1, config.epochs + 1):
         model.bn_frozen = epoch > config.freeze_bn_after
@@ -379,8 +356,7 @@ def train_qat(config: QatConfig) -> QatResult:
         model.train(False)
         record["val"] = _scores(_logits(model, val_arrays, device), val_targets, reference, learner.criterion)
         history.append(record)
-        with open(log, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(log, json.dumps(record) + "\n")
         if config.progress and len(val_targets):
             print(f"qat epoch {epoch}: train loss {stats.loss:.3f} acc {stats.accuracy:.1%} | validation "
                   f"{record['val']['accuracy']:.1%}, agrees with the float model on {record['val']['agreement']:.1%}",
@@ -469,10 +445,9 @@ def _describe_quantizer(target: str) -> dict:
 # -- export -------------------------------------------------------------------------------------
 
 
-def check_export(meta, targets: list, quantize: str, calib_data: Path | None) -> None:
-    """Refuse to export a QAT checkpoint to anything but the target and int8 it was trained for."""
-    if not meta.qat:
-        return
+def check_export(meta, targets: list, quantize: str, calib_data: Path | None, int8) -> None:
+    """Refuse to export a QAT checkpoint to anything but the target and int8 it was trained for, or with
+    options it would not use (`int8`: the Int8Options asked for)."""
     trained = meta.qat.get("target")
     names = [t.name for t in targets]
     if quantize != "int8" or names != [trained]:
@@ -481,21 +456,42 @@ def check_export(meta, targets: list, quantize: str, calib_data: Path | None) ->
             f"--target {trained} --quantize int8 (asked: --target {','.join(names)} --quantize {quantize}). "
             f"For other targets or quantizations, export the float checkpoint it came from ({meta.qat.get('source_checkpoint')})"
         )
-    if calib_data is not None:
+    unused = [flag for flag, given in (("--calib-data", calib_data is not None), ("--observer", bool(int8.observer)),
+                                       ("--explain", int8.explain)) if given]  # fmt: skip
+    if unused:
         raise BadInputError(
-            "a QAT checkpoint carries the int8 ranges it learned in training, so --calib-data would not be used: "
-            "drop it (give --check-data to choose the images parity is checked on)"
+            f"a QAT checkpoint carries the int8 ranges it learned in training, so {' and '.join(unused)} would not be "
+            "used: drop them (give --check-data to choose the images the artifact is judged on)"
         )
 
 
-def manifest_notes(meta) -> dict:
-    """What a QAT artifact's manifest says about where its int8 parameters came from."""
+def export_options():
+    """The int8 options of a QAT checkpoint's export: the trained graph converted as it is.
+
+    No bias correction: QAT trained every weight through its int8 rounding (the fake-quantize
+    forward), so there is no rounding shift left to give back; a corrected bias would make the
+    int8 file compute something the QAT model never did, and the file is judged by agreement
+    with that model (>= 99 % is what QAT is for). No accuracy-aware fallback: a layer left
+    float would run weights trained to be rounded without their rounding, and its neighbours'
+    ranges were learned around an int8 layer, so the file would again be neither the QAT model
+    nor the float one. When a QAT artifact fails its gate, the remedy is more QAT epochs (or a
+    lower --lr), or the fallback from the float checkpoint QAT started from; the manifest says so.
+    """
+    from dermmobile.quantization.options import Int8Options
+
+    return Int8Options(fallback=False, bias_correction=False, tune_count=0)
+
+
+def manifest_record(meta, int8) -> dict:
+    """Manifest.qat of a QAT artifact: where its int8 parameters came from and what export left out."""
     record = meta.qat
     return {
-        "qat": {
-            "source_checkpoint_sha256": record.get("source_checkpoint_sha256"),
-            "schedule": record.get("schedule"),
-            "quantizer": record.get("quantizer"),
-            "parity_reference": "the QAT fake-quantize model (compare with the source float checkpoint in `dermmobile bench`)",
-        }
+        "target": record.get("target"),
+        "source_checkpoint_sha256": record.get("source_checkpoint_sha256"),
+        "source_metrics": record.get("source_metrics"),
+        "schedule": record.get("schedule"),
+        "quantizer": record.get("quantizer"),
+        "bias_correction": int8.bias_correction,
+        "fallback": int8.fallback,
+        "parity_reference": "the QAT fake-quantize model (compare with the source float checkpoint: benchmarks/qat.py)",
     }

@@ -21,7 +21,7 @@ import torch
 
 from dermmobile.checkpoint import CheckpointMeta, save_checkpoint
 from dermmobile.errors import BadInputError
-from dermmobile.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from dermmobile.fsutil import append_text, atomic_path, atomic_write_json, atomic_write_text
 
 LAST_FORMAT = "dermmobile-train-state-v2"
 LAST_KEYS = {"format", "fingerprint", "state", "model", "optimizer", "scaler", "torch_rng"}
@@ -147,9 +147,7 @@ class RunFolder:
 
     def append_log(self, record: dict) -> None:
         if self.writer:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with open(self.log, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_text(self.log, json.dumps(record) + "\n")  # never through a planted link
 
     def save_best(self, model: torch.nn.Module, meta: CheckpointMeta) -> None:
         if self.writer:

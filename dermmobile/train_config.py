@@ -12,6 +12,7 @@ This module imports nothing heavy: `dermmobile --help` reads it.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -110,10 +111,12 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise BadInputError(f"--{name} must be at least 1, got {value}")
-        if self.lr < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
+        # Written so that NaN fails every comparison: `nan < 0` is False, `0 <= nan` is too.
+        if not (0 <= self.lr < math.inf and 0 <= self.weight_decay < math.inf):
+            raise BadInputError(f"--lr and --weight-decay must be finite and >= 0; got {self.lr}, {self.weight_decay}")
+        if not (0 <= self.momentum < 1 and 0 <= self.label_smoothing < 1):
             raise BadInputError(
-                f"--lr must be >= 0, --momentum and --label-smoothing in [0, 1); got {self.lr}, {self.momentum}, "
-                f"{self.label_smoothing}"
+                f"--momentum and --label-smoothing must be in [0, 1); got {self.momentum}, {self.label_smoothing}"
             )
         if not 0 <= self.warmup_epochs < self.epochs:
             raise BadInputError(f"--warmup-epochs must be in [0, --epochs), got {self.warmup_epochs} of {self.epochs}")

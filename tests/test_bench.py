@@ -20,7 +20,7 @@ from dermmobile.bench.phone_photo import make_phone_photo
 from dermmobile.bench.sweep import select_samples
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.cli import main
-from dermmobile.errors import EXIT_GATE_FAILED, BadInputError, MissingBackendError
+from dermmobile.errors import EXIT_BAD_INPUT, BadInputError, MissingBackendError
 from dermmobile.preprocess import PreprocessSpec
 from dermmobile.synthetic import make_synthetic_dataset
 
@@ -134,6 +134,15 @@ FAKES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fake_formats(monkeypatch):
+    """Manifests name registered formats only: register the fakes (their targets come from the patched get_target)."""
+    from dermmobile.targets import _MODULES
+
+    for name in FAKES:
+        monkeypatch.setitem(_MODULES, name, __name__)
+
+
 def write_artifact(folder: Path, name: str, fmt: str, quantization: str = "none", payload: bytes | None = None) -> Path:
     path = folder / name
     path.write_bytes(payload if payload is not None else f"fake artifact {name}".encode())
@@ -177,8 +186,9 @@ def test_worker_protocol_order_and_counts(tmp_path, monkeypatch, data):
     job.phone_runs = 3
     result = run_job(job)
     assert result["status"] == "ok", result
-    # first inference + warm-up + timed + end-to-end (data set, then phone photo) + one call per parity image
-    assert runtime.calls == 1 + 3 + 5 + 2 + 3 + 4
+    # the load check (dermmobile.runtime.smoke_test) + first inference + warm-up + timed
+    # + end-to-end (data set, then phone photo) + one call per parity image
+    assert runtime.calls == 1 + 1 + 3 + 5 + 2 + 3 + 4
     assert result["latency_ms"]["n"] == 5 and result["end_to_end_ms"]["n"] == 2
     on_images, phone = result["end_to_end"]["images"], result["end_to_end"]["phone_12mp"]
     assert (on_images["files"], phone["files"]) == (2, 3)
@@ -223,11 +233,16 @@ def test_sweep_records_error_rows_goes_on_and_fails_the_exit_code(tmp_path, monk
             str(out),
         ]
     )
-    assert code == EXIT_GATE_FAILED
+    assert code == EXIT_BAD_INPUT  # an artifact that does not run is refused as damaged, as in inspect and predict
     report = json.loads((out / "bench.json").read_text())
     by_name = {a["name"]: a for a in report["artifacts"]}
     assert by_name["a-ref.bin"]["status"] == "reference"
-    assert by_name["b-bad.bin"]["status"] == "error" and "first inference: RuntimeError: boom" in by_name["b-bad.bin"]["error"]
+    assert by_name["b-bad.bin"]["status"] == "error"
+    assert (
+        "load: " in by_name["b-bad.bin"]["error"]
+        and "damaged or not supported by this runtime: RuntimeError: boom" in by_name["b-bad.bin"]["error"]
+    )
+    assert report["refused"] == ["b-bad.bin"]
     assert by_name["c-mac.mlpackage"]["status"] == "not-run"
     assert by_name["c-mac.mlpackage"]["error"].startswith("not run:") and "macOS" in by_name["c-mac.mlpackage"]["error"]
     assert by_name["d-noisy.bin"]["status"] == "failed"
@@ -237,7 +252,7 @@ def test_sweep_records_error_rows_goes_on_and_fails_the_exit_code(tmp_path, monk
     good = [r for r in report["rows"] if r["artifact"] == "e-same.bin"]
     assert {r["threads"] for r in good} == {1, 2} and all(r["latency_ms"]["n"] == 3 for r in good)
     assert report["data"]["images"] == 6 and report["data"]["split"] == "all"
-    assert any(p.startswith("b-bad.bin: not checked: first inference") for p in report["problems"])
+    assert any(p.startswith("b-bad.bin: not checked: load") for p in report["problems"])
     problems = "\n".join(report["problems"])
     assert "b-bad.bin @ 2 threads" in problems and "d-noisy.bin: max abs logit error" in problems
     assert "c-mac" not in problems and "e-same" not in problems

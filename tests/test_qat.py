@@ -25,6 +25,7 @@ from dermmobile.data import load_images, scan_image_folder  # noqa: E402
 from dermmobile.errors import BadInputError  # noqa: E402
 from dermmobile.exporter import plan_export, run_plan  # noqa: E402
 from dermmobile.qat import QAT_FORMAT, FakeQuantModel, training_split  # noqa: E402
+from dermmobile.quantization.options import Int8Options  # noqa: E402
 
 # The tiny fixture model was trained on un-augmented images: QAT keeps to what it saw
 # (whole image, no flips, no jitter), so the test measures quantization, not a new task.
@@ -107,18 +108,30 @@ def _input_observer(model: FakeQuantModel):
     return observer
 
 
-def test_export_converts_the_trained_graph(qat_loaded, tmp_path):
+def test_export_converts_the_trained_graph(qat_loaded, tmp_path, monkeypatch):
+    """The QAT graph converted as it is: no calibration, no bias correction, no fallback search (qat.export_options)."""
+    import dermmobile.quantization.bias_correction as bias_correction
+    import dermmobile.quantization.export as int8_export
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a QAT checkpoint's int8 must be its trained graph, not corrected or searched")
+
+    monkeypatch.setattr(bias_correction, "correct_biases", must_not_run)
+    monkeypatch.setattr(int8_export, "export_int8", must_not_run)
     checkpoint = qat_loaded
     target = checkpoint.meta.qat["target"]
-    plan = plan_export(checkpoint, target, "int8", tmp_path)
-    assert plan.calibration is None and plan.check is not None
+    plan = plan_export(checkpoint, target, "int8", tmp_path)  # the default Int8Options: both on for float checkpoints
+    assert plan.calibration is None and plan.tuning is None and plan.check is not None
     (outcome,) = run_plan(checkpoint, plan)
     assert outcome.ok, outcome.error
     manifest = outcome.artifact.manifest
     # Parity is judged against the fake-quant model, on images QAT never trained on.
     assert manifest.status == "passed" and manifest.parity["agreement"] >= 0.99
     assert manifest.calibration["method"] == "quantization-aware training"
-    assert manifest.notes["qat"]["source_checkpoint_sha256"] == checkpoint.meta.qat["source_checkpoint_sha256"]
+    assert manifest.qat["source_checkpoint_sha256"] == checkpoint.meta.qat["source_checkpoint_sha256"]
+    assert manifest.qat["bias_correction"] is False and manifest.qat["fallback"] is False
+    assert manifest.float_layers == [] and manifest.op_counts["int8"] > 0 and manifest.op_counts["float"] == 0
+    assert manifest.gate_images["count"] == manifest.parity["images"] == len(plan.check.names)
     if target == "tflite":
         # The int8 input of a TFLite artifact carries the scale QAT learned, not a new calibration.
         assert manifest.input.scale == pytest.approx(float(_input_observer(checkpoint.model).scale), rel=1e-6)
@@ -167,6 +180,8 @@ def test_qat_checkpoint_exports_only_what_it_was_trained_for(qat_loaded, synthet
             plan_export(checkpoint, target, quantize, tmp_path)
     with pytest.raises(BadInputError, match="--calib-data would not be used"):
         plan_export(checkpoint, trained, "int8", tmp_path, calib_data=synthetic_root)
+    with pytest.raises(BadInputError, match="--observer and --explain would not be used"):
+        plan_export(checkpoint, trained, "int8", tmp_path, int8=Int8Options(observer="minmax", explain=True))
     assert not any(tmp_path.iterdir())
 
 

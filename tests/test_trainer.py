@@ -387,3 +387,13 @@ def test_efficientnet_lite0_on_real_photos_beats_a_floor(lite0_run):
     assert result.metrics["split_sizes"]["test"] >= 100
     # 27 classes: chance is 3.7 %.
     assert result.metrics["test"]["accuracy"] >= REAL_FLOOR, result.metrics["test"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"lr": float("nan")}, {"lr": float("inf")}, {"lr": -0.1}, {"weight_decay": float("nan")}, {"momentum": float("nan")}],
+)
+def test_numbers_that_cannot_train_are_refused_before_any_work(tmp_path, overrides):
+    # NaN passes `lr < 0` unnoticed: a NaN learning rate once trained five NaN epochs, then exit 1.
+    with pytest.raises(BadInputError, match="must be"):
+        config(tmp_path / "data", tmp_path / "run", **overrides).check()

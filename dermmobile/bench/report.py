@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from dermmobile.display import printable
+from dermmobile.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_output_dir
 
 MAX_FLIPS_SHOWN = 10
 
 
 def write_reports(report: dict, out: Path) -> list[Path]:
     """Write all report files atomically; PNGs are skipped (and said so) when matplotlib is missing."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(Path(out), "bench report folder")
     written = [out / "bench.json", out / "bench.md"]
     try:
         import matplotlib  # noqa: F401  (a phone-side install may lack it; the numbers matter more)
@@ -33,7 +33,7 @@ def write_reports(report: dict, out: Path) -> list[Path]:
         written += plot_accuracy_latency(report, out / "accuracy-latency.png")
         written += plot_confusion_pairs(report, out / "confusions")
     atomic_write_json(written[0], report)
-    atomic_write_text(written[1], markdown(report))
+    atomic_write_text(written[1], printable(markdown(report)))  # names come from files: no terminal escapes
     return written
 
 
@@ -50,6 +50,12 @@ def _status(entry: dict, width: int) -> str:
     if not error:
         return entry["status"]
     return error[:width] if error.startswith("not run") else f"{entry['status']}: {error[:width]}"
+
+
+def _float_layers(entry: dict) -> str:
+    """int8 artifacts: how many layers the accuracy-aware fallback left in float, and their share of MACs."""
+    layers = entry.get("float_layers")
+    return "–" if layers is None else f"{len(layers)} ({_pct(entry.get('float_macs_share'))})"
 
 
 def markdown(report: dict) -> str:
@@ -72,8 +78,8 @@ def markdown(report: dict) -> str:
         "## Accuracy and parity (against the reference, on the labeled set)",
         "",
         "| artifact | format | quant | status | top-1 | Δ top-1 (pts) | agreement | flips | max abs logit | "
-        "mean abs logit | min cosine | confusion drift (L1) | MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "mean abs logit | min cosine | confusion drift (L1) | MB | float layers (MACs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in report["artifacts"]:
         p = a.get("parity") or {}
@@ -82,7 +88,7 @@ def markdown(report: dict) -> str:
             f"| {a['name']} | {a['format']} | {a['quantization']} | {status} | {_pct(p.get('accuracy'))} | "
             f"{_f(p.get('accuracy_drop_points'))} | {_pct(p.get('agreement'))} | {len(p.get('flips', [])) if p else '–'} | "
             f"{_f(p.get('max_abs_logit'), '.2e')} | {_f(p.get('mean_abs_logit'), '.2e')} | {_f(p.get('min_cosine'), '.6f')} | "
-            f"{p.get('confusion_drift_l1', '–')} | {_f(a.get('bytes'), '.2f', 1 / 2**20)} |"
+            f"{p.get('confusion_drift_l1', '–')} | {_f(a.get('bytes'), '.2f', 1 / 2**20)} | {_float_layers(a)} |"
         )
     lines += [
         "",
@@ -149,15 +155,6 @@ def _end_to_end_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy_latency(report: dict, path: Path) -> list[Path]:
     """Top-1 against p50 latency; phone rows use the host's accuracy of the same artifact name."""
     accuracy = {a["name"]: (a.get("parity") or {}).get("accuracy") for a in report["artifacts"]}
@@ -169,7 +166,9 @@ def plot_accuracy_latency(report: dict, path: Path) -> list[Path]:
             points.append((p50, acc, r))
     if not points:
         return []
-    plt = _plt()
+    from dermmobile.display import figure_png, pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     groups = sorted({(r["source"], r["threads"]) for _, _, r in points})
     markers = "osD^v<>P*X"
@@ -190,9 +189,11 @@ def plot_accuracy_latency(report: dict, path: Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    try:
+        png = figure_png(fig)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, png)
     return [path]
 
 
@@ -210,14 +211,12 @@ def plot_confusion_pairs(report: dict, folder: Path) -> list[Path]:
         if a is reference or not a.get("parity"):
             continue
         path = Path(folder) / f"{a['name']}.png"
-        with atomic_path(path) as tmp:
-            plot_confusions(
-                [ref_matrix, np.asarray(a["parity"]["confusion"])],
-                [reference["name"], a["name"]],
-                labels,
-                tmp.with_suffix(".png"),
-                suptitle=f"{a['name']}: drift L1 {a['parity']['confusion_drift_l1']}",
-            )
-            tmp.with_suffix(".png").rename(tmp)
+        plot_confusions(
+            [ref_matrix, np.asarray(a["parity"]["confusion"])],
+            [reference["name"], a["name"]],
+            labels,
+            path,
+            suptitle=f"{a['name']}: drift L1 {a['parity']['confusion_drift_l1']}",
+        )
         written.append(path)
     return written

@@ -82,10 +82,15 @@ class Subject:
     sha256: str = ""
     flops: int | None = None  # from the manifest, when the exporter recorded it
     error: str | None = None  # the manifest could not be read or verified
+    bad_input: bool = False  # the error is a refused file (exit 2), not a measurement failure
+    float_layers: list[str] | None = None  # int8: layers the fallback left in float (manifest)
+    float_macs_share: float | None = None  # their share of the model's MACs
 
 
 def _say(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
+    from dermmobile.display import printable
+
+    print(f"bench: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
@@ -122,7 +127,10 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
             try:
                 artifact = load_artifact(manifest_file)
             except DermmobileError as exc:
-                subjects.append(Subject(name, "artifact", manifest_file, "?", "none", [], {}, error=str(exc)))
+                refused = isinstance(exc, BadInputError)
+                subjects.append(
+                    Subject(name, "artifact", manifest_file, "unknown", "none", [], {}, error=str(exc), bad_input=refused)
+                )
                 continue
             m = artifact.manifest
             flops = (m.notes or {}).get("flops")
@@ -138,6 +146,8 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
                     file_bytes=m.bytes,
                     sha256=m.sha256,
                     flops=int(flops) if flops else None,
+                    float_layers=m.float_layers,
+                    float_macs_share=m.float_macs_share,
                 )
             )
     if config.checkpoint is None:
@@ -145,7 +155,11 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
         # time tied it to PyTorch within 1e-3, and the report says which artifact stood in.
         fp32 = [s for s in subjects if s.error is None and s.quantization == "none"]
         if not fp32:
-            raise BadInputError("without --checkpoint one artifact must be fp32 (quantization none) to serve as the reference")
+            refused = [s.error for s in subjects if s.error]
+            raise BadInputError(
+                "without --checkpoint one artifact must be fp32 (quantization none) to serve as the reference"
+                + (f"; {len(refused)} artifact(s) were refused, the first: {refused[0]}" if refused else "")
+            )
         fp32[0].role = "reference"
     return subjects, data_record
 
@@ -275,7 +289,12 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
             results[subject.name] = {}
             for index, threads in enumerate(config.threads):
                 if subject.error is not None:
-                    results[subject.name][threads] = {"status": "error", "error": subject.error, "threads": threads}
+                    results[subject.name][threads] = {
+                        "status": "error",
+                        "error": subject.error,
+                        "threads": threads,
+                        "bad_input": subject.bad_input,
+                    }
                     continue
                 try:
                     if subject.labels != labels:
@@ -286,7 +305,13 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
                     if image_set.names != ref_set.names:  # parity compares row i with row i
                         raise BadInputError(f"{subject.name}: its preprocessing decoded a different set of images")
                 except DermmobileError as exc:
-                    results[subject.name][threads] = {"status": "error", "error": str(exc), "threads": threads}
+                    refused = isinstance(exc, BadInputError)
+                    results[subject.name][threads] = {
+                        "status": "error",
+                        "error": str(exc),
+                        "threads": threads,
+                        "bad_input": refused,
+                    }
                     continue
                 logits_out = str(workdir / f"logits-{len(results)}.npy") if index == 0 else ""
                 job = Job(
@@ -367,7 +392,7 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
     ref_logits = ref_result.get("logits_array")
     model_flops = ref_result.get("flops")
     machine = machine_info()
-    artifacts, rows, problems = [], [], []
+    artifacts, rows, problems, refused = [], [], [], []
     for subject in subjects:
         by_threads = results[subject.name]
         head = by_threads[first]
@@ -386,6 +411,8 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
             "failures": [],
             "parity": None,
             "gate": TOLERANCES[subject.quantization].why if subject.quantization in TOLERANCES else None,
+            "float_layers": subject.float_layers,
+            "float_macs_share": subject.float_macs_share,
         }
         logits = head.get("logits_array")
         if head["status"] == "ok":
@@ -403,6 +430,8 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
         counted = subject.role != "compiled"  # torch.compile is information, not a shipped artifact
         if counted and entry["status"] == "error":
             problems.append(f"{subject.name}: not checked: {entry['error']}")
+            if any(result.get("bad_input") for result in by_threads.values()):
+                refused.append(subject.name)
         if counted:
             problems.extend(entry["failures"])
         artifacts.append(entry)
@@ -469,4 +498,5 @@ def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> di
         "artifacts": artifacts,
         "rows": rows,
         "problems": problems,
+        "refused": refused,
     }

@@ -41,6 +41,7 @@ def run(args) -> int:
     # As in `dermmobile train`: idle OpenMP threads sleep instead of spinning on a shared machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+    from dermmobile.fsutil import check_output_dir
     from dermmobile.qat import QatConfig, train_qat
 
     out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-qat-{args.target}"
@@ -49,6 +50,7 @@ def run(args) -> int:
         lr=args.lr, freeze_bn_after=args.freeze_bn_after, freeze_observers_after=args.freeze_observers_after, seed=args.seed,
         device=args.device, threads=args.threads,
     )  # fmt: skip
+    check_output_dir(out)  # a file or a link there: say so before decoding and training
     result = train_qat(config)
     if args.json:
         print(json.dumps(result.metrics, indent=2, default=str))

@@ -33,11 +33,13 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
     import os
+    from pathlib import Path
 
     # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared
     # 2-core machine spinning threads starved the busy ones (tiny_cnn step 750 ms -> 72 ms).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+    from dermmobile.fsutil import check_output_dir
     from dermmobile.preprocess import PreprocessSpec
     from dermmobile.train_config import config_from_args
     from dermmobile.trainer import train
@@ -46,6 +48,7 @@ def run(args) -> int:
     if args.image_size:
         spec = PreprocessSpec(resize=round(args.image_size * 256 / 224), crop=args.image_size)
     config = config_from_args(args, args.recipe, spec=spec)
+    check_output_dir(Path(config.out))  # a file or a link there: say so before training
     result = train(config)
     if os.environ.get("RANK", "0") != "0":
         return 0
