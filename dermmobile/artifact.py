@@ -92,6 +92,8 @@ class Manifest:
     float_macs_share: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None  # their share of the model's MACs
     op_counts: dict | None = None  # compute ops in the file by precision: int8, dynamic, float, by_op
     fallback: dict | None = None  # the search: criterion, attempts, sensitivity report file
+    # int8 of a QAT checkpoint only: its source float checkpoint, schedule and quantizer, and what export did not do
+    qat: dict | None = None
     created: ShortText = ""
     schema: Literal["dermmobile-artifact"] = SCHEMA
     schema_version: Literal[1] = SCHEMA_VERSION

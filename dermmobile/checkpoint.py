@@ -55,6 +55,9 @@ class CheckpointMeta:
     data: dict = field(default_factory=dict)
     weights_sha256: Sha256 = ""
     created: ShortText = ""
+    # Set only by `dermmobile qat`: the target, quantizer and source of a quantization-aware
+    # trained checkpoint, whose tensors are its fake-quantize graph's state (dermmobile/qat.py).
+    qat: dict = field(default_factory=dict)
     format: Literal["dermmobile-checkpoint"] = FORMAT
     format_version: Literal[1] = FORMAT_VERSION
 
@@ -102,7 +105,8 @@ def save_checkpoint(path: Path, model, meta: CheckpointMeta) -> Path:
 
     from dermmobile.fsutil import atomic_write_bytes
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Cloned: a QAT graph shares one observer between several ops, and safetensors stores each name apart.
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     meta.weights_sha256 = weights_digest(state)
     meta.created = meta.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     path = Path(path)
@@ -187,6 +191,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise BadInputError(f"{path} is not a readable safetensors checkpoint ({' '.join(str(exc).split())[:300]})") from None
     if weights_digest(state) != meta.weights_sha256:
         raise BadInputError(f"{path}: weights do not match the sha256 in its metadata (edited or corrupted file)")
+    if meta.qat:
+        from dermmobile.qat import rebuild_qat_model
+
+        return Checkpoint(rebuild_qat_model(meta, state, path), meta, path, hashlib.sha256(data).hexdigest())
     model = build_model(meta.arch, len(meta.labels), weights="none")
     try:
         model.load_state_dict(state, strict=True)

@@ -15,7 +15,7 @@ from dermmobile import __version__, interrupts
 from dermmobile.display import PrintableStream, printable
 from dermmobile.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DermmobileError
 
-COMMANDS = ["train", "evaluate", "export", "bench", "predict", "inspect", "android", "web", "demo"]
+COMMANDS = ["train", "qat", "evaluate", "export", "bench", "predict", "inspect", "android", "web", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,6 +107,7 @@ def export_request(checkpoint, target: Target, plan: ExportPlan, float_layers=fr
         calibration_record=plan.calibration_record,
         float_layers=frozenset(float_layers),
         observer=plan.int8.observer,
+        qat=meta.qat or None,
     )
 
 
@@ -130,18 +131,29 @@ def export_artifact(checkpoint, target: Target, plan: ExportPlan, float_layers=f
         output=TensorSpec(**result.output),
         preprocess=dict(meta.preprocess),
         checkpoint_sha256=checkpoint.file_sha256,
-        calibration=plan.calibration_record if plan.quantize == "int8" else None,
+        calibration=_calibration(meta, plan),
         toolchain=base_toolchain() | result.toolchain,
         notes=result.notes,
         export_seconds=round(time.perf_counter() - started, 3),
         op_counts=result.op_counts.to_dict() if result.op_counts else None,
     )
     if plan.quantize == "int8":
+        if meta.qat:
+            from dermmobile.qat import manifest_record
+
+            manifest.qat = manifest_record(meta, plan.int8)
         manifest.tuning_images = plan.image_records.get("tuning")
         manifest.gate_images = plan.image_records.get("gate")
         manifest.float_layers = sorted(request.float_layers)
     write_manifest(final, manifest, expected_sha256=written)
     return Artifact(final, manifest)
+
+
+def _calibration(meta, plan: ExportPlan) -> dict | None:
+    """Where the int8 ranges came from: the calibration images, or a QAT checkpoint's training images."""
+    if plan.quantize != "int8":
+        return None
+    return meta.qat.get("calibration") if meta.qat else plan.calibration_record
 
 
 def _run_export(target: Target, request: ExportRequest, timeout: float | None):
@@ -267,11 +279,19 @@ def plan_export(
     from dermmobile.data import held_out, scan_image_folder
 
     chosen = resolve(targets, quantize)
+    meta = checkpoint.meta
+    if meta.qat:  # int8 from the ranges QAT learned: no calibration, no bias correction, no fallback (qat.py)
+        from dermmobile.qat import check_export, export_options
+
+        check_export(meta, chosen, quantize, calib_data, int8 or Int8Options())
+        int8 = export_options()
     layout = layout.upper()
     if layout not in ("NCHW", "NHWC"):
         raise BadInputError(f"--layout must be nchw or nhwc, got {layout.lower()}")
-    meta = checkpoint.meta
     plan = ExportPlan(chosen, quantize, Path(out_dir), layout, timeout=timeout, int8=int8 or Int8Options())
+    if meta.qat:
+        _load_qat_gate(plan, meta, check_data, seed)
+        return plan
     if quantize == "int8":
         if calib_data is None:
             raise BadInputError(
@@ -307,6 +327,28 @@ def _load_int8_images(plan: ExportPlan, meta, calib_data: Path, calib_count: int
         "observer": plan.int8.observer or "target default",
         "bias_correction": plan.int8.bias_correction,
     }
+
+
+def _load_qat_gate(plan: ExportPlan, meta, check_data: Path | None, seed: int) -> None:
+    """A QAT checkpoint's gate: the held-out images of --check-data or of its training folder (QAT trained on neither)."""
+    from dermmobile.data import calibration_record, held_out, scan_image_folder
+
+    root = check_data or _training_root(meta)
+    if root is None:
+        raise BadInputError(
+            f"the folder this QAT checkpoint was trained on ({(meta.data or {}).get('root')}) is not here, and int8 "
+            "needs real images to be judged on: pass --check-data DIR (an ImageFolder with the checkpoint's classes)"
+        )
+    folder = scan_image_folder(root, expected_classes=meta.labels)
+    held = held_out(folder, meta.data)
+    plan.check = _load_set(held.samples, meta.spec, folder.root, "gate images")
+    if plan.check is None:
+        raise BadInputError(f"none of the {len(held.samples)} gate images in {root} could be decoded")
+    plan.check.unseen = np.full(len(plan.check.names), held.unseen, dtype=bool)
+    judged = set(plan.check.names)
+    kept = [s for s in held.samples if s.path.relative_to(folder.root).as_posix() in judged]
+    record = calibration_record(kept, folder.classes, folder.root, seed).as_dict()
+    plan.image_records = {"gate": record | {"unseen_by_training": int(plan.check.unseen.sum()), "note": held.note}}
 
 
 def _load_set(samples, spec, root: Path, what: str) -> CheckImages | None:

@@ -62,3 +62,13 @@ def test_every_quantization_has_a_tolerance_with_a_reason():
 
     assert set(TOLERANCES) == set(QUANTIZATIONS)
     assert all(t.why for t in TOLERANCES.values())
+
+
+def test_an_exact_tie_in_the_reference_accepts_either_tied_class():
+    """int8 references (a QAT model's fake-quantized logits) tie exactly; argmax then picks by index, not by the model."""
+    reference = np.array([[2.0, 2.0, 0.0], [2.0, 2.0, 0.0], [1.0, 3.0, 0.0]])
+    candidate = np.array([[1.9, 2.1, 0.0], [1.9, 1.9, 2.5], [1.0, 3.0, 0.0]])
+    report = compare_logits(reference, candidate, LABELS, ["tie-b", "tie-c", "plain"])
+    # b is one of the reference's tied answers; c is not.
+    assert report.agreement == pytest.approx(2 / 3)
+    assert [(f.image, f.reference, f.artifact, f.margin) for f in report.flips] == [("tie-c", "a", "c", 0.0)]

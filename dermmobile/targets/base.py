@@ -32,6 +32,9 @@ class ExportRequest:
     out_file: Path | None = None  # where the Target writes (a temporary name; renamed on success)
     float_layers: frozenset[str] = frozenset()  # int8: module names left in float (accuracy-aware fallback)
     observer: str = ""  # int8: activation calibration method; "" = the target's measured default
+    # A QAT checkpoint's record (CheckpointMeta.qat): `model` is then its fake-quantize model, and
+    # int8 converts that trained graph instead of calibrating (see dermmobile/qat.py).
+    qat: dict | None = None
 
     @property
     def input_shape(self) -> list[int]:
@@ -44,7 +47,7 @@ class ExportRequest:
 
         if self.layout not in layouts:
             raise BadInputError(f"{target} takes --layout {' or '.join(layouts)}, got {self.layout!r}")
-        if self.quantize == "int8" and (self.calibration is None or not len(self.calibration)):
+        if self.quantize == "int8" and not self.qat and (self.calibration is None or not len(self.calibration)):
             raise BadInputError(
                 f"{target} int8 calibrates activation ranges on real images: --calib-data FOLDER is needed "
                 "(an ImageFolder of training images); --quantize int8-dynamic needs none"
@@ -115,6 +118,9 @@ class Target(Protocol):
     def load(self, path: Path, manifest, threads: int | None = None) -> Runtime:
         """Open the file with its runtime; raises MissingBackendError where it cannot run (Core ML off macOS)."""
         ...
+
+    # Optional: targets whose int8 is PT2E also name `pt2e_toolchain` ("litert", "xnnpack"), the key of
+    # targets/pt2e.build_quantizer their int8 uses; `dermmobile qat` trains with its qat form (dermmobile/qat.py).
 
 
 class TorchRuntime:

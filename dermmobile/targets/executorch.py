@@ -54,6 +54,7 @@ class ExecuTorchTarget:
     extension = ".pte"
     quantizations = frozenset({"none", "int8"})
     extra = "executorch"
+    pt2e_toolchain = "xnnpack"  # int8 (and QAT) quantizer: targets/pt2e.build_quantizer
     # Measured: 2 of 30 bit-flipped .pte files made XNNPACK's loader abort the process (SIGABRT):
     # dermmobile.runtime loads such files in a child process first.
     load_may_crash = True
@@ -92,7 +93,7 @@ class ExecuTorchTarget:
         """int8 simulated in PyTorch with XNNPACK's PT2E quantizer (see dermmobile/quantization/simulate.py)."""
         from dermmobile.quantization.simulate import Simulation
 
-        return Simulation(request.model, "xnnpack", request.calibration, request.observer or OBSERVER).logits
+        return Simulation(request.model, self.pt2e_toolchain, request.calibration, request.observer or OBSERVER).logits
 
 
 OBSERVER = "histogram"  # int8 activation observer; chosen by measurement, see README "int8 that passes its gate"
@@ -145,10 +146,13 @@ def _dequantized(value) -> bool:
 
 
 def _quantize(model, request: ExportRequest):
-    """PT2E int8 with XNNPACK's quantizer, ReLU6 outputs observed after the clamp (see targets/pt2e.py)."""
-    from dermmobile.targets.pt2e import build_quantizer, calibrated_int8
+    """PT2E int8 with XNNPACK's quantizer, ReLU6 outputs observed after the clamp (see targets/pt2e.py);
+    a QAT checkpoint's trained graph is converted as it is instead (dermmobile/qat.py)."""
+    from dermmobile.targets.pt2e import build_quantizer, calibrated_int8, converted_qat
 
-    quantizer = build_quantizer("xnnpack", request.float_layers, request.observer or OBSERVER)
+    if request.qat:
+        return converted_qat(model, fold_quantize=True)
+    quantizer = build_quantizer(TARGET.pt2e_toolchain, request.float_layers, request.observer or OBSERVER)
     return calibrated_int8(model, request.example_input(), quantizer, request.calibration, fold_quantize=True)
 
 

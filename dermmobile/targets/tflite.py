@@ -85,6 +85,7 @@ class TFLiteTarget:
     extension = ".tflite"
     quantizations = frozenset({"none", "fp16", "int8-dynamic", "int8"})
     extra = "tflite"
+    pt2e_toolchain = "litert"  # int8 (and QAT) quantizer: targets/pt2e.build_quantizer
 
     def export(self, request: ExportRequest) -> ExportResult:
         torch = require("torch", "tflite")
@@ -93,12 +94,19 @@ class TFLiteTarget:
         os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
         litert_torch = require("litert_torch", "tflite")
 
-        model = _with_names(request.model.eval()).eval()
+        base, quant_config = request.model.eval(), None
+        if request.qat:  # int8 of a QAT checkpoint: its trained graph converted, the same quantizer's QAT form
+            from litert_torch.quantize.quant_config import QuantConfig
+
+            from dermmobile.targets.pt2e import build_quantizer, converted_qat
+
+            base = converted_qat(base, fold_quantize=False)
+            quant_config = QuantConfig(pt2e_quantizer=build_quantizer(self.pt2e_toolchain, qat=True))
+        model = _with_names(base).eval()
         if request.layout == "NHWC":
             model = litert_torch.to_channel_last_io(model, args=[0]).eval()
         example = torch.from_numpy(to_layout(request.example_input().numpy(), request.layout))
-        quant_config = None
-        if request.quantize == "int8":
+        if request.quantize == "int8" and not request.qat:
             images = to_layout(np.ascontiguousarray(request.calibration, dtype=np.float32), request.layout)
             float_layers = {module_prefix(model, request.model) + name for name in request.float_layers}
             model, quant_config = _pt2e_int8(model, example, images, float_layers, request.observer or OBSERVER)
@@ -141,7 +149,7 @@ class TFLiteTarget:
         from dermmobile.quantization.simulate import Simulation
 
         observer = request.observer or OBSERVER
-        return Simulation(request.model, "litert", request.calibration, observer, clamp=True).logits
+        return Simulation(request.model, self.pt2e_toolchain, request.calibration, observer, clamp=True).logits
 
 
 # Compute ops, and the operand that carries the activations' and the weights' type.
@@ -221,7 +229,7 @@ def _pt2e_int8(model, example, images: np.ndarray, float_layers: set[str], obser
 
     # Not clamp-aware: litert-torch's converter fuses ReLU6 by itself, and a moved observer
     # made it keep 33 layout transposes (30 % slower for +0.3 points; see targets/pt2e.py).
-    quantizer = build_quantizer("litert", frozenset(float_layers), observer)
+    quantizer = build_quantizer(TARGET.pt2e_toolchain, frozenset(float_layers), observer)
     quantized = calibrated_int8(model, example, quantizer, images, fold_quantize=False)
     quantized.training = False  # batch norm is already in eval form; this silences litert-torch's "training mode" warning
     return quantized, QuantConfig(pt2e_quantizer=quantizer)

@@ -1,0 +1,208 @@
+"""Quantization-aware training: it trains, its state survives the checkpoint, export converts exactly that state."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchao")
+
+from dermmobile.checkpoint import (  # noqa: E402
+    METADATA_KEY,
+    CheckpointMeta,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+    weights_digest,
+)
+from dermmobile.cli import main  # noqa: E402
+from dermmobile.data import load_images, scan_image_folder  # noqa: E402
+from dermmobile.errors import BadInputError  # noqa: E402
+from dermmobile.exporter import plan_export, run_plan  # noqa: E402
+from dermmobile.qat import QAT_FORMAT, FakeQuantModel, training_split  # noqa: E402
+from dermmobile.quantization.options import Int8Options  # noqa: E402
+
+# The tiny fixture model was trained on un-augmented images: QAT keeps to what it saw
+# (whole image, no flips, no jitter), so the test measures quantization, not a new task.
+NO_AUGMENTATION = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "hflip": False, "vflip": False, "quarter_turns": False,
+                   "rotation": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def float_checkpoint(tmp_path_factory, tiny_checkpoint) -> Path:
+    source = load_checkpoint(tiny_checkpoint)
+    meta = replace(source.meta, args={"augment": NO_AUGMENTATION, "balance": "none"})
+    return save_checkpoint(tmp_path_factory.mktemp("float") / "tiny.safetensors", source.model, meta)
+
+
+def _qat(checkpoint: Path, target: str, out: Path, *extra: str) -> Path:
+    argv = ["qat", "--checkpoint", str(checkpoint), "--target", target, "--epochs", "2", "--lr", "1e-3", "--out", str(out)]
+    assert main([*argv, *extra]) == 0
+    return out / "qat.safetensors"
+
+
+@pytest.fixture(scope="module", params=["executorch", "tflite"])
+def qat_checkpoint(request, tmp_path_factory, float_checkpoint) -> Path:
+    pytest.importorskip({"executorch": "executorch", "tflite": "litert_torch"}[request.param])
+    return _qat(float_checkpoint, request.param, tmp_path_factory.mktemp(f"qat-{request.param}"))
+
+
+@pytest.fixture(scope="module")
+def qat_loaded(qat_checkpoint):
+    """The QAT checkpoint as export sees it (rebuilding its graph costs seconds: once per module)."""
+    return load_checkpoint(qat_checkpoint)
+
+
+def _images(checkpoint) -> np.ndarray:
+    folder = scan_image_folder(Path(checkpoint.meta.data["root"]))
+    return load_images(folder.samples[::5], checkpoint.meta.spec, folder.root).arrays
+
+
+def test_qat_checkpoint_rebuilds_its_fake_quant_model(qat_checkpoint, qat_loaded, float_checkpoint):
+    meta = qat_loaded.meta
+    assert meta.qat["format"] == QAT_FORMAT and meta.qat["quantization"] == "int8" and meta.qat["quantizer"]["is_qat"]
+    assert meta.qat["source_checkpoint_sha256"] == load_checkpoint(float_checkpoint).file_sha256
+    assert [e["bn_frozen"] for e in meta.metrics["epochs"]] == [False, True]
+    assert meta.metrics["train_images"] == meta.qat["calibration"]["count"] > 0
+    model = qat_loaded.model
+    assert isinstance(model, FakeQuantModel)
+    # The observers stay off in the rebuilt model: running images through it never moves a range.
+    ranges = {k: v.clone() for k, v in model.prepared.state_dict().items() if not k.endswith("num_batches_tracked")}
+    images = torch.from_numpy(_images(qat_loaded))
+    with torch.no_grad():
+        first, second = model(images), model(images)
+    assert torch.equal(first, second)
+    assert all(torch.equal(v, model.prepared.state_dict()[k]) for k, v in ranges.items())
+    # The saved state is the trained one, XNNPACK's 2**-12 scale floor included (torchao resets it
+    # when a state arrives without module versions, as safetensors stores it).
+    from safetensors.torch import load_file
+
+    saved = load_file(str(qat_checkpoint))
+    assert all(torch.equal(saved[k], v) for k, v in ranges.items())
+    # Fake quantization is on: the QAT model is not its float weights run in float.
+    float_model = load_checkpoint(float_checkpoint).model
+    with torch.no_grad():
+        assert not torch.allclose(first, float_model(images), atol=1e-3)
+
+
+def test_qat_is_deterministic_from_its_seed(float_checkpoint, qat_checkpoint, tmp_path):
+    meta = read_meta(qat_checkpoint)
+    if meta.qat["target"] != "executorch":
+        pytest.skip("one target is enough: both run the same training loop")
+    again = _qat(float_checkpoint, meta.qat["target"], tmp_path / "again")
+    assert read_meta(again).weights_sha256 == meta.weights_sha256
+
+
+def _input_observer(model: FakeQuantModel):
+    """The fake quantizer on the graph's image input."""
+    (image,) = [n for n in model.prepared.graph.nodes if n.op == "placeholder"]
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    modules = [getattr(model.prepared, n.target) for n in image.users if n.op == "call_module"]
+    (observer,) = [m for m in modules if isinstance(m, FakeQuantizeBase)]
+    return observer
+
+
+def test_export_converts_the_trained_graph(qat_loaded, tmp_path, monkeypatch):
+    """The QAT graph converted as it is: no calibration, no bias correction, no fallback search (qat.export_options)."""
+    import dermmobile.quantization.bias_correction as bias_correction
+    import dermmobile.quantization.export as int8_export
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a QAT checkpoint's int8 must be its trained graph, not corrected or searched")
+
+    monkeypatch.setattr(bias_correction, "correct_biases", must_not_run)
+    monkeypatch.setattr(int8_export, "export_int8", must_not_run)
+    checkpoint = qat_loaded
+    target = checkpoint.meta.qat["target"]
+    plan = plan_export(checkpoint, target, "int8", tmp_path)  # the default Int8Options: both on for float checkpoints
+    assert plan.calibration is None and plan.tuning is None and plan.check is not None
+    (outcome,) = run_plan(checkpoint, plan)
+    assert outcome.ok, outcome.error
+    manifest = outcome.artifact.manifest
+    # Parity is judged against the fake-quant model, on images QAT never trained on.
+    assert manifest.status == "passed" and manifest.parity["agreement"] >= 0.99
+    assert manifest.calibration["method"] == "quantization-aware training"
+    assert manifest.qat["source_checkpoint_sha256"] == checkpoint.meta.qat["source_checkpoint_sha256"]
+    assert manifest.qat["bias_correction"] is False and manifest.qat["fallback"] is False
+    assert manifest.float_layers == [] and manifest.op_counts["int8"] > 0 and manifest.op_counts["float"] == 0
+    assert manifest.gate_images["count"] == manifest.parity["images"] == len(plan.check.names)
+    if target == "tflite":
+        # The int8 input of a TFLite artifact carries the scale QAT learned, not a new calibration.
+        assert manifest.input.scale == pytest.approx(float(_input_observer(checkpoint.model).scale), rel=1e-6)
+
+
+def test_conversion_follows_the_saved_ranges(qat_checkpoint, qat_loaded, tmp_path):
+    """Edit one learned range in the checkpoint: the converted int8 graph follows it (nothing is re-observed).
+
+    (The TFLite artifact's input scale equals the converted graph's: test_export_converts_the_trained_graph.)
+    """
+    from safetensors.torch import load_file, save_file
+
+    from dermmobile.targets.pt2e import converted_qat
+
+    prepared = qat_loaded.model.prepared
+    observer = _input_observer(qat_loaded.model)
+    # The learned range is the observer's min/max (convert derives the scale from it); doubling
+    # both doubles the scale. One observer may serve several ops; each of its names is stored.
+    names = [name for name, module in prepared.named_modules(remove_duplicate=False) if module is observer]
+    keys = [f"{name}.activation_post_process.{end}" for name in names for end in ("min_val", "max_val")]
+    state = load_file(str(qat_checkpoint))
+    state |= {key: state[key] * 2 for key in keys}
+    edited = tmp_path / "edited.safetensors"
+    save_file(
+        state,
+        str(edited),
+        metadata={METADATA_KEY: json.dumps(asdict(replace(qat_loaded.meta, weights_sha256=weights_digest(state))))},
+    )
+
+    def input_scale(model) -> float:
+        graph = converted_qat(model, fold_quantize=True).graph
+        (image,) = [n for n in graph.nodes if n.op == "placeholder"]
+        (quantize,) = [n for n in image.users if "quantize_per_tensor" in str(n.target)]
+        return float(quantize.args[1])
+
+    assert input_scale(qat_loaded.model) == pytest.approx(float(observer.scale), rel=1e-6)
+    assert input_scale(load_checkpoint(edited).model) == pytest.approx(2 * float(observer.scale), rel=1e-6)
+
+
+def test_qat_checkpoint_exports_only_what_it_was_trained_for(qat_loaded, synthetic_root, tmp_path):
+    checkpoint = qat_loaded
+    trained = checkpoint.meta.qat["target"]
+    other = {"tflite": "executorch", "executorch": "tflite"}[trained]
+    for target, quantize in [(other, "int8"), (trained, "none"), ("onnx", "int8"), ("all", "int8")]:
+        with pytest.raises(BadInputError, match=f"trained for {trained} int8.*--target {trained} --quantize int8"):
+            plan_export(checkpoint, target, quantize, tmp_path)
+    with pytest.raises(BadInputError, match="--calib-data would not be used"):
+        plan_export(checkpoint, trained, "int8", tmp_path, calib_data=synthetic_root)
+    with pytest.raises(BadInputError, match="--observer and --explain would not be used"):
+        plan_export(checkpoint, trained, "int8", tmp_path, int8=Int8Options(observer="minmax", explain=True))
+    assert not any(tmp_path.iterdir())
+
+
+def test_qat_refuses_what_it_cannot_train(qat_checkpoint, float_checkpoint, tmp_path, capsys):
+    assert main(["qat", "--checkpoint", str(float_checkpoint), "--target", "onnx", "--out", str(tmp_path)]) == 2
+    assert "targets whose int8 is PT2E: tflite, executorch" in capsys.readouterr().err
+    assert main(["qat", "--checkpoint", str(qat_checkpoint), "--target", "tflite", "--out", str(tmp_path)]) == 2
+    assert "already a QAT checkpoint" in capsys.readouterr().err
+
+
+def test_training_split_leaves_out_recorded_test_and_validation_files(synthetic_root, tmp_path):
+    folder = scan_image_folder(synthetic_root)
+    names = [s.path.relative_to(folder.root).as_posix() for s in folder.samples]
+    record = {"root": str(folder.root), "test_files": names[:7], "val_files": names[7:10]}
+    train, val = training_split(folder, CheckpointMeta("tiny_cnn", folder.classes, {}, data=record))
+    assert val == list(range(7, 10)) and train == list(range(10, len(names)))
+    # Without a record of test files, the default split (export and bench then call every image seen).
+    from dermmobile.data import stratified_split
+
+    train, val = training_split(folder, CheckpointMeta("tiny_cnn", folder.classes, {}, data={"root": str(folder.root)}))
+    assert (train, val) == (stratified_split(folder.samples).train, stratified_split(folder.samples).val)
+    # Another folder's images would all count as unseen later: refused.
+    with pytest.raises(BadInputError, match="not the folder the checkpoint was trained on"):
+        training_split(folder, CheckpointMeta("tiny_cnn", folder.classes, {}, data={"root": str(tmp_path)}))
