@@ -289,8 +289,11 @@ def test_uint8_twin_gives_the_int8_logits(exported, tmp_path):
 
     write_manifest(twin_file, twin_manifest)
     reloaded = load_artifact(twin_file).manifest
-    assert reloaded.parity["artifact_sha256"] == reloaded.sha256 != artifact.manifest.sha256
-    assert reloaded.parity["measured_on"] == {"file": artifact.manifest.file, "sha256": artifact.manifest.sha256}
+    assert reloaded.sha256 != artifact.manifest.sha256
+    assert (reloaded.parity is None) == (artifact.manifest.parity is None)
+    if reloaded.parity is not None:  # checked at export (enough images for a gate set): bound to the twin's file
+        assert reloaded.parity["artifact_sha256"] == reloaded.sha256
+        assert reloaded.parity["measured_on"] == {"file": artifact.manifest.file, "sha256": artifact.manifest.sha256}
 
 
 def test_uint8_twin_refuses_what_it_cannot_twin(exported):
