@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(report: dict) -> str:
+    from dermmobile.tables import markdown_table
+
     m = report["machine"]
     phones = report["phone_photos"]["bytes"]
     lines = [
@@ -128,18 +130,16 @@ def markdown(report: dict) -> str:
         "proportion to the file size). Per step: the p50 per file of each round, median over "
         f"{report['rows'][0]['rounds']} alternating rounds, ms.",
         "",
-        "| preprocessing | photos | decode | preprocess | inference | end to end | / inference p50 | bar |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for row in report["rows"]:
         name = row["algorithm"] + (" (the artifact's)" if row["own_spec"] else "")
         verdict = "within" if row["within_bar"] else "ABOVE"
-        lines.append(
-            f"| {name} | {row['photos']} | {row['decode_p50_ms']:.1f} | {row['preprocess_p50_ms']:.1f} | "
-            f"{row['inference_p50_ms']:.1f} | {row['total_p50_ms']:.1f} | {row['total_over_inference_p50']:.1f}x | "
-            f"{verdict} {row['bar']:g}x |"
-        )
-    return "\n".join([*lines, ""])
+        cells.append([name, row["photos"], f"{row['decode_p50_ms']:.1f}", f"{row['preprocess_p50_ms']:.1f}",
+                      f"{row['inference_p50_ms']:.1f}", f"{row['total_p50_ms']:.1f}", f"{row['total_over_inference_p50']:.1f}x",
+                      f"{verdict} {row['bar']:g}x"])  # fmt: skip
+    headers = ["preprocessing", "photos", "decode", "preprocess", "inference", "end to end", "/ inference p50", "bar"]
+    return "\n".join([*lines, markdown_table(cells, headers), ""])
 
 
 if __name__ == "__main__":

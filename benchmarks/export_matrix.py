@@ -21,6 +21,7 @@ from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, version
 from dermmobile.checkpoint import load_checkpoint
 from dermmobile.exporter import plan_export, run_plan
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
+from dermmobile.tables import markdown_table
 from dermmobile.targets import target_names, valid_combinations
 from dermmobile.targets.base import QUANTIZATIONS
 
@@ -60,19 +61,17 @@ def markdown(report: dict) -> str:
         "Export-time parity: fp32/fp16 on the held-out test split, int8 on every photo not used for calibration "
         f"({report['calib_count']} class-balanced photos). Latency: see the bench report beside this file.",
         "",
-        "| target | quantization | size | export time | parity images | agreement | flips | top-1 (ref) | status |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for row in report["exports"]:
         size = f"{row['bytes'] / 1e6:.2f} MB" if row["bytes"] else "-"
         agree = f"{row['agreement']:.1%}" if row["agreement"] is not None else "-"
         top1 = f"{row['accuracy']:.1%} ({row['reference_accuracy']:.1%})" if row["accuracy"] is not None else "-"
         status = row["status"] if not row["error"] else f"{row['status']}: {row['error'][:160]}"
-        lines.append(
-            f"| {row['target']} | {row['quantization']} | {size} | {row['seconds']:.0f} s | {row['parity_images'] or '-'} "
-            f"| {agree} | {row['flips']} | {top1} | {status} |"
-        )
-    return "\n".join(lines) + "\n"
+        cells.append([row["target"], row["quantization"], size, f"{row['seconds']:.0f} s", row["parity_images"] or "-", agree,
+                      row["flips"], top1, status])  # fmt: skip
+    headers = ["target", "quantization", "size", "export time", "parity images", "agreement", "flips", "top-1 (ref)", "status"]
+    return "\n".join([*lines, markdown_table(cells, headers)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,7 +83,7 @@ def merge_rows(report: dict, rows: list[dict]) -> dict:
 
 
 def read_report(path: Path) -> dict:
-    from dermmobile.bench.sweep import SCHEMA
+    from dermmobile.bench.rows import SCHEMA
 
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
