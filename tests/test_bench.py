@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dermmobile.artifact import Manifest, TensorSpec, write_manifest
+from dermmobile.artifact import Manifest, TensorSpec, load_artifact, write_manifest
 from dermmobile.bench import latency
 from dermmobile.bench import report as report_module
 from dermmobile.bench.accuracy import evaluate
@@ -561,3 +562,82 @@ def test_peak_rss_belongs_to_the_worker_not_its_parent():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(done.stdout) < 200, done.stdout
     assert ballast.sum() > 0
+
+
+# -- the runtimes' per-image input path, and benchmarks/harness_overhead.py ---------------------------
+def test_quantize_rounds_half_to_even_clips_and_reuses_buffers():
+    from dermmobile.targets.base import quantize, to_layout
+
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 200.0, -200.0], np.float32).reshape(1, 1, 1, 7)
+    assert quantize(x, np.int8, 1.0, 3).ravel().tolist() == [3, 5, 5, 3, 1, 127, -128]
+    assert quantize(x, np.uint8, 0.5, 128).ravel().tolist() == [129, 131, 133, 127, 125, 255, 0]
+    image = np.random.default_rng(0).normal(size=(2, 3, 5, 4)).astype(np.float32)
+    out, work = np.empty((2, 5, 4, 3), np.int8), np.empty((2, 5, 4, 3), np.float32)
+    nhwc = to_layout(image, "NHWC", out=work)
+    assert nhwc is work and np.array_equal(nhwc, image.transpose(0, 2, 3, 1)) and to_layout(image, "NCHW") is image
+    expected = quantize(np.ascontiguousarray(image.transpose(0, 2, 3, 1)), np.int8, 0.02, -5)
+    assert quantize(nhwc, np.int8, 0.02, -5, out=out, work=work) is out and np.array_equal(out, expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory, tiny_checkpoint, synthetic_root) -> Path:
+    """The fixture model as TFLite int8 and fp32 in the Android layout (NHWC) and ONNX fp32."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("tiny-exports")
+    for target, quantize, layout in (("tflite", "int8", "nhwc"), ("tflite", "none", "nhwc"), ("onnx", "none", "nchw")):
+        args = ["export", "--checkpoint", str(tiny_checkpoint), "--target", target, "--quantize", quantize, "--out", str(out)]
+        assert main([*args, "--layout", layout, "--calib-data", str(synthetic_root)]) == 0
+    return out
+
+
+def test_tflite_runtime_feeds_exactly_what_the_plain_formula_gives(tiny_exports):
+    """The reused-buffer input path gives the logits of a plain transpose + quantize per call, for 1 and for 3 images."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from dermmobile.targets import get_target
+
+    for manifest in sorted(tiny_exports.glob("*tflite*.json")):
+        artifact = load_artifact(manifest)
+        runtime = get_target("tflite").load(artifact.path, artifact.manifest, threads=1)
+        plain = Interpreter(model_path=str(artifact.path), num_threads=1)
+        plain.allocate_tensors()
+        inp, out = plain.get_input_details()[0], plain.get_output_details()[0]
+        crop = artifact.manifest.preprocess["crop"]
+        images = np.random.default_rng(1).normal(size=(3, 3, crop, crop)).astype(np.float32)  # NCHW, as the bench feeds
+        expected = []
+        for image in images:
+            value = image[None].transpose(0, 2, 3, 1)
+            if artifact.manifest.quantization == "int8":
+                value = np.clip(np.round(value / inp["quantization"][0]) + inp["quantization"][1], -128, 127).astype(np.int8)
+            plain.set_tensor(inp["index"], np.ascontiguousarray(value))
+            plain.invoke()
+            logits = plain.get_tensor(out["index"]).astype(np.float32)
+            if artifact.manifest.quantization == "int8":
+                logits = (logits - out["quantization"][1]) * np.float32(out["quantization"][0])
+            expected.append(logits)
+        assert np.array_equal(runtime.predict(images[:1]), expected[0]), manifest.name
+        assert np.array_equal(runtime.predict(images), np.concatenate(expected)), manifest.name
+
+
+def test_harness_overhead_script_compares_every_format_with_its_bare_runtime(tiny_exports, tiny_checkpoint, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import harness_overhead
+    finally:
+        sys.path.pop(0)
+    stem = tmp_path / "overhead"
+    args = [str(tiny_exports), "--checkpoint", str(tiny_checkpoint), "--threads", "1", "--iters", "3", "--rounds", "4"]
+    assert harness_overhead.main([*args, "--out", str(stem)]) == 0
+    report = json.loads(stem.with_suffix(".json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"pytorch-eager", *(p.name.removesuffix(".json") for p in tiny_exports.glob("*.json"))}
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert len(row["bench_p50_ms"]) == len(row["bare_p50_ms"]) == len(row["ratio_per_round"]) == 4
+        assert row["ratio"] == pytest.approx(statistics.median(b / r for b, r in zip(row["bench_p50_ms"], row["bare_p50_ms"])))
+    assert {r["runtime"] for r in rows.values()} == {"pytorch", "tflite", "onnx"}
+    assert report["machine"]["cores"] and report["threads"] == 1
+    md = stem.with_suffix(".md").read_text()
+    assert {r[0] for r in md_rows(md)} >= set(rows)
