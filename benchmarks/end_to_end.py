@@ -50,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     from dermmobile.bench.latency import end_to_end, summarize, time_calls
     from dermmobile.bench.phone_photo import make_phone_photo
     from dermmobile.bench.sweep import machine_info, versions
-    from dermmobile.bench.worker import Job, open_runtime
+    from dermmobile.bench.worker import Job, loader
     from dermmobile.data import balanced_sample, scan_image_folder
     from dermmobile.fsutil import atomic_write_json, atomic_write_text
     from dermmobile.preprocess import ALGORITHM_V1, ALGORITHM_V2, PreprocessSpec
 
-    load, _ = open_runtime(Job("artifact", args.threads, path=str(args.artifact)))
+    load, check, _ = loader(Job("artifact", args.threads, path=str(args.artifact)))
     runtime = load()
+    check(runtime)
     from dermmobile.artifact import load_artifact
 
     manifest = load_artifact(args.artifact).manifest

@@ -4,7 +4,7 @@
 
 For every artifact in the folder (and the checkpoint's eager PyTorch model), in one process at
 one thread count, two loops over the same file:
-- bench: the file opened the way a bench job opens it (`dermmobile.bench.worker.open_runtime`)
+- bench: the file opened the way a bench job opens it (`dermmobile.bench.worker.loader`)
   and timed by the bench's own loop (`latency.time_calls` around `Runtime.predict` on one
   float32 NCHW image): what `dermmobile bench` reports as latency;
 - bare: the same file opened with the runtime's own API and called the way its documentation
@@ -122,10 +122,11 @@ def bare_times(call: Callable[[], object], iters: int) -> list[float]:
 def compare(subject: dict, threads: int, image: np.ndarray, iters: int, rounds: int) -> dict:
     """Alternating rounds of the bench's loop and the bare loop over one file."""
     from dermmobile.bench.latency import summarize, time_calls
-    from dermmobile.bench.worker import Job, open_runtime
+    from dermmobile.bench.worker import Job, loader
 
-    load, _ = open_runtime(Job(subject["kind"], threads, path=str(subject["path"])))
+    load, check, _ = loader(Job(subject["kind"], threads, path=str(subject["path"])))
     runtime = load()
+    check(runtime)
     bare = BARE[subject["format"]](subject["file"], threads, np.ascontiguousarray(image))
     loops = {"bench": lambda: time_calls(lambda: runtime.predict(image), iters), "bare": lambda: bare_times(bare, iters)}
     for loop in loops.values():  # warm-up: first-call work and thread pools out of the way

@@ -72,14 +72,17 @@ def export_section(path: Path) -> list[str]:
         size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] else "–"
         top1 = _pct((artifacts.get(name, {}).get("parity") or {}).get("accuracy"))
         gate = "not run (needs macOS)" if row["status"] == "not-run" else row["status"]
-        cells.append([f"{row['target']} {row['quantization']}", size, f"{row['seconds']:.0f} s", agreement, top1,
-                      *(_ms(p50.get((name, t))) for t in threads), gate])  # fmt: skip
+        label = f"{row['target']} {row['quantization']}" + (f" {row['variant']}" if row.get("variant") else "")
+        if row.get("float_macs_share"):
+            label += f" ({row['float_macs_share']:.0%} of MACs float)"
+        cells.append([label, size, f"{row['seconds']:.0f} s", agreement, top1, *(_ms(p50.get((name, t))) for t in threads), gate])
     headers = ["artifact", "size", "export", "agreement at export (flips)", "test top-1", *(f"p50 @{t} thr" for t in threads),
                "gate"]  # fmt: skip
     links = f"[{path.name}](benchmarks/results/{path.name}), bench: [{report['bench']}](benchmarks/results/{report['bench']})"
     return [f"### Export matrix ({links})", "",
-            f"int8 calibrated on {report['calib_count']} class-balanced photos. Agreement at export: on every other photo "
-            "(int8) or the held-out split (fp32/fp16). Top-1 and latency: bench on the held-out test split.", "",
+            f"int8: calibrated on {report['calib_count']} class-balanced photos, layers left float chosen on tuning photos, "
+            "agreement at export on the gate photos (disjoint from both; `plain`: no fallback). fp32/fp16: the held-out "
+            "split. Top-1 and latency: bench on the held-out test split.", "",
             markdown_table(cells, headers)]  # fmt: skip
 
 

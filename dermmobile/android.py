@@ -6,8 +6,8 @@
   Android needed) and the app's instrumentation test (on a phone) check against them.
 - `install_into_app` copies a verified .tflite artifact, its manifest and golden samples
   into android_demo/app/src/main/assets/dermmobile/, replacing the previous set whole.
-- `BENCH_ROW_KEYS` is the schema of the rows the app's benchmark screen writes, which
-  `dermmobile bench --merge` reads beside its own results.
+- `check_bench_row` checks a row the app's benchmark screen writes: the one bench-row
+  schema (`dermmobile.bench.schema.BenchRow`) plus what only the Android app writes.
 
 Golden folder layout (schema "dermmobile-golden" version 1):
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.errors import BadInputError
+from dermmobile.errors import BadInputError, UnsafeFileError
 from dermmobile.predict import softmax, top_k
 
 GOLDEN_SCHEMA = "dermmobile-golden"
@@ -54,44 +54,28 @@ GOLDEN_TOLERANCES = {
     "probability": 1e-4,  # softmax of the same logits
 }
 
-# One row of the app's benchmark file (a JSON list of such rows), as `dermmobile bench --merge`
-# reads it. Key -> (type, meaning).
-BENCH_ROW_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "source": (str, 'always "android"'),
-    "device": (str, "manufacturer, model, Android version and ABI, e.g. 'Google Pixel 8 (Android 15, arm64-v8a)'"),
-    "artifact": (str, "the artifact's file name (manifest 'file')"),
-    "format": (str, 'always "tflite"'),
-    "quantization": (str, "the manifest's quantization: none | fp16 | int8-dynamic | int8"),
-    "threads": (int, "LiteRT interpreter threads (XNNPACK, CPU)"),
-    "latency_ms": (dict, "inference only (interpreter.run), after warm-up: p50, p90, p99 (numpy 'linear'), mean, std (ddof 0)"),
-    "iterations": (int, "timed runs, cycling over the bundled golden images"),
-    "top1_matches_golden": (bool, "every golden image's top-1 on the phone equals the top-1 Python recorded"),
-}
-LATENCY_KEYS = ("p50", "p90", "p99", "mean", "std")
+# The keys of the rows the app's benchmark screen writes (android_demo BenchRow.java): a
+# dermmobile.bench.schema.BenchRow, the one row schema, with the Android app's own fields.
+BENCH_ROW_KEYS = (
+    "source", "device", "artifact", "format", "quantization", "threads", "latency_ms", "iterations", "top1_matches_golden",
+)  # fmt: skip
 
 
 def check_bench_row(row: object, where: str = "android bench row") -> dict:
-    """Return `row` if it has exactly the Android bench schema, else raise naming the problem."""
+    """Return `row` if it is a BenchRow as the Android app writes it (source android, a tflite file, the golden check)."""
+    from dermmobile.bench.schema import BenchRow
+    from dermmobile.validation import validate
+
     if not isinstance(row, dict):
         raise BadInputError(f"{where}: expected a JSON object with keys {', '.join(BENCH_ROW_KEYS)}")
-    missing = [k for k in BENCH_ROW_KEYS if k not in row]
-    extra = [k for k in row if k not in BENCH_ROW_KEYS]
-    if missing or extra:
+    validate(BenchRow, row, where)
+    if set(row) != set(BENCH_ROW_KEYS):
         raise BadInputError(
-            f"{where}: keys differ from the Android bench schema (missing: {missing or 'none'}; unknown: {extra or 'none'}); "
-            "write it with android_demo's benchmark screen"
+            f"{where}: keys differ from the Android app's row (missing: {sorted(set(BENCH_ROW_KEYS) - set(row)) or 'none'}; "
+            f"other: {sorted(set(row) - set(BENCH_ROW_KEYS)) or 'none'}); write it with android_demo's benchmark screen"
         )
-    for key, (kind, meaning) in BENCH_ROW_KEYS.items():
-        value = row[key]
-        wrong_bool = isinstance(value, bool) and kind is not bool  # bool is an int in Python
-        if wrong_bool or not isinstance(value, kind):
-            raise BadInputError(f"{where}: {key!r} is {value!r}; expected {meaning}")
     if row["source"] != "android" or row["format"] != "tflite":
         raise BadInputError(f"{where}: source/format are {row['source']!r}/{row['format']!r}; expected 'android'/'tflite'")
-    latency = row["latency_ms"]
-    bad = [k for k in LATENCY_KEYS if not isinstance(latency.get(k), int | float) or isinstance(latency.get(k), bool)]
-    if bad or set(latency) != set(LATENCY_KEYS):
-        raise BadInputError(f"{where}: latency_ms needs numbers for exactly {', '.join(LATENCY_KEYS)}, got {latency}")
     return row
 
 
@@ -231,16 +215,9 @@ class Installed:
 
 
 def _load_runtime(artifact):
-    from dermmobile.errors import MissingBackendError
-    from dermmobile.targets import get_target
+    from dermmobile.runtime import open_runtime
 
-    try:
-        target = get_target("tflite")
-    except ModuleNotFoundError as exc:
-        raise MissingBackendError(
-            f"the tflite target is not available in this dermmobile ({exc}); golden samples need the artifact's own runtime"
-        ) from exc
-    return target.load(artifact.path, artifact.manifest)
+    return open_runtime(artifact)  # golden samples need the artifact's own runtime, proven to run
 
 
 def install_into_app(artifact_path: Path, images: Sequence[Path], app_dir: Path, runtime=None) -> Installed:
@@ -267,6 +244,9 @@ def install_into_app(artifact_path: Path, images: Sequence[Path], app_dir: Path,
     if runtime is None:
         runtime = _load_runtime(artifact)
     assets = app_dir / ASSETS_DIR
+    for part in [app_dir / Path(*ASSETS_DIR.parts[:i]) for i in range(1, len(ASSETS_DIR.parts))]:
+        if part.is_symlink():  # a planted link would put the new set (and the removal of the old) elsewhere
+            raise UnsafeFileError(f"{part} is a symbolic link inside the app project; dermmobile writes only into real folders")
     assets.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{assets.name}.", suffix=".partial", dir=assets.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary project folder
@@ -285,7 +265,10 @@ def install_into_app(artifact_path: Path, images: Sequence[Path], app_dir: Path,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # a link planted where the assets folder was: drop the link, never what it points to
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     return Installed(
         assets=assets,
         artifact=assets / artifact.path.name,

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from dermmobile import __version__, interrupts
+from dermmobile.display import PrintableStream, printable
 from dermmobile.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DermmobileError
 
 COMMANDS = ["train", "evaluate", "export", "bench", "predict", "inspect", "android", "web", "demo"]
@@ -40,16 +41,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # SIGTERM behaves like Ctrl-C: the same cleanup paths run (atomic writes roll back).
     interrupts.install()
+    # Labels, paths and runtime messages come from files: no control character reaches the terminal raw.
+    stdout, sys.stdout = sys.stdout, PrintableStream(sys.stdout)
     try:
         return int(args.run(args) or 0)
     except DermmobileError as exc:
-        print(f"dermmobile {args.command}: error: {exc}", file=sys.stderr)
+        print(f"dermmobile {args.command}: error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"dermmobile {args.command}: interrupted; finished files are kept, partial ones removed", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_INTERNAL
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

@@ -86,7 +86,10 @@ def scan_image_folder(root: Path, expected_classes: list[str] | None = None) -> 
         for path in sorted(class_dir.rglob("*")):
             if any(_hidden(part) for part in path.relative_to(class_dir).parts):
                 continue
-            if not path.is_file():
+            if path.is_dir():
+                continue
+            if not path.is_file():  # a FIFO, device or socket would hang or feed the decoder forever
+                skipped.append((path, "not a regular file"))
                 continue
             if path.suffix.lower() in IMAGE_EXTENSIONS:
                 samples.append(Sample(path, label))
@@ -132,13 +135,17 @@ def decode_image(
       decompression bomb), or a decode that would hold more than `max_bytes` of memory
       (`decode_bytes`: the decoded image plus one copy, conversions run in strips).
     """
+    from dermmobile.readers import open_regular, regular_file_problem
+
     path = Path(path)
     try:
+        if problem := regular_file_problem(path):  # a FIFO would hang Pillow, /dev/zero would feed it forever
+            raise BadImageError(path, problem)
         if path.stat().st_size == 0:
             raise BadImageError(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_regular(path, "image") as handle, Image.open(handle) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImageError(
@@ -414,6 +421,66 @@ def balanced_sample(samples: list[Sample], count: int, seed: int = 0) -> list[Sa
             if queue and len(taken) < count:
                 taken.append(samples[queue.pop(0)])
     return taken
+
+
+@dataclass
+class Int8Splits:
+    """The three disjoint image sets of an int8 export.
+
+    calibration: sets the activation ranges. tuning: chooses (observer, layers left in float).
+    gate: judges the final artifact once and is never used to choose anything.
+    """
+
+    root: Path
+    classes: list[str]
+    calibration: list[Sample]
+    tuning: list[Sample]
+    gate: list[Sample]
+    gate_root: Path
+    unseen_gate: frozenset[str]  # gate files (relative to gate_root) that no training run saw
+    note: str
+
+    def records(self, seed: int) -> dict[str, dict]:
+        """Manifest records of the three sets (count, per-class counts, hash of the file list)."""
+        sets = {"calibration": self.calibration, "tuning": self.tuning, "gate": self.gate}
+        roots = {"calibration": self.root, "tuning": self.root, "gate": self.gate_root}
+        out = {name: calibration_record(taken, self.classes, roots[name], seed).as_dict() for name, taken in sets.items()}
+        out["gate"] |= {"unseen_by_training": len(self.unseen_gate), "note": self.note}
+        return out
+
+
+def int8_splits(folder: ImageFolder, data_record: dict | None, calib_count: int, tune_count: int, seed: int = 0,
+                check: ImageFolder | None = None) -> Int8Splits:  # fmt: skip
+    """Calibration, tuning and gate images for an int8 export, disjoint, each class-balanced.
+
+    Calibration and tuning come from the images `folder` does not hold out (data.held_out):
+    training images when `folder` is the checkpoint's training root, so the held-out test
+    files are never used to choose and always judge. The gate is the held-out files plus
+    what calibration and tuning left; with `check` (--check-data), it is `check`'s held-out
+    images instead, less any file also used to choose.
+    """
+    kept = held_out(folder, data_record)
+    reserved = set(kept.samples) if kept.split == "test" else set()
+    pool = [s for s in folder.samples if s not in reserved]
+    calibration = balanced_sample(pool, calib_count, seed)
+    rest = [s for s in pool if s not in set(calibration)]
+    # Without held-out files to judge on, the gate keeps at least half of what calibration left.
+    tune_count = min(tune_count, len(rest) if reserved else len(rest) // 2)
+    tuning = balanced_sample(rest, tune_count, seed) if tune_count > 0 else []
+    chosen = {s.path.resolve() for s in calibration + tuning}
+    if check is None:
+        gate_root, gate = folder.root, [s for s in folder.samples if s.path.resolve() not in chosen]
+        unseen = {s for s in gate if s in reserved} if reserved else (set(gate) if kept.unseen else set())
+    else:
+        judged = held_out(check, data_record)
+        gate_root, gate = check.root, [s for s in judged.samples if s.path.resolve() not in chosen]
+        unseen = set(gate) if judged.unseen else set()
+    note = (
+        f"calibration {len(calibration)} and tuning {len(tuning)} images from {folder.root} ({kept.note}); "
+        f"gate: {len(gate)} images of {gate_root} used for neither, {len(unseen)} of them unseen by training"
+    )
+    return Int8Splits(folder.root, folder.classes, calibration, tuning, gate, gate_root,
+                      frozenset(s.path.relative_to(gate_root).as_posix() for s in unseen), note)  # fmt: skip
 
 
 def calibration_record(taken: list[Sample], classes: list[str], root: Path, seed: int) -> CalibrationRecord:

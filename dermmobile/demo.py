@@ -28,15 +28,17 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig) -> dict:
     from dermmobile.augment import AugmentConfig
+    from dermmobile.chatter import to_log
     from dermmobile.checkpoint import load_checkpoint
-    from dermmobile.exporter import plan_export, run_plan
-    from dermmobile.fsutil import atomic_write_json
+    from dermmobile.errors import BadInputError
+    from dermmobile.exporter import converter_log, plan_export, run_plan
+    from dermmobile.fsutil import atomic_write_json, ensure_output_dir
     from dermmobile.preprocess import PreprocessSpec
     from dermmobile.synthetic import make_synthetic_dataset
     from dermmobile.targets import target_names, valid_combinations
     from dermmobile.trainer import TrainConfig, train
 
-    out = Path(config.out)
+    out = ensure_output_dir(Path(config.out), "--out")
     started = time.perf_counter()
     summary: dict = {"note": SYNTHETIC_NOTE, "out": str(out)}
 
@@ -53,9 +55,10 @@ def run_demo(config: DemoConfig) -> dict:
     )  # fmt: skip
     summary["train"] = {"checkpoint": str(result.checkpoint), "test_accuracy": result.metrics.get("test_accuracy")}
 
-    print("[3/4] exporting to every target and quantization (parity checked on the held-out synthetic split)")
-    checkpoint = load_checkpoint(result.checkpoint)
     export_dir = out / "export"
+    print("[3/4] exporting to every target and quantization (parity checked on the held-out synthetic split)")
+    print(f"      converter and runtime output goes to {converter_log(export_dir)}")
+    checkpoint = load_checkpoint(result.checkpoint)
     exports = []
     combos = valid_combinations()
     for quantize in config.quantizations:
@@ -67,12 +70,15 @@ def run_demo(config: DemoConfig) -> dict:
         )
         for outcome in run_plan(checkpoint, plan):
             status = outcome.artifact.manifest.status if outcome.artifact else "error"
+            if outcome.artifact is None and outcome.exit_code == BadInputError.exit_code:
+                status = "refused"  # a combination this model should not use (onnx int8-dynamic on a CNN), said why
             exports.append({"target": outcome.target, "quantization": quantize, "status": status, "error": outcome.error})
             print(f"  {outcome.target:<12} {quantize:<13} {status}{': ' + outcome.error if outcome.error else ''}")
     summary["exports"] = exports
 
     print("[4/4] benchmarking every artifact against the PyTorch model")
-    summary["bench"] = _bench(export_dir, result.checkpoint, data, out / "bench", config.bench_iters)
+    with to_log(converter_log(export_dir)):  # runtimes announce their delegates and kernels
+        summary["bench"] = _bench(export_dir, result.checkpoint, data, out / "bench", config.bench_iters)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / "demo-summary.json", summary)
     return summary

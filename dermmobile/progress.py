@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 
 def progress_bar(iterable, desc: str | None = None, total: int | None = None, unit: str = "it"):
     if desc is None:
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    from dermmobile.chatter import terminal
+
+    stream = terminal()  # ours stay on the terminal while converters write to their log
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, disable=not stream.isatty(), dynamic_ncols=True,
+                file=stream)  # fmt: skip

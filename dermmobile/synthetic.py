@@ -43,15 +43,19 @@ def synthetic_image(label: int, index: int, size: int = 96, seed: int = 0) -> np
 
 
 def make_synthetic_dataset(root: Path, per_class: int = 12, size: int = 96, seed: int = 0, classes=None) -> Path:
-    """Write `root/<class>/<class>_<i>.png` and a README saying it is synthetic."""
+    """Write `root/<class>/<class>_<i>.png` and a README saying it is synthetic (atomically, never through a link)."""
+    import io
+
     from PIL import Image
+
+    from dermmobile.fsutil import atomic_write_bytes, atomic_write_text
 
     root = Path(root)
     classes = list(classes or PAPER_CLASSES)
     for label, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
-            Image.fromarray(synthetic_image(label, index, size, seed)).save(folder / f"{name}_{index:03d}.png")
-    (root / "README.txt").write_text(SYNTHETIC_NOTE + "\n")
+            png = io.BytesIO()
+            Image.fromarray(synthetic_image(label, index, size, seed)).save(png, format="PNG")
+            atomic_write_bytes(root / name / f"{name}_{index:03d}.png", png.getvalue())
+    atomic_write_text(root / "README.txt", SYNTHETIC_NOTE + "\n")
     return root

@@ -1,21 +1,22 @@
-"""Fine-tuning: the founding paper's protocol (batch 16, SGD lr 1e-3 momentum 0.9, lr decay,
-early stopping on validation loss, k-fold), made fast and restartable.
+"""Fine-tuning, fast and restartable: plain `train_one_epoch` and `evaluate_split` functions
+(in the style of torchvision's references/classification/train.py) wired by `fit`.
 
-- Every image is decoded once, up front. Training keeps a uint8 copy whose shorter side
-  is the spec's resize and augments it in memory; validation and test use the one
-  preprocessing spec (`PreprocessSpec.array`) on the full decoded image, exactly what an
-  exported artifact sees. Unreadable files are skipped and listed in the run's outputs.
+- Every image is decoded once, up front. Training keeps uint8 copies whose shorter side is
+  the spec's resize in an `ImageBank` (on the GPU when there is one) and augments whole
+  batches there (`dermmobile.augment`); validation and test use the one preprocessing spec
+  (`spec.decode` then `spec.array`), exactly what an exported artifact sees.
+  Unreadable files are skipped and listed in the run's outputs.
+- No step waits for the host: losses and accuracies are summed on the device and read once
+  per epoch; the learning rate is set per step from a formula (warm-up, then cosine or step).
 - Deterministic from --seed: the model init, the shuffling (DistributedSampler's seeded
-  order, with one replica when not distributed) and every augmentation draw (a generator
-  per seed, epoch and image) are functions of the seed and the epoch only. That is also
-  why a resumed run gives the same weights as an uninterrupted one.
-- A run directory holds `best.safetensors` (the checkpoint export and bench read),
-  `last.pt` (tensors and primitives only, read with weights_only=True), `log.jsonl`,
-  `metrics.json` and the confusion-matrix reports. Both checkpoints are replaced
-  atomically, so Ctrl-C or SIGTERM leaves the last good ones whole.
+  order, one replica when not distributed), every augmentation draw (a generator per seed,
+  epoch, rank and batch) and dropout (re-seeded per epoch) depend on the seed and the epoch
+  only. That is why a resumed run gives the same weights as an uninterrupted one.
+- The run folder (`dermmobile.run_folder`) writes best.safetensors, last.pt, log.jsonl and
+  metrics.json atomically and validates last.pt on --resume.
 - Multi-GPU through torchrun: one process per device, DistributedDataParallel, rank 0
-  writes. Every rank validates on the whole (small) validation set with the same
-  weights, so early-stopping decisions agree without extra messages.
+  writes. Every rank validates on the whole (small) validation set with the same weights,
+  so early-stopping decisions agree without extra messages.
 """
 
 from __future__ import annotations
@@ -26,91 +27,28 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from dermmobile.augment import AugmentConfig, augment, downscale
-from dermmobile.checkpoint import CheckpointMeta, save_checkpoint
-from dermmobile.data import ImageFolder, decode_image, files_digest, kfold_indices, scan_image_folder, stratified_split
+from dermmobile.augment import ImageBank, augment_batch, batch_generator, downscale
+from dermmobile.checkpoint import CheckpointMeta
+from dermmobile.data import ImageFolder, files_digest, kfold_indices, scan_image_folder, stratified_split
 from dermmobile.errors import BadImageError, BadInputError, DermmobileError
 from dermmobile.evaluate import predict_logits, write_report
-from dermmobile.fsutil import atomic_path, atomic_write_json, atomic_write_text
 from dermmobile.metrics import accuracy, confusion_matrix, per_class_recall
 from dermmobile.models import build_model, get_head, model_info
 from dermmobile.preprocess import PreprocessSpec
 from dermmobile.progress import progress_bar
+from dermmobile.run_folder import RunFolder, TrainState
+from dermmobile.train_config import AugmentConfig, TrainConfig, from_recipe
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
-LR_DECAYS = ("step", "cosine", "none")
-BALANCING = ("loss", "none")
-LAST_FORMAT = "dermmobile-train-state-v1"
-
-
-@dataclass
-class TrainConfig:
-    data: Path
-    arch: str
-    out: Path
-    weights: str = "none"  # none | DEFAULT | path to a state dict
-    freeze_backbone: bool = False
-    epochs: int = 30
-    batch_size: int = 16  # per process under torchrun, as in torchvision's references
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_decay: str = "step"
-    lr_step: int = 7  # step decay: multiply by lr_gamma every lr_step epochs
-    lr_gamma: float = 0.1
-    patience: int = 5  # epochs without a lower validation loss before stopping
-    folds: int = 0  # 0: one train/val/test split; K >= 2: K-fold on the non-test part
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA; bf16 where supported, else fp16 with a GradScaler
-    workers: int = 0  # threads decoding and augmenting; 0 = one per core
-    threads: int = 0  # torch CPU threads; 0 = every core (shared between the processes of a CPU torchrun job)
-    seed: int = 0
-    resume: bool = False
-    balance: str = "loss"  # class-weighted loss (inverse frequency) or none
-    spec: PreprocessSpec = field(default_factory=PreprocessSpec)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    progress: bool = True
-    # Called on every rank after each epoch's files are written, with the log record. Lets the
-    # demo report progress and tests interrupt a run at a known point; never stored.
-    on_epoch_end: Callable[[dict], None] | None = field(default=None, repr=False, compare=False)
-
-    def check(self) -> None:
-        choices = {"device": (self.device, DEVICES), "lr_decay": (self.lr_decay, LR_DECAYS), "balance": (self.balance, BALANCING)}
-        for name, (value, valid) in choices.items():
-            if value not in valid:
-                raise BadInputError(f"--{name.replace('_', '-')} {value!r} is not valid; choose one of {', '.join(valid)}")
-        model_info(self.arch)
-        if self.threads < 0 or self.workers < 0:
-            raise BadInputError(f"--threads and --workers must be 0 (automatic) or more, got {self.threads}, {self.workers}")
-        positive = {"epochs": self.epochs, "batch-size": self.batch_size, "patience": self.patience, "lr-step": self.lr_step}
-        for name, value in positive.items():
-            if value < 1:
-                raise BadInputError(f"--{name} must be at least 1, got {value}")
-        if self.lr < 0 or not 0 <= self.momentum < 1:
-            raise BadInputError(f"--lr must be >= 0 and --momentum in [0, 1); got {self.lr}, {self.momentum}")
-        if self.folds == 1 or self.folds < 0:
-            raise BadInputError(f"--folds must be 0 (one split) or 2 or more, got {self.folds}")
-
-    def to_dict(self) -> dict:
-        """The arguments that made a checkpoint, JSON-safe (stored in its metadata)."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("on_epoch_end", "spec", "augment")}
-        out["data"] = str(self.data)
-        out["out"] = str(self.out)
-        out["weights"] = str(self.weights)
-        out["spec"] = self.spec.to_dict()
-        out["augment"] = self.augment.to_dict()
-        return out
+__all__ = ["AugmentConfig", "TrainConfig", "TrainResult", "evaluate_split", "from_recipe", "train", "train_one_epoch"]
 
 
 @dataclass
@@ -207,12 +145,11 @@ def decode_all(folder: ImageFolder, train_idx: set[int], eval_idx: set[int], spe
                workers: int, desc: str | None) -> Decoded:  # fmt: skip
     def one(index: int):
         try:
-            image = decode_image(folder.samples[index].path)
+            image = spec.decode(folder.samples[index].path)  # the spec's own decode (v2: reduced JPEG decode)
         except BadImageError as exc:
             return index, None, None, exc.reason
-        rgb = np.asarray(image)
         small = downscale(image, spec.resize) if index in train_idx else None
-        full = spec.array(rgb) if index in eval_idx else None
+        full = spec.array(np.asarray(image)) if index in eval_idx else None
         return index, small, full, None
 
     start = time.perf_counter()
@@ -231,13 +168,6 @@ def decode_all(folder: ImageFolder, train_idx: set[int], eval_idx: set[int], spe
     return decoded
 
 
-def _relative(folder: ImageFolder, index: int) -> str:
-    return folder.samples[index].path.relative_to(folder.root).as_posix()
-
-
-# -- one training run -----------------------------------------------------------------------
-
-
 @dataclass
 class Part:
     """The sample indices of one run (one split, or one fold) after unreadable files are dropped."""
@@ -248,296 +178,292 @@ class Part:
     fold: int | None = None
 
 
+@dataclass
+class Inputs:
+    """What every run (split or fold) of one `train` call shares."""
+
+    folder: ImageFolder
+    decoded: Decoded
+    data_record: dict  # provenance stored in each checkpoint (root, file digest, split, bad images)
+
+    def relative(self, index: int) -> str:
+        return self.folder.samples[index].path.relative_to(self.folder.root).as_posix()
+
+    def labels_of(self, indices: list[int]) -> list[int]:
+        return [self.folder.samples[i].label for i in indices]
+
+
+def epoch_order(count: int, dist: Dist, seed: int, epoch: int) -> list[int]:
+    """This rank's shuffled positions for `epoch`: DistributedSampler's seeded order."""
+    sampler = torch.utils.data.DistributedSampler(range(count), num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def epoch_batches(bank: ImageBank, order: list[int], config: TrainConfig, spec: PreprocessSpec, epoch: int,
+                  rank: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """Augmented (images, labels) batches on `device`, channels_last, drawn without a host sync."""
+    indices = torch.tensor(order, dtype=torch.int64)
+    if device.type == "cuda":
+        indices = indices.pin_memory()  # slices copy to the GPU asynchronously
+    for batch, start in enumerate(range(0, len(order), config.batch_size)):
+        pixels, sizes, labels = bank.gather(indices[start : start + config.batch_size], device)
+        x = augment_batch(pixels, sizes, spec, config.augment, batch_generator(device, config.seed, epoch, rank, batch))
+        yield x.contiguous(memory_format=torch.channels_last), labels
+
+
+# -- the model, its optimiser and its schedule ---------------------------------------------
+
+
+@dataclass
+class Learner:
+    """A model with everything that updates it."""
+
+    model: nn.Module  # the bare model: its state is what checkpoints hold
+    forward: nn.Module  # the model, or its DistributedDataParallel wrapper
+    head: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: nn.CrossEntropyLoss
+    amp: torch.dtype | None
+    freeze_backbone: bool
+
+    def train_mode(self) -> None:
+        self.model.train()
+        if self.freeze_backbone:
+            # A frozen backbone runs as in inference: BatchNorm keeps its ImageNet statistics and
+            # dropout is off, so only the head learns, and no backward pass enters the backbone.
+            self.model.eval()
+            self.head.train()
+
+
+def class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Inverse class frequency, scaled so a balanced set gets weight 1 everywhere."""
+    return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def build_learner(config: TrainConfig, num_classes: int, counts: np.ndarray, device: torch.device, dist: Dist) -> Learner:
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, num_classes, config.weights, freeze_backbone=config.freeze_backbone)
+    head = get_head(model, model_info(config.arch))
+    model = model.to(device, memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    amp = amp_dtype(device, config.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    weights = class_weights(counts) if config.balance == "loss" else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing).to(device)
+    forward = model
+    if dist.world > 1:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Learner(model, forward, head, optimizer, scaler, criterion, amp, config.freeze_backbone)
+
+
+def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimiser step `step` (0-based): linear warm-up, then the decay."""
+    epoch_float = step / steps_per_epoch
+    if epoch_float < config.warmup_epochs:
+        return config.lr * (step + 1) / (config.warmup_epochs * steps_per_epoch)
+    if config.lr_decay == "cosine":
+        done = (epoch_float - config.warmup_epochs) / (config.epochs - config.warmup_epochs)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+    if config.lr_decay == "step":
+        return config.lr * config.lr_gamma ** (step // steps_per_epoch // config.lr_step)
+    return config.lr
+
+
+# -- one epoch, one evaluation ---------------------------------------------------------------
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+    lr: float  # at the epoch's first step
+
+
+def train_one_epoch(learner: Learner, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], lr_of_step: Callable[[int], float],
+                    first_step: int, desc: str | None = None) -> EpochStats:  # fmt: skip
+    """One pass over `batches`. Sums stay on the device: the host reads them once, at the end."""
+    learner.train_mode()
+    device = next(learner.model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
+    start = time.perf_counter()
+    step, images = first_step, 0
+    for x, y in progress_bar(batches, desc=desc, unit="batch"):
+        for group in learner.optimizer.param_groups:
+            group["lr"] = lr_of_step(step)
+        with torch.autocast(device.type, dtype=learner.amp, enabled=learner.amp is not None):
+            logits = learner.forward(x)
+            loss = learner.criterion(logits.float(), y)
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.scaler.scale(loss).backward()
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
+        totals[0] += loss.detach() * len(y)
+        totals[1] += (logits.argmax(1) == y).sum()
+        step, images = step + 1, images + len(y)
+    totals[2] = images
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    loss_sum, correct, images = totals.tolist()  # the epoch's one host sync
+    return EpochStats(loss_sum / images, correct / images, int(images), time.perf_counter() - start, lr_of_step(first_step))
+
+
+@dataclass
+class SplitScore:
+    loss: float  # the training criterion's class weights, no label smoothing
+    matrix: np.ndarray  # confusion matrix, rows true
+
+    @property
+    def accuracy(self) -> float:
+        return accuracy(self.matrix)
+
+
+def evaluate_split(learner: Learner, arrays: np.ndarray, targets: np.ndarray, batch_size: int) -> SplitScore:
+    """Loss and confusion matrix of the current weights on preprocessed images (the spec, no augmentation)."""
+    device = next(learner.model.parameters()).device
+    logits = predict_logits(learner.model, arrays, device, batch_size=batch_size, amp_dtype=learner.amp)
+    weight = None if learner.criterion.weight is None else learner.criterion.weight.cpu()
+    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), weight=weight).item()
+    return SplitScore(loss, confusion_matrix(targets, logits.argmax(1), logits.shape[1]))
+
+
+def _sync_buffers(model: nn.Module, device: torch.device) -> None:
+    """DDP broadcasts buffers at each forward, then every rank updates its BatchNorm statistics from
+    its own batch: re-align them so all ranks validate (and stop) alike."""
+    for buffer in model.buffers():
+        synced = buffer.detach().to(device)
+        torch.distributed.broadcast(synced, 0)
+        buffer.copy_(synced)
+
+
+# -- one run (a split or a fold) ------------------------------------------------------------
+
+
 class Run:
-    def __init__(self, config: TrainConfig, folder: ImageFolder, decoded: Decoded, part: Part, out: Path,
-                 device: torch.device, dist: Dist, data_record: dict):  # fmt: skip
-        self.config, self.folder, self.decoded, self.part = config, folder, decoded, part
-        self.out, self.device, self.dist = out, device, dist
-        self.labels = folder.classes
-        val_files = [_relative(folder, i) for i in part.val]  # which images chose the best epoch (per fold)
-        self.data_record = {**data_record, "fold": part.fold, "val_files": val_files,
+    """One split or fold: wires the data, the learner and the run folder through the epoch loop."""
+
+    def __init__(self, config: TrainConfig, inputs: Inputs, part: Part, out: Path, device: torch.device, dist: Dist):
+        self.config, self.inputs, self.part, self.device, self.dist = config, inputs, part, device, dist
+        self.spec = config.spec
+        self.labels = inputs.folder.classes
+        self.folder = RunFolder(out, writer=dist.main)
+        self.data_record = {**inputs.data_record, "fold": part.fold, "val_files": [inputs.relative(i) for i in part.val],
                             "split_sizes": {"train": len(part.train), "val": len(part.val), "test": len(part.test)}}  # fmt: skip
-        self.amp = amp_dtype(device, config.amp)
         self.verbose = config.progress and dist.main
 
-    # The fields that must match for --resume to continue a run rather than start a different one.
     def fingerprint(self) -> dict:
+        """The settings that must match for --resume to continue this run rather than start another."""
         c = self.config
-        keys = ("arch", "weights", "freeze_backbone", "batch_size", "lr", "momentum", "weight_decay", "lr_decay",
-                "lr_step", "lr_gamma", "seed", "balance", "val_fraction", "test_fraction", "folds")  # fmt: skip
+        keys = ("arch", "weights", "freeze_backbone", "epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay",
+                "lr_step", "lr_gamma", "warmup_epochs", "label_smoothing", "seed", "balance", "val_fraction",
+                "test_fraction", "folds")  # fmt: skip
         found = {k: str(getattr(c, k)) for k in keys}
-        found.update(spec=json.dumps(c.spec.to_dict()), files_sha256=self.data_record["files_sha256"])
-        found.update(fold=str(self.part.fold), world=str(self.dist.world))
+        found.update(spec=json.dumps(self.spec.to_dict()), augment=json.dumps(c.augment.to_dict()))
+        found.update(files_sha256=self.data_record["files_sha256"], fold=str(self.part.fold), world=str(self.dist.world))
         return found
 
     def log(self, message: str) -> None:
         if self.verbose:
             print(message, file=sys.stderr, flush=True)
 
-    def build(self):
-        c = self.config
-        torch.manual_seed(c.seed)
-        model = build_model(c.arch, len(self.labels), c.weights, freeze_backbone=c.freeze_backbone)
-        self.head = get_head(model, model_info(c.arch))
-        self.model = model.to(self.device, memory_format=torch.channels_last)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        if c.lr_decay == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, c.lr_step, c.lr_gamma)
-        elif c.lr_decay == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=c.epochs)
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda epoch: 1.0)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        counts = np.bincount([self.folder.samples[i].label for i in self.part.train], minlength=len(self.labels))
-        weights = None
-        if c.balance == "loss":
-            # Inverse class frequency, scaled so a balanced set gets weight 1 everywhere.
-            weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-        self.criterion = nn.CrossEntropyLoss(weight=weights).to(self.device)
-        self.train_model = model
-        if self.dist.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
-                      "stopped_early": False, "finished": False}  # fmt: skip
-        self.best_state: dict | None = None
-
-    def set_train_mode(self) -> None:
-        self.model.train()
-        if self.config.freeze_backbone:
-            # A frozen backbone runs as in inference: BatchNorm keeps its ImageNet statistics and
-            # dropout is off, so only the head learns, and no backward pass enters the backbone.
-            self.model.eval()
-            self.head.train()
-
-    # -- files --------------------------------------------------------------------------
-    @property
-    def last_path(self) -> Path:
-        return self.out / "last.pt"
-
-    @property
-    def best_path(self) -> Path:
-        return self.out / "best.safetensors"
-
-    def save_last(self) -> None:
-        payload = {
-            "format": LAST_FORMAT,
-            "fingerprint": self.fingerprint(),
-            "state": dict(self.state),
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            # Shuffling and augmentation are re-seeded from (seed, epoch) each epoch; this is
-            # torch's global generator, kept so anything else drawing from it also resumes.
-            "torch_rng": torch.get_rng_state(),
-        }
-        with atomic_path(self.last_path) as tmp:
-            torch.save(payload, tmp)
-
-    def try_resume(self) -> bool:
-        if not self.config.resume or not self.last_path.exists():
-            if self.last_path.exists():
-                raise BadInputError(
-                    f"{self.out} already holds a training run (last.pt); pass --resume to continue it, or choose another --out"
-                )
-            if self.config.resume:
-                self.log(f"nothing to resume in {self.out}: starting a new run")
-            return False
-        try:
-            payload = torch.load(self.last_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise BadInputError(
-                f"{self.last_path} cannot be read ({type(exc).__name__}: {exc}); delete it to start over"
-            ) from None
-        if payload.get("format") != LAST_FORMAT:
-            raise BadInputError(f"{self.last_path} is not a dermmobile training state ({LAST_FORMAT})")
-        diff = {
-            k: (v, payload["fingerprint"].get(k)) for k, v in self.fingerprint().items() if payload["fingerprint"].get(k) != v
-        }
-        if diff:
-            detail = "; ".join(f"{k}: run has {old!r}, now {new!r}" for k, (new, old) in list(diff.items())[:4])
-            raise BadInputError(
-                f"--resume: {self.out} was started with different settings or data ({detail}). "
-                "Resume with the original settings, or train into a new --out"
-            )
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
-        torch.set_rng_state(payload["torch_rng"])
-        self.state = payload["state"]
-        if self.best_path.exists():
-            from safetensors.torch import load_file
-
-            self.best_state = load_file(str(self.best_path))
-        # Drop log lines of an epoch that ran after last.pt was written, so it is not logged twice.
-        log = self.out / "log.jsonl"
-        if log.exists():
-            kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["epoch"] <= self.state["epoch"]]
-            atomic_write_text(log, "".join(line + "\n" for line in kept))
-        self.log(f"resuming {self.out} after epoch {self.state['epoch']}")
-        return True
-
     def meta(self, metrics: dict) -> CheckpointMeta:
-        return CheckpointMeta(self.config.arch, list(self.labels), self.config.spec.to_dict(),
-                              args=self.config.to_dict(), metrics=metrics, data=self.data_record)  # fmt: skip
+        return CheckpointMeta(self.config.arch, list(self.labels), self.spec.to_dict(), args=self.config.to_dict(),
+                              metrics=metrics, data=self.data_record)  # fmt: skip
 
-    # -- epochs ---------------------------------------------------------------------------
-    def batch(self, indices: list[int], epoch: int, pool: ThreadPoolExecutor):
-        c = self.config
-        positions = [self.part.train[i] for i in indices]
-
-        def one(index: int) -> np.ndarray:
-            rng = np.random.default_rng([c.seed, epoch, index])
-            return augment(self.decoded.train[index], c.spec, rng, c.augment)
-
-        x = torch.from_numpy(np.stack(list(pool.map(one, positions))))
-        y = torch.tensor([self.folder.samples[i].label for i in positions], dtype=torch.int64)
-        if self.device.type == "cuda":
-            x, y = x.pin_memory(), y.pin_memory()
-        return x, y
-
-    def train_epoch(self, epoch: int, pool: ThreadPoolExecutor, loader: ThreadPoolExecutor) -> dict:
-        c = self.config
-        sampler = torch.utils.data.DistributedSampler(range(len(self.part.train)), num_replicas=self.dist.world,
-                                                      rank=self.dist.rank, shuffle=True, seed=c.seed)  # fmt: skip
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        batches = [order[i : i + c.batch_size] for i in range(0, len(order), c.batch_size)]
-        torch.manual_seed(c.seed * 100_003 + epoch)  # dropout draws: a function of the epoch, for resume
-        self.set_train_mode()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
-        start = time.perf_counter()
-        upcoming = loader.submit(self.batch, batches[0], epoch, pool)
-        desc = f"epoch {epoch}/{c.epochs}" if self.verbose else None
-        for step in progress_bar(range(len(batches)), desc=desc, unit="batch"):
-            x, y = upcoming.result()
-            if step + 1 < len(batches):  # build the next batch while this one trains
-                upcoming = loader.submit(self.batch, batches[step + 1], epoch, pool)
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits = self.train_model(x)
-                loss = self.criterion(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            totals += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
-        seconds = time.perf_counter() - start
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        if self.dist.world > 1:
-            torch.distributed.all_reduce(totals)
-            # DDP broadcasts buffers at each forward, then every rank updates its BatchNorm
-            # statistics from its own batch: re-align them so all ranks validate (and stop) alike.
-            for buffer in self.model.buffers():
-                synced = buffer.detach().to(self.device)
-                torch.distributed.broadcast(synced, 0)
-                buffer.copy_(synced)
-        images = int(totals[2])
-        return {"train_loss": float(totals[0] / images), "train_acc": float(totals[1] / images), "lr": lr,
-                "time_s": round(seconds, 3), "img_per_s": round(images / seconds, 2)}  # fmt: skip
-
-    def score(self, indices: list[int]) -> tuple[float, np.ndarray]:
-        """(loss with the training criterion, confusion matrix) of the current weights on `indices`."""
-        arrays = np.stack([self.decoded.eval[i] for i in indices])
-        targets = np.asarray([self.folder.samples[i].label for i in indices])
-        logits = predict_logits(self.model, arrays, self.device, batch_size=max(32, self.config.batch_size), amp_dtype=self.amp)
-        weight = None if self.criterion.weight is None else self.criterion.weight.cpu()
-        loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets), weight=weight).item()
-        return loss, confusion_matrix(targets, logits.argmax(1), len(self.labels))
+    def score(self, learner: Learner, indices: list[int]) -> SplitScore:
+        arrays = np.stack([self.inputs.decoded.eval[i] for i in indices])
+        targets = np.asarray(self.inputs.labels_of(indices))
+        return evaluate_split(learner, arrays, targets, batch_size=max(32, self.config.batch_size))
 
     def fit(self) -> TrainResult:
         c = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.build()
-        self.try_resume()
-        started = time.perf_counter()
-        threads = c.workers or _cores()
-        with _pool(threads) as pool, _pool(1) as loader:
-            while not self.state["finished"]:
-                epoch = self.state["epoch"] + 1
-                if epoch > c.epochs or self.state["stopped_early"]:
-                    self.state["finished"] = True
-                    break
-                record = {"epoch": epoch, **self.train_epoch(epoch, pool, loader)}
-                val_loss, val_matrix = self.score(self.part.val)
-                record.update(val_loss=val_loss, val_acc=accuracy(val_matrix))
-                improved = val_loss < self.state["best_val_loss"]
-                record["best"] = improved
-                if improved:
-                    self.state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-                    self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-                else:
-                    self.state["bad_epochs"] += 1
-                    self.state["stopped_early"] = self.state["bad_epochs"] >= c.patience
-                self.state["epoch"] = epoch
-                self.state["finished"] = epoch >= c.epochs or self.state["stopped_early"]
-                if self.dist.main:
-                    if improved:
-                        best = {"epoch": epoch, "val_loss": val_loss, "val_acc": accuracy(val_matrix)}
-                        save_checkpoint(self.best_path, self.model, self.meta({"best": best}))
-                    with open(self.out / "log.jsonl", "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    self.save_last()  # last: a crash between the two files repeats one epoch, loses none
-                self.dist.barrier()
-                self.log(
-                    f"epoch {epoch}: train loss {record['train_loss']:.3f} acc {record['train_acc']:.1%} | val loss "
-                    f"{val_loss:.3f} acc {record['val_acc']:.1%} | lr {record['lr']:.2g} | {record['img_per_s']:.1f} img/s"
-                    + (" *" if improved else "")
-                )
-                if c.on_epoch_end is not None:
-                    c.on_epoch_end(record)
-        if self.state["stopped_early"]:
+        counts = np.bincount(self.inputs.labels_of(self.part.train), minlength=len(self.labels))
+        learner = build_learner(c, len(self.labels), counts, self.device, self.dist)
+        state, best = TrainState(), None
+        if self.folder.has_run(c.resume):
+            state = self.folder.load_last(self.fingerprint(), learner.model, learner.optimizer, learner.scaler)
+            best = self.folder.load_best_weights(learner.model)
+            self.log(f"resuming {self.folder.path} after epoch {state.epoch}")
+        elif c.resume:
+            self.log(f"nothing to resume in {self.folder.path}: starting a new run")
+        landscape = c.augment.quarter_turns and (c.augment.hflip or c.augment.vflip)
+        images = [self.inputs.decoded.train[i] for i in self.part.train]
+        bank = ImageBank.build(images, self.inputs.labels_of(self.part.train), landscape).place(self.device)
+        steps = math.ceil(len(epoch_order(len(self.part.train), self.dist, c.seed, 0)) / c.batch_size)
+        while state.epoch < c.epochs and not state.stopped_early:
+            epoch = state.epoch + 1
+            torch.manual_seed(c.seed * 100_003 + epoch)  # dropout draws: a function of the epoch, for resume
+            order = epoch_order(len(self.part.train), self.dist, c.seed, epoch)
+            batches = epoch_batches(bank, order, c, self.spec, epoch, self.dist.rank, self.device)
+            desc = f"epoch {epoch}/{c.epochs}" if self.verbose else None
+            stats = train_one_epoch(learner, batches, lambda s: lr_at(c, s, steps), (epoch - 1) * steps, desc)
+            if self.dist.world > 1:
+                _sync_buffers(learner.model, self.device)
+            best = self.end_epoch(learner, state, epoch, stats, best)
+        if state.stopped_early:
             self.log(f"early stop: validation loss has not improved for {c.patience} epochs")
-        return self.finish(time.perf_counter() - started)
+        return self.finish(learner, state, best)
 
-    def finish(self, seconds: float) -> TrainResult:
+    def end_epoch(self, learner: Learner, state: TrainState, epoch: int, stats: EpochStats, best: dict | None) -> dict | None:
+        """Validate, keep the best weights, write the epoch's files; returns the best weights so far."""
+        val = self.score(learner, self.part.val)
+        improved = state.record(epoch, val.loss, self.config.patience)
+        state.train_seconds += stats.seconds
+        state.train_images += stats.images
+        record = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy, "lr": stats.lr,
+                  "time_s": round(stats.seconds, 3), "img_per_s": round(stats.images / stats.seconds, 2),
+                  "val_loss": val.loss, "val_acc": val.accuracy, "best": improved}  # fmt: skip
+        if improved:
+            best = {k: v.detach().cpu().clone() for k, v in learner.model.state_dict().items()}
+            self.folder.save_best(learner.model, self.meta({"best": {"epoch": epoch, "val_loss": val.loss,
+                                                                     "val_acc": val.accuracy}}))  # fmt: skip
+        self.folder.append_log(record)
+        # last.pt after the log: a crash between the two repeats one epoch, loses none.
+        self.folder.save_last(self.fingerprint(), state, learner.model, learner.optimizer, learner.scaler)
+        self.dist.barrier()
+        mark = " *" if improved else ""
+        self.log(f"epoch {epoch}: train loss {stats.loss:.3f} acc {stats.accuracy:.1%} | val loss {val.loss:.3f} "
+                 f"acc {val.accuracy:.1%} | lr {stats.lr:.2g} | {record['img_per_s']:.1f} img/s{mark}")  # fmt: skip
+        if self.config.on_epoch_end is not None:
+            self.config.on_epoch_end(record)
+        return best
+
+    def finish(self, learner: Learner, state: TrainState, best: dict | None) -> TrainResult:
         """Reload the best weights, score them on validation and test, write the reports."""
-        if self.best_state is None:
-            raise DermmobileError(f"{self.out}: no epoch finished, so there is no best checkpoint")
-        self.model.load_state_dict(self.best_state)
-        log = [json.loads(line) for line in (self.out / "log.jsonl").read_text().splitlines() if line] if self.dist.main else []
-        train_seconds = sum(r["time_s"] for r in log)
-        train_images = sum(r["img_per_s"] * r["time_s"] for r in log)
-        val_loss, val_matrix = self.score(self.part.val)
+        if best is None:
+            raise DermmobileError(f"{self.folder.path}: no epoch finished, so there is no best checkpoint")
+        learner.model.load_state_dict(best)
+        val = self.score(learner, self.part.val)
+        c = self.config
         metrics = {
-            "arch": self.config.arch, "weights": str(self.config.weights), "freeze_backbone": self.config.freeze_backbone,
-            "device": str(self.device), "world_size": self.dist.world, "amp": str(self.amp) if self.amp else None,
-            "threads": torch.get_num_threads(), "fold": self.part.fold,
-            "epochs_run": self.state["epoch"], "best_epoch": self.state["best_epoch"],
-            "stopped_early": self.state["stopped_early"],
-            "split_sizes": self.data_record["split_sizes"],
-            "val": {"loss": val_loss, "accuracy": accuracy(val_matrix), "per_class_recall": _recall(val_matrix, self.labels)},
-            "train_time_s": round(train_seconds, 2),
-            "train_img_per_s": round(train_images / train_seconds, 2) if train_seconds else None,
-            "fit_wall_time_s": round(seconds, 2), "decode_time_s": round(self.decoded.seconds, 2),
-            "bad_images": self.data_record["bad_images"],
+            "arch": c.arch, "recipe": c.recipe, "weights": str(c.weights), "freeze_backbone": c.freeze_backbone,
+            "device": str(self.device), "world_size": self.dist.world, "amp": str(learner.amp) if learner.amp else None,
+            "threads": torch.get_num_threads(), "fold": self.part.fold, "epochs_run": state.epoch,
+            "best_epoch": state.best_epoch, "stopped_early": state.stopped_early, "split_sizes": self.data_record["split_sizes"],
+            "val": {"loss": val.loss, "accuracy": val.accuracy, "per_class_recall": _recall(val.matrix, self.labels)},
+            "train_time_s": round(state.train_seconds, 2),
+            "train_img_per_s": round(state.train_images / state.train_seconds, 2) if state.train_seconds else None,
+            "decode_time_s": round(self.inputs.decoded.seconds, 2), "bad_images": self.data_record["bad_images"],
         }  # fmt: skip
         # One plotted report (the test one when there is a test split): plotting costs seconds on 2 cores.
-        reports = [("confusion-val", val_matrix, "validation")]
+        report = ("confusion-val", val.matrix, "validation")
         if self.part.test:
-            test_loss, test_matrix = self.score(self.part.test)
-            metrics["test"] = {
-                "loss": test_loss,
-                "accuracy": accuracy(test_matrix),
-                "per_class_recall": _recall(test_matrix, self.labels),
-            }
-            reports = [("confusion-test", test_matrix, "held-out test")]
+            test = self.score(learner, self.part.test)
+            recall = _recall(test.matrix, self.labels)
+            metrics["test"] = {"loss": test.loss, "accuracy": test.accuracy, "per_class_recall": recall}
+            report = ("confusion-test", test.matrix, "held-out test")
         if self.dist.main:
-            facts = {"arch": self.config.arch, "data": str(self.folder.root), "best epoch": self.state["best_epoch"]}
-            for stem, matrix, what in reports:
-                write_report(self.out, stem, matrix, self.labels, f"{self.config.arch}: {what} images", facts)
-            save_checkpoint(self.best_path, self.model, self.meta(metrics))
-            atomic_write_json(self.out / "metrics.json", metrics)
+            facts = {"arch": c.arch, "data": str(self.inputs.folder.root), "best epoch": state.best_epoch}
+            write_report(self.folder.path, report[0], report[1], self.labels, f"{c.arch}: {report[2]} images", facts)
+        self.folder.save_best(learner.model, self.meta(metrics))
+        self.folder.write_metrics(metrics)
         self.dist.barrier()
-        model = self.model.cpu().eval()
-        return TrainResult(
-            self.out, self.best_path, metrics, [(b["path"], b["reason"]) for b in self.data_record["bad_images"]], model
-        )
+        bad = [(b["path"], b["reason"]) for b in self.data_record["bad_images"]]
+        return TrainResult(self.folder.path, self.folder.best, metrics, bad, learner.model.cpu().eval())
 
 
 def _recall(matrix: np.ndarray, labels: list[str]) -> dict:
@@ -563,56 +489,71 @@ def train(config: TrainConfig) -> TrainResult:
             torch.distributed.destroy_process_group()
 
 
-def _train(config: TrainConfig, dist: Dist, started: float) -> TrainResult:
-    device = resolve_device(config.device, dist, config.threads)
-    folder = scan_image_folder(Path(config.data))
-    names = [_relative(folder, i) for i in range(len(folder.samples))]
-    if config.folds:
-        split = stratified_split(folder.samples, val_fraction=0.0, test_fraction=config.test_fraction, seed=config.seed)
-        rest = split.train
-        folds = kfold_indices([folder.samples[i] for i in rest], config.folds, seed=config.seed)
-        parts = [Part([rest[i] for i in tr], [rest[i] for i in va], split.test, k) for k, (tr, va) in enumerate(folds)]
-    else:
+def default_spec(arch: str) -> PreprocessSpec:
+    """The architecture's input size (its ImageNet resolution), resized in the 256:224 ratio."""
+    size = model_info(arch).input_size
+    return PreprocessSpec(resize=round(size * 256 / 224), crop=size)
+
+
+def split_parts(folder: ImageFolder, config: TrainConfig) -> list[Part]:
+    """One train/val/test split, or K folds over the non-test images (test held out first)."""
+    if not config.folds:
         split = stratified_split(folder.samples, config.val_fraction, config.test_fraction, seed=config.seed)
-        parts = [Part(split.train, split.val, split.test)]
-    train_idx = {i for p in parts for i in p.train}
-    eval_idx = {i for p in parts for i in p.val + p.test}
-    decoded = decode_all(folder, train_idx, eval_idx, config.spec, config.workers or _cores(),
-                         "decoding" if config.progress and dist.main else None)  # fmt: skip
-    bad = [{"path": names[i], "reason": r} for i, r in sorted(decoded.bad.items())]
-    for entry in bad:
-        if config.progress and dist.main:
+        return [Part(split.train, split.val, split.test)]
+    split = stratified_split(folder.samples, val_fraction=0.0, test_fraction=config.test_fraction, seed=config.seed)
+    rest = split.train
+    folds = kfold_indices([folder.samples[i] for i in rest], config.folds, seed=config.seed)
+    return [Part([rest[i] for i in tr], [rest[i] for i in va], split.test, k) for k, (tr, va) in enumerate(folds)]
+
+
+def load_inputs(config: TrainConfig, dist: Dist) -> tuple[Inputs, list[Part]]:
+    """Scan, split and decode once; drop unreadable images from every part."""
+    folder = scan_image_folder(Path(config.data))
+    parts = split_parts(folder, config)
+    train_idx, eval_idx = {i for p in parts for i in p.train}, {i for p in parts for i in p.val + p.test}
+    desc = "decoding" if config.progress and dist.main else None
+    decoded = decode_all(folder, train_idx, eval_idx, config.spec, config.workers or _cores(), desc)
+    inputs = Inputs(folder, decoded, {})
+    bad = [{"path": inputs.relative(i), "reason": r} for i, r in sorted(decoded.bad.items())]
+    if config.progress and dist.main:
+        for entry in bad:
             print(f"skipped unreadable image {entry['path']}: {entry['reason']}", file=sys.stderr)
     parts = [Part(*[[i for i in idx if i not in decoded.bad] for idx in (p.train, p.val, p.test)], p.fold) for p in parts]
-    for p in parts:
-        if not p.train or not p.val:
-            raise BadInputError(
-                f"{config.data}: too few readable images for a train and a validation part ({len(folder.samples)} files)"
-            )
-    test_files = [names[i] for i in parts[0].test]
-    data_record = {
+    if any(not p.train or not p.val for p in parts):
+        count = len(folder.samples)
+        raise BadInputError(f"{config.data}: too few readable images for a train and a validation part ({count} files)")
+    inputs.data_record = {
         "root": str(folder.root.resolve()),
-        "files_sha256": files_digest(names),
+        "files_sha256": files_digest(inputs.relative(i) for i in range(len(folder.samples))),
         "class_counts": folder.counts(),
         "split": {"seed": config.seed, "val_fraction": 0.0 if config.folds else config.val_fraction,
                   "test_fraction": config.test_fraction, "folds": config.folds,
                   "method": "dermmobile.data.stratified_split" + (" + kfold_indices" if config.folds else "")},
-        "test_files": test_files,
+        "test_files": [inputs.relative(i) for i in parts[0].test],
         "bad_images": bad,
         "skipped_files": [{"path": str(p.relative_to(folder.root)), "reason": r} for p, r in folder.skipped],
     }  # fmt: skip
+    return inputs, parts
+
+
+def _train(config: TrainConfig, dist: Dist, started: float) -> TrainResult:
+    if config.spec is None:
+        config = replace(config, spec=default_spec(config.arch))
     out = Path(config.out)
+    for folder in [RunFolder(out)] + [RunFolder(out / f"fold-{k}") for k in range(config.folds)]:
+        folder.has_run(config.resume)  # refuse a file as --out, or an existing run without --resume, before decoding
+    device = resolve_device(config.device, dist, config.threads)
+    inputs, parts = load_inputs(config, dist)
     if not config.folds:
-        result = Run(config, folder, decoded, parts[0], out, device, dist, data_record).fit()
+        result = Run(config, inputs, parts[0], out, device, dist).fit()
         result.metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
-        if dist.main:
-            atomic_write_json(out / "metrics.json", result.metrics)
+        RunFolder(out, dist.main).write_metrics(result.metrics)
         return result
     results = []
     for part in parts:
         if config.progress and dist.main:
             print(f"fold {part.fold + 1}/{config.folds}", file=sys.stderr)
-        results.append(Run(config, folder, decoded, part, out / f"fold-{part.fold}", device, dist, data_record).fit())
+        results.append(Run(config, inputs, part, out / f"fold-{part.fold}", device, dist).fit())
     val_acc = np.array([r.metrics["val"]["accuracy"] for r in results])
     best = int(val_acc.argmax())
     per_fold = [
@@ -623,8 +564,7 @@ def _train(config: TrainConfig, dist: Dist, started: float) -> TrainResult:
     summary = {
         "arch": config.arch, "folds": config.folds, "per_fold": per_fold,
         "val_accuracy_mean": float(val_acc.mean()), "val_accuracy_std": float(val_acc.std()),  # population std (ddof 0)
-        "best_fold": best, "bad_images": bad, "wall_time_s": round(time.perf_counter() - started, 2),
+        "best_fold": best, "bad_images": inputs.data_record["bad_images"], "wall_time_s": round(time.perf_counter() - started, 2),
     }  # fmt: skip
-    if dist.main:
-        atomic_write_json(out / "metrics.json", summary)
+    RunFolder(out, dist.main).write_metrics(summary)
     return TrainResult(out, results[best].checkpoint, summary, results[best].bad_images, results[best].model)

@@ -134,11 +134,16 @@ def package_version(package: str, demo: Path = DEMO_DIR) -> str:
 
 def is_site(folder: Path) -> bool:
     """True when `folder` holds a previous `dermmobile web` build (its site.json says so)."""
+    from dermmobile.readers import read_json
+
     index = Path(folder) / SITE_INDEX
-    try:
-        return index.is_file() and not index.is_symlink() and json.loads(index.read_text("utf-8")).get("schema") == SITE_SCHEMA
-    except (OSError, ValueError, AttributeError):
+    if index.is_symlink() or not index.is_file():
         return False
+    try:
+        data = read_json(index, "site index")  # bounded: a hostile site.json is "not a site", not a traceback
+    except BadInputError:
+        return False
+    return isinstance(data, dict) and data.get("schema") == SITE_SCHEMA
 
 
 def _check_out(out: Path) -> None:
@@ -171,9 +176,11 @@ def _copy(source: Path, dest: Path) -> None:
 
 
 def _open_runtime(artifact_path: Path, manifest):
-    from dermmobile.targets import get_target
+    """The artifact's own runtime, proven to run (exit 2 for a damaged file, as in every command)."""
+    from dermmobile.artifact import Artifact
+    from dermmobile.runtime import open_runtime
 
-    return get_target(manifest.format).load(artifact_path, manifest)
+    return open_runtime(Artifact(Path(artifact_path), manifest))
 
 
 def _golden_inputs(golden_index: Path) -> list[np.ndarray]:

@@ -17,14 +17,14 @@ import pytest
 from dermmobile.artifact import Manifest, TensorSpec, load_artifact, write_manifest
 from dermmobile.bench import latency
 from dermmobile.bench import report as report_module
-from dermmobile.bench.accuracy import evaluate
+from dermmobile.bench.accuracy import accuracy_parity
 from dermmobile.bench.merge import check_row, merge_rows, read_rows
 from dermmobile.bench.phone_photo import make_phone_photo
 from dermmobile.bench.results import read_job_result, write_job_result
 from dermmobile.bench.sweep import select_samples
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.cli import main
-from dermmobile.errors import EXIT_GATE_FAILED, BadInputError, MissingBackendError
+from dermmobile.errors import EXIT_BAD_INPUT, BadInputError, MissingBackendError
 from dermmobile.preprocess import PreprocessSpec
 from dermmobile.synthetic import make_synthetic_dataset
 from dermmobile.tables import markdown_table
@@ -76,7 +76,7 @@ def test_accuracy_agreement_flips_logit_errors_and_drift_by_hand():
     ref = np.array([[3.0, 0, 0], [0, 2, 0], [0, 0, 1], [1, 0, 0]])
     cand = np.array([[3.0, 0, 0], [0, 2, 0], [0, 1, 0.5], [1, 0, 0]])  # image 2 flips c2 -> c1
     targets = np.array([0, 1, 2, 1])
-    result = evaluate(ref, cand, targets, LABELS, ["i0", "i1", "i2", "i3"], "int8", "art.tflite")
+    result = accuracy_parity(ref, cand, targets, LABELS, ["i0", "i1", "i2", "i3"], "int8", "art.tflite")
     p = result.parity
     assert p.agreement == pytest.approx(0.75)
     assert [(f.image, f.reference, f.artifact) for f in p.flips] == [("i2", "wheal", "crust")]
@@ -102,7 +102,7 @@ def test_nan_outputs_count_as_wrong_and_as_drift():
     ref = np.eye(3)
     cand = np.eye(3)
     cand[1, 0] = np.nan
-    result = evaluate(ref, cand, np.array([0, 1, 2]), LABELS, None, "none", "a.onnx")
+    result = accuracy_parity(ref, cand, np.array([0, 1, 2]), LABELS, None, "none", "a.onnx")
     assert result.parity.nonfinite == 1
     assert result.per_class.tolist() == [1.0, 0.0, 1.0]  # the NaN image is not silently dropped
     assert result.confusion[1].sum() == 0 and result.drift_l1 == 2
@@ -111,7 +111,7 @@ def test_nan_outputs_count_as_wrong_and_as_drift():
 
 def test_identical_fp32_outputs_pass():
     ref = np.random.default_rng(0).normal(size=(5, 3))
-    result = evaluate(ref, ref + 1e-5, np.array([0, 1, 2, 0, 1]), LABELS, None, "none", "a.onnx")
+    result = accuracy_parity(ref, ref + 1e-5, np.array([0, 1, 2, 0, 1]), LABELS, None, "none", "a.onnx")
     assert result.parity.passed and result.drift_l1 == 0
 
 
@@ -149,6 +149,15 @@ FAKES = {
     "fakebad": FakeTarget(lambda: MeanRuntime(fail=True)),
     "fakemac": FakeTarget(_mac),
 }
+
+
+@pytest.fixture(autouse=True)
+def fake_formats(monkeypatch):
+    """Manifests name registered formats only: register the fakes (their targets come from the patched get_target)."""
+    from dermmobile.targets import _MODULES
+
+    for name in FAKES:
+        monkeypatch.setitem(_MODULES, name, __name__)
 
 
 def write_artifact(folder: Path, name: str, fmt: str, quantization: str = "none", payload: bytes | None = None) -> Path:
@@ -194,8 +203,9 @@ def test_worker_protocol_order_and_counts(tmp_path, monkeypatch, data):
     job.phone_runs = 3
     result = run_job(job)
     assert result.status == "ok", result.error
-    # first inference + warm-up + timed + end-to-end (data set, then phone photo) + one call per parity image
-    assert runtime.calls == 1 + 3 + 5 + 2 + 3 + 4
+    # the load check (dermmobile.runtime.smoke_test) + first inference + warm-up + timed
+    # + end-to-end (data set, then phone photo) + one call per parity image
+    assert runtime.calls == 1 + 1 + 3 + 5 + 2 + 3 + 4
     assert result.latency.n == 5 and result.end_to_end["images"].total.n == 2
     e2e = result.end_to_end_dict()
     on_images, phone = e2e["images"], e2e["phone_12mp"]
@@ -220,8 +230,13 @@ def test_job_errors_come_back_typed_with_their_stage(tmp_path, monkeypatch):
     monkeypatch.setattr("dermmobile.targets.get_target", lambda name: FAKES[name])
     np.save(tmp_path / "x.npy", np.zeros((2, 3, 8, 8), np.float32))
     bad = run_job(Job("artifact", 1, path=str(write_artifact(tmp_path, "b.bin", "fakebad")), images=str(tmp_path / "x.npy")))
-    assert bad.status == "error" and bad.error.startswith("first inference: RuntimeError: boom") and bad.logits is None
-    assert "Traceback" in bad.traceback and bad.latency is None
+    # A runtime that cannot run one image is refused at load (dermmobile.runtime.smoke_test): bad input, exit 2.
+    assert bad.status == "error" and bad.error.startswith("load: ") and "RuntimeError: boom" in bad.error
+    assert bad.bad_input and bad.logits is None and bad.latency is None
+    # Any other failure keeps its stage, its type and a traceback, and is not bad input.
+    lost = run_job(Job("artifact", 1, path=str(tmp_path / "b.bin.json"), images=str(tmp_path / "missing.npy")))
+    assert lost.status == "error" and lost.error.startswith("setup: FileNotFoundError") and not lost.bad_input
+    assert "Traceback" in lost.traceback
     mac = run_job(Job("artifact", 1, path=str(write_artifact(tmp_path, "c.bin", "fakemac")), images=str(tmp_path / "x.npy")))
     assert mac.status == "not-run" and mac.error.startswith("not run:")
 
@@ -259,11 +274,16 @@ def test_sweep_records_error_rows_goes_on_and_fails_the_exit_code(tmp_path, monk
             str(out),
         ]
     )
-    assert code == EXIT_GATE_FAILED
+    assert code == EXIT_BAD_INPUT  # an artifact that does not run is refused as damaged, as in inspect and predict
     report = json.loads((out / "bench.json").read_text())
     by_name = {a["name"]: a for a in report["artifacts"]}
     assert by_name["a-ref.bin"]["status"] == "reference"
-    assert by_name["b-bad.bin"]["status"] == "error" and "first inference: RuntimeError: boom" in by_name["b-bad.bin"]["error"]
+    assert by_name["b-bad.bin"]["status"] == "error"
+    assert (
+        "load: " in by_name["b-bad.bin"]["error"]
+        and "damaged or not supported by this runtime: RuntimeError: boom" in by_name["b-bad.bin"]["error"]
+    )
+    assert report["refused"] == ["b-bad.bin"]
     assert by_name["c-mac.mlpackage"]["status"] == "not-run"
     assert by_name["c-mac.mlpackage"]["error"].startswith("not run:") and "macOS" in by_name["c-mac.mlpackage"]["error"]
     assert by_name["d-noisy.bin"]["status"] == "failed"
@@ -273,7 +293,7 @@ def test_sweep_records_error_rows_goes_on_and_fails_the_exit_code(tmp_path, monk
     good = [r for r in report["rows"] if r["artifact"] == "e-same.bin"]
     assert {r["threads"] for r in good} == {1, 2} and all(r["latency_ms"]["n"] == 3 for r in good)
     assert report["data"]["images"] == 6 and report["data"]["split"] == "all"
-    assert any(p.startswith("b-bad.bin: not checked: first inference") for p in report["problems"])
+    assert any(p.startswith("b-bad.bin: not checked: load") for p in report["problems"])
     problems = "\n".join(report["problems"])
     assert "b-bad.bin @ 2 threads" in problems and "d-noisy.bin: max abs logit error" in problems
     assert "c-mac" not in problems and "e-same" not in problems
@@ -370,7 +390,7 @@ def test_markdown_tables_escape_pipes_and_name_the_gemm_library():
     rows = md_rows(md)
     escaped = "a\\|" + HOSTILE.replace("|", "\\|")
     assert [escaped, "onnx", "none"] in [r[:3] for r in rows]  # one cell: the pipes in the name did not split the row
-    assert [len(r) for r in rows if r[0] == escaped] == [13, 15]  # its parity row and its latency row, all columns
+    assert [len(r) for r in rows if r[0] == escaped] == [14, 15]  # its parity row and its latency row, all columns
     assert "199.0 GFLOP/s at 2 thread(s) by torch 2.14.1 (mkl) (numpy 2.4.6 (openblas 0.3.31, Haswell) 110.0)" in md
     assert markdown_table([["1.50", None]], ["x", "y"]).splitlines()[-1] == "| 1.50 |     |"  # kept as formatted
 
@@ -406,7 +426,7 @@ def test_plot_survives_hostile_labels_and_gives_each_format_one_colour(tmp_path)
     fig.canvas.draw()  # layout and rendering of every text: mathtext would raise here
     boxes = [t.get_window_extent() for t in numbers]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
-    report_module._plt().close(fig)
+    report_module.pyplot().close(fig)
     written = report_module.write_reports(report, tmp_path / "out")
     assert (tmp_path / "out" / "accuracy-latency.png").stat().st_size > 10_000 and len(written) >= 3
 
@@ -451,6 +471,27 @@ def test_phone_rows_are_checked_and_merged(tmp_path):
     merge_rows(report, rows)
     assert len(report["rows"]) == 2  # same source/device/artifact/threads replaced, the 1-thread row kept
     assert report["rows"][-1]["latency_ms"]["p50"] == 4.1 and report["rows"][-1]["merged_from"] == "phone.json"
+
+
+def test_host_rows_are_built_against_the_one_row_schema(tmp_path):
+    """rows.host_row validates what it builds with BenchRow: the row --merge accepts, or an error at the source."""
+    from pydantic import ValidationError
+
+    from dermmobile.bench.results import JobResult
+    from dermmobile.bench.rows import host_row
+    from dermmobile.bench.sweep import Subject
+
+    result = JobResult(2, latency=latency.summarize([1.0, 2.0, 3.0]), iterations=3, warmup=1, runtime="tflite")
+    subject = Subject("m.tflite", "artifact", tmp_path / "m.tflite.json", "tflite", "int8", list(LABELS), {}, file_bytes=10)
+    row = host_row(subject, result, "Some CPU", flops=None, gemm=None)
+    assert row["error"] is None and row["gflops_per_s"] is None  # keys given as None are kept, as before
+    assert check_row(json.loads(json.dumps(row)), "host row") == row
+    failed = host_row(
+        Subject("x", "artifact", tmp_path / "x.json", "unknown", "none", [], {}), JobResult.failed(1, "refused"), "c", None, None
+    )
+    assert failed["status"] == "error" and failed["latency_ms"] is None
+    with pytest.raises(ValidationError, match="quantization"):
+        host_row(Subject("m", "artifact", tmp_path / "m.json", "tflite", "int4", [], {}), result, "c", None, None)
 
 
 def test_merge_only_rerenders_an_existing_report(tmp_path, monkeypatch, data):

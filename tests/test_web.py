@@ -167,7 +167,7 @@ def test_build_site_refusals(tmp_path, small_spec, torch_runtime):
     with pytest.raises(UnsafeFileError, match="symbolic link"):
         build_site(artifact, images, link, demo=demo, runtime=torch_runtime)
     assert not (tmp_path / "elsewhere").exists()
-    coreml = _fake_artifact(tmp_path / "export2", small_spec, fmt="mlpackage")
+    coreml = _fake_artifact(tmp_path / "export2", small_spec, fmt="coreml")  # a registered format the web cannot run
     with pytest.raises(BadInputError, match=r"\.tflite \(LiteRT\.js\) and \.onnx"):
         build_site(coreml, images, tmp_path / "s1", demo=demo, runtime=torch_runtime)
     with pytest.raises(BadInputError, match="npm ci"):
@@ -284,6 +284,13 @@ def test_uint8_twin_gives_the_int8_logits(exported, tmp_path):
     assert twin.input["dtype"] == np.uint8 and twin.output["dtype"] == np.uint8
     batch = np.random.default_rng(1).standard_normal((24, *artifact.manifest.input.shape[1:]), dtype=np.float32) * 2
     np.testing.assert_array_equal(twin.predict(batch), original.predict(batch))
+    # Its manifest is a valid manifest of the twin: the parity it inherits is bound to the twin's own file.
+    from dermmobile.artifact import write_manifest
+
+    write_manifest(twin_file, twin_manifest)
+    reloaded = load_artifact(twin_file).manifest
+    assert reloaded.parity["artifact_sha256"] == reloaded.sha256 != artifact.manifest.sha256
+    assert reloaded.parity["measured_on"] == {"file": artifact.manifest.file, "sha256": artifact.manifest.sha256}
 
 
 def test_uint8_twin_refuses_what_it_cannot_twin(exported):

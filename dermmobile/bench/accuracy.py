@@ -65,7 +65,7 @@ def confusion_of(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> n
     return confusion_matrix(np.asarray(targets), answered, num_classes + 1)[:num_classes]
 
 
-def evaluate(
+def accuracy_parity(
     reference: np.ndarray,
     logits: np.ndarray,
     targets: np.ndarray,

@@ -1,73 +1,45 @@
-"""Rows measured elsewhere (a phone's benchmark screen, a Raspberry Pi) merged into a bench report.
+"""Rows measured elsewhere (a phone's benchmark screen, the web demo, a Raspberry Pi) merged into a bench report.
 
-The row schema is in README.md beside this file; the Android app writes the same rows.
-A row is checked field by field and refused with a message naming the row and the field,
-so a half-written phone export never slips into a results table.
+Every row is a `dermmobile.bench.schema.BenchRow` (published as JSON Schema for the
+apps); a row that does not fit is refused with a message naming the row and the field,
+so a half-written phone export never slips into a results table. Files are read through
+`dermmobile.readers` (regular files only, bounded size and depth) and hold at most
+MAX_ROWS rows, so a hostile file is refused in seconds.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
+from dermmobile.bench.schema import SCHEMA, BenchReport, BenchRow
 from dermmobile.errors import BadInputError
+from dermmobile.readers import MAX_MERGE_BYTES, MAX_REPORT_BYTES, read_json
+from dermmobile.validation import validate
 
 ROWS_SCHEMA = "dermmobile-bench-rows"
-REQUIRED_STATS = ("p50", "p90", "p99", "mean", "std")
-# Optional fields a phone may send; anything else is kept as is for forward compatibility.
-OPTIONAL_NUMBERS = ("load_ms", "first_inference_ms", "peak_rss_mb", "file_bytes", "warmup")
-
-
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+MAX_ROWS = 10_000  # a phone writes one row per artifact and thread count
 
 
 def check_row(row, where: str) -> dict:
-    """Validate one external row; returns a copy with defaults filled in."""
+    """Validate one external row against the one row schema; returns it with status/error filled in."""
     if not isinstance(row, dict):
         raise BadInputError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    for key in ("source", "device", "artifact", "format", "quantization"):
-        if not isinstance(row.get(key), str) or not row[key]:
-            raise BadInputError(f"{where}: field {key!r} must be a non-empty string, got {row.get(key)!r}")
-    threads = row.get("threads")
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise BadInputError(f"{where}: field 'threads' must be a positive integer, got {threads!r}")
-    iterations = row.get("iterations")
-    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-        raise BadInputError(f"{where}: field 'iterations' must be a positive integer, got {iterations!r}")
-    stats = row.get("latency_ms")
-    if not isinstance(stats, dict):
-        raise BadInputError(f"{where}: field 'latency_ms' must be an object with {', '.join(REQUIRED_STATS)}")
-    for key in REQUIRED_STATS:
-        if not _number(stats.get(key)):
-            raise BadInputError(f"{where}: latency_ms.{key} must be a finite number >= 0 (milliseconds), got {stats.get(key)!r}")
-    if not stats["p50"] <= stats["p90"] <= stats["p99"]:
-        raise BadInputError(f"{where}: latency_ms percentiles must satisfy p50 <= p90 <= p99, got {stats}")
-    for key in OPTIONAL_NUMBERS:
-        if row.get(key) is not None and not _number(row[key]):
-            raise BadInputError(f"{where}: field {key!r} must be a finite number >= 0 or absent, got {row[key]!r}")
-    out = dict(row)
-    out.setdefault("status", "ok")
-    out.setdefault("error", None)
-    return out
+    checked = validate(BenchRow, row, where)
+    return checked.model_dump(exclude_unset=True) | {"status": checked.status, "error": checked.error}
 
 
 def read_rows(path: Path) -> list[dict]:
     """Rows from a file: a JSON list of rows, or an object with a "rows" list (rows file or bench report)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"--merge file {path} does not exist") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"--merge file {path} is not valid JSON ({exc})") from None
+    data = read_json(path, "--merge file", MAX_MERGE_BYTES)
     rows = data.get("rows") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not rows:
         raise BadInputError(f"{path}: expected a non-empty list of rows, or an object with a 'rows' list (schema {ROWS_SCHEMA})")
+    if len(rows) > MAX_ROWS:
+        raise BadInputError(f"{path} holds {len(rows):,} rows; at most {MAX_ROWS:,} are merged from one file")
     checked = [check_row(row, f"{path} row {i}") for i, row in enumerate(rows)]
     for row in checked:
-        row.setdefault("merged_from", path.name)
+        row.setdefault("merged_from", path.name[:255])
     return checked
 
 
@@ -83,17 +55,18 @@ def merge_rows(report: dict, rows: list[dict]) -> dict:
 
 
 def read_report(path: Path) -> dict:
-    from dermmobile.bench.rows import SCHEMA
-
+    """A bench.json to merge into, checked so that rendering it again cannot fail on a wrong type."""
+    path = Path(path)
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(
-            f"no bench report at {path} to merge into; run `dermmobile bench --artifacts ... --data ...` first "
-            "or pass --out pointing at an existing report folder"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path} is not valid JSON ({exc})") from None
+        report = read_json(path, "bench report", MAX_REPORT_BYTES)
+    except BadInputError as exc:
+        if "does not exist" in str(exc):
+            raise BadInputError(
+                f"no bench report at {path} to merge into; run `dermmobile bench --artifacts ... --data ...` first "
+                "or pass --out pointing at an existing report folder"
+            ) from None
+        raise
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise BadInputError(f"{path} is not a dermmobile bench report (schema {SCHEMA!r})")
+    validate(BenchReport, report, f"{path} is not a usable bench report")
     return report

@@ -18,20 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.fsutil import atomic_path, atomic_write_json, atomic_write_text
+from dermmobile.display import figure_png, printable, pyplot
+from dermmobile.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, ensure_output_dir
 from dermmobile.tables import markdown_table
 
 MAX_FLIPS_SHOWN = 10
 PARITY_COLUMNS = ("artifact", "format", "quant", "status", "top-1", "Δ top-1 (pts)", "agreement", "flips", "max abs logit",
-                  "mean abs logit", "min cosine", "confusion drift (L1)", "MB")  # fmt: skip
+                  "mean abs logit", "min cosine", "confusion drift (L1)", "MB", "float layers (MACs)")  # fmt: skip
 LATENCY_COLUMNS = ("artifact", "source", "device", "threads", "status", "load", "first", "p50", "p90", "p99", "mean ± std",
                    "end-to-end p50", "peak RSS MB", "GFLOP/s", "% of GEMM peak")  # fmt: skip
 
 
 def write_reports(report: dict, out: Path) -> list[Path]:
     """Write all report files atomically; PNGs are skipped (and said so) when matplotlib is missing."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(Path(out), "bench report folder")
     written = [out / "bench.json", out / "bench.md"]
     try:
         import matplotlib  # noqa: F401  (a phone-side install may lack it; the numbers matter more)
@@ -41,7 +41,7 @@ def write_reports(report: dict, out: Path) -> list[Path]:
         written += plot_accuracy_latency(report, out / "accuracy-latency.png")
         written += plot_confusion_pairs(report, out / "confusions")
     atomic_write_json(written[0], report)
-    atomic_write_text(written[1], markdown(report))
+    atomic_write_text(written[1], printable(markdown(report)))  # names come from files: no terminal escapes
     return written
 
 
@@ -58,6 +58,12 @@ def _status(entry: dict, width: int) -> str:
     if not error:
         return entry["status"]
     return error[:width] if error.startswith("not run") else f"{entry['status']}: {error[:width]}"
+
+
+def _float_layers(entry: dict) -> str:
+    """int8 artifacts: how many layers the accuracy-aware fallback left in float, and their share of MACs."""
+    layers = entry.get("float_layers")
+    return "–" if layers is None else f"{len(layers)} ({_pct(entry.get('float_macs_share'))})"
 
 
 def markdown(report: dict) -> str:
@@ -125,7 +131,7 @@ def _parity_cells(a: dict) -> list:
         a["name"], a["format"], a["quantization"], _status(a, 120), _pct(p.get("accuracy")),
         _f(p.get("accuracy_drop_points")), _pct(p.get("agreement")), len(p.get("flips", [])) if p else "–",
         _f(p.get("max_abs_logit"), ".2e"), _f(p.get("mean_abs_logit"), ".2e"), _f(p.get("min_cosine"), ".6f"),
-        p.get("confusion_drift_l1", "–"), _f(a.get("bytes"), ".2f", 1 / 2**20),
+        p.get("confusion_drift_l1", "–"), _f(a.get("bytes"), ".2f", 1 / 2**20), _float_layers(a),
     ]  # fmt: skip
 
 
@@ -171,22 +177,9 @@ def _end_to_end_table(rows: list[dict]) -> list[str]:
     return ["", "## End to end (ms, p50 per file: decode + preprocess + inference)", "", markdown_table(cells, headers)]
 
 
-def _plt():
-    """pyplot, headless, drawing every string as the plain text it is: names come from files, and to
-    matplotlib `$...$` is mathtext, which raises on an unknown command and would take the report with it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False
-    matplotlib.rcParams["text.usetex"] = False
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plain_label(text: object, width: int = 60) -> str:
     """Untrusted text as a plot label: control characters shown as escapes, at most `width` characters."""
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in str(text))
+    shown = printable(text, keep_newlines=False)
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
@@ -257,10 +250,10 @@ def plot_accuracy_latency(report: dict, path: Path) -> list[Path]:
     if fig is None:
         return []
     try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
+        png = figure_png(fig)
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
+    atomic_write_bytes(path, png)
     return [path]
 
 
@@ -269,7 +262,7 @@ def accuracy_latency_figure(report: dict):
     points = _points(report)
     if not points:
         return None
-    plt = _plt()
+    plt = pyplot()
     height = max(5.5, 1.6 + 0.16 * len(points))
     fig = plt.figure(figsize=(12, height))
     ax = fig.add_axes((0.07, 0.9 / height * 1.0, 0.5, 1 - 1.6 / height))  # fixed: label offsets are laid out in points
@@ -388,7 +381,6 @@ def plot_confusion_pairs(report: dict, folder: Path) -> list[Path]:
     from dermmobile.metrics import plot_confusions
 
     labels = report["data"].get("classes") or []
-    _plt()  # class names are drawn as plain text too
     reference = next((a for a in report["artifacts"] if a["role"] == "reference" and a.get("parity")), None)
     if reference is None:
         return []
@@ -398,14 +390,12 @@ def plot_confusion_pairs(report: dict, folder: Path) -> list[Path]:
         if a is reference or not a.get("parity"):
             continue
         path = Path(folder) / f"{a['name']}.png"
-        with atomic_path(path) as tmp:
-            plot_confusions(
-                [ref_matrix, np.asarray(a["parity"]["confusion"])],
-                [reference["name"], a["name"]],
-                labels,
-                tmp.with_suffix(".png"),
-                suptitle=f"{a['name']}: drift L1 {a['parity']['confusion_drift_l1']}",
-            )
-            tmp.with_suffix(".png").rename(tmp)
+        plot_confusions(
+            [ref_matrix, np.asarray(a["parity"]["confusion"])],
+            [reference["name"], a["name"]],
+            labels,
+            path,
+            suptitle=f"{a['name']}: drift L1 {a['parity']['confusion_drift_l1']}",
+        )
         written.append(path)
     return written

@@ -22,6 +22,7 @@ class JobResult:
     threads: int
     status: str = "ok"  # ok | error | not-run
     error: str | None = None
+    bad_input: bool = False  # the error is a refused file (exit 2), not a measurement failure
     traceback: str | None = None
     runtime: str | None = None  # the Runtime's name
     torch_imported: bool | None = None
@@ -40,8 +41,8 @@ class JobResult:
     logits: np.ndarray | None = None  # N x classes over the test set (parity jobs only)
 
     @classmethod
-    def failed(cls, threads: int, error: str, status: str = "error") -> JobResult:
-        return cls(threads, status=status, error=error)
+    def failed(cls, threads: int, error: str, status: str = "error", bad_input: bool = False) -> JobResult:
+        return cls(threads, status=status, error=error, bad_input=bad_input)
 
     @property
     def ok(self) -> bool:

@@ -1,8 +1,10 @@
 """The report's records, built from typed job results: one artifact entry per subject, one row per thread count.
 
 `build_report` returns the JSON documented in README.md beside this file. Each builder takes
-a Subject (what was measured) and its JobResults (how it went) and returns one plain dict,
-so the schema of every record is written out in one place.
+a Subject (what was measured) and its JobResults (how it went) and returns one plain dict.
+A latency row is a `dermmobile.bench.schema.BenchRow`, the one row schema the phones and the
+browser write too: `host_row` validates what it builds against it, so a host row the apps'
+JSON Schema would refuse fails here, in the tests, not in someone's `--merge`.
 """
 
 from __future__ import annotations
@@ -11,16 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dermmobile.bench.accuracy import evaluate
+from dermmobile.bench.accuracy import accuracy_parity
 from dermmobile.bench.latency import GemmPeak, gflops_per_second
 from dermmobile.bench.results import JobResult
+from dermmobile.bench.schema import SCHEMA, SCHEMA_VERSION, BenchRow
 from dermmobile.parity import TOLERANCES
 
 if TYPE_CHECKING:
     from dermmobile.bench.sweep import BenchConfig, ImageSet, Subject
-
-SCHEMA = "dermmobile-bench"
-SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -58,11 +58,15 @@ def artifact_entry(measured: Measured, reference: JobResult, images: ImageSet, l
         "failures": [],
         "parity": None,
         "gate": TOLERANCES[subject.quantization].why if subject.quantization in TOLERANCES else None,
+        "float_layers": subject.float_layers,  # int8: layers the accuracy-aware fallback left in float
+        "float_macs_share": subject.float_macs_share,
     }
     if head.ok and reference.logits is None:
         entry.update(status="error", error=f"no reference logits to compare with ({reference.error})")
     elif head.ok and head.logits is not None:
-        result = evaluate(reference.logits, head.logits, images.targets, labels, images.names, subject.quantization, subject.name)
+        result = accuracy_parity(
+            reference.logits, head.logits, images.targets, labels, images.names, subject.quantization, subject.name
+        )
         entry.update(
             parity=result.to_dict(labels),
             failures=result.parity.failures,
@@ -88,12 +92,17 @@ def problems_of(measured: Measured, entry: dict) -> list[str]:
     return problems
 
 
+def refused(measured: Measured, entry: dict) -> bool:
+    """A counted subject that errored because its file or manifest was refused: the command exits 2 (bad input)."""
+    return measured.counted and entry["status"] == "error" and any(r.bad_input for r in measured.by_threads.values())
+
+
 def host_row(subject: Subject, result: JobResult, device: str, flops: int | None, gemm: GemmPeak | None) -> dict:
-    """`rows[]`: one latency row of this machine (the schema phones write, plus the host-only fields)."""
+    """`rows[]`: one latency row of this machine, checked against BenchRow (keys given, None included, are kept)."""
     speed = gflops_per_second(flops, result.p50)
     peak = gemm.gflops if gemm else None
     e2e = result.end_to_end.get("images")
-    return {
+    row = {
         "source": "host",
         "device": device,
         "artifact": subject.name,
@@ -101,7 +110,7 @@ def host_row(subject: Subject, result: JobResult, device: str, flops: int | None
         "quantization": subject.quantization,
         "threads": result.threads,
         "status": result.status,
-        "error": result.error,
+        "error": result.error[:4000] if result.error else None,
         "cold_load_ms": result.cold_load_ms,
         "load_ms": result.load_ms,
         "first_inference_ms": result.first_inference_ms,
@@ -121,6 +130,7 @@ def host_row(subject: Subject, result: JobResult, device: str, flops: int | None
         "peak_fraction": speed / peak if speed and peak else None,
         "torch_imported": result.torch_imported,
     }
+    return BenchRow.model_validate(row).model_dump(exclude_unset=True)
 
 
 def build_report(
@@ -136,11 +146,12 @@ def build_report(
     reference = next(m for m in measured if m.subject.role == "reference")
     model_flops = reference.head.flops
     labels = data_info["classes"]
-    artifacts, rows, problems = [], [], []
+    artifacts, rows, problems, refused_names = [], [], [], []
     for m in measured:
         entry = artifact_entry(m, reference.head, images, labels)
         artifacts.append(entry)
         problems += problems_of(m, entry)
+        refused_names += [entry["name"]] if refused(m, entry) else []
         flops = model_flops or m.subject.flops
         rows += [host_row(m.subject, r, machine["cpu"], flops, gemm.get(t)) for t, r in m.by_threads.items()]
     return {
@@ -172,4 +183,5 @@ def build_report(
         "artifacts": artifacts,
         "rows": rows,
         "problems": problems,
+        "refused": refused_names,
     }

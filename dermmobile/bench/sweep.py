@@ -82,10 +82,15 @@ class Subject:
     sha256: str = ""
     flops: int | None = None  # from the manifest, when the exporter recorded it
     error: str | None = None  # the manifest could not be read or verified
+    bad_input: bool = False  # the error is a refused file (exit 2), not a measurement failure
+    float_layers: list[str] | None = None  # int8: layers the fallback left in float (manifest)
+    float_macs_share: float | None = None  # their share of the model's MACs
 
 
 def _say(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
+    from dermmobile.display import printable
+
+    print(f"bench: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
@@ -98,7 +103,11 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
         # time tied it to PyTorch within 1e-3, and the report says which artifact stood in.
         fp32 = [s for s in subjects if s.error is None and s.quantization == "none"]
         if not fp32:
-            raise BadInputError("without --checkpoint one artifact must be fp32 (quantization none) to serve as the reference")
+            refused = [s.error for s in subjects if s.error]
+            raise BadInputError(
+                "without --checkpoint one artifact must be fp32 (quantization none) to serve as the reference"
+                + (f"; {len(refused)} artifact(s) were refused, the first: {refused[0]}" if refused else "")
+            )
         fp32[0].role = "reference"
     return subjects, data_record
 
@@ -139,12 +148,16 @@ def _artifact_subjects(folder: Path) -> list[Subject]:
         try:
             m = load_artifact(manifest_file).manifest
         except DermmobileError as exc:
-            subjects.append(Subject(name, "artifact", manifest_file, "?", "none", [], {}, error=str(exc)))
+            refused = isinstance(exc, BadInputError)
+            subjects.append(
+                Subject(name, "artifact", manifest_file, "unknown", "none", [], {}, error=str(exc), bad_input=refused)
+            )
             continue
         flops = (m.notes or {}).get("flops")
         subjects.append(
             Subject(name, "artifact", manifest_file, m.format, m.quantization, list(m.labels), dict(m.preprocess),
-                    file_bytes=m.bytes, sha256=m.sha256, flops=int(flops) if flops else None)
+                    file_bytes=m.bytes, sha256=m.sha256, flops=int(flops) if flops else None,
+                    float_layers=m.float_layers, float_macs_share=m.float_macs_share)
         )  # fmt: skip
     return subjects
 
@@ -295,8 +308,8 @@ def _measure(
     for index, threads in enumerate(config.threads):
         try:
             image_set = _images_for(subject, images, ref_set)
-        except DermmobileError as exc:
-            results[threads] = JobResult.failed(threads, str(exc))
+        except DermmobileError as exc:  # a refused file or manifest is bad input (exit 2), not a failed measurement
+            results[threads] = JobResult.failed(threads, str(exc), bad_input=isinstance(exc, BadInputError))
             continue
         job = Job(
             subject.kind,
@@ -322,7 +335,7 @@ def _measure(
 def _images_for(subject: Subject, images: _ImageCache, ref_set: ImageSet) -> ImageSet:
     """The subject's preprocessed test images, refused unless they are the reference's images in its order."""
     if subject.error is not None:
-        raise DermmobileError(subject.error)
+        raise (BadInputError if subject.bad_input else DermmobileError)(subject.error)
     if subject.labels != ref_set.labels:
         from dermmobile.data import check_same_classes
 

@@ -22,7 +22,6 @@ and the GEMM peak, which measures torch's GEMM beside numpy's where torch is ins
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import traceback
@@ -57,8 +56,13 @@ class Job:
         return asdict(self)
 
 
-def open_runtime(job: Job):
-    """(load callable returning a Runtime, model for FLOP counting or None)."""
+def loader(job: Job):
+    """(load callable returning a Runtime, check callable for a loaded Runtime, holder of the model for FLOP counting).
+
+    Artifacts go through dermmobile.runtime: a risky format is first probed in a child process,
+    the loads are timed as they are, and the first loaded runtime gets the one-inference check,
+    so a damaged file is refused as in every other command.
+    """
     if job.kind == "checkpoint":
         from dermmobile.checkpoint import load_checkpoint
         from dermmobile.targets.base import TorchRuntime
@@ -74,15 +78,13 @@ def open_runtime(job: Job):
                 model = torch.compile(model)  # lazy: compiling happens in the first inference
             return TorchRuntime(model, job.threads)
 
-        return load, holder
+        return load, (lambda runtime: None), holder
     from dermmobile.artifact import load_artifact
-    from dermmobile.targets import get_target
+    from dermmobile.runtime import load_runtime, probe_if_risky, smoke_test
 
     artifact = load_artifact(Path(job.path))  # sha256 checked here, outside the timed load
-    target = get_target(artifact.manifest.format)
-    accepts_threads = "threads" in inspect.signature(target.load).parameters
-    kwargs = {"threads": job.threads} if accepts_threads else {}
-    return (lambda: target.load(artifact.path, artifact.manifest, **kwargs)), {}
+    probe_if_risky(artifact, job.threads)
+    return (lambda: load_runtime(artifact, job.threads)), (lambda runtime: smoke_test(runtime, artifact)), {}
 
 
 def _spec(job: Job):
@@ -117,6 +119,8 @@ def run_job(job: Job) -> JobResult:
             _measure(job, result, stage)
     except MissingBackendError as exc:
         result.status, result.error = "not-run", f"not run: {exc}"
+    except BadInputError as exc:  # a damaged artifact or manifest: the command's exit code says "bad input"
+        result.status, result.error, result.bad_input = "error", f"{stage.name}: {exc}", True
     except Exception as exc:  # any runtime failure becomes this row's error; the sweep goes on
         result.status = "error"
         result.error = f"{stage.name}: {type(exc).__name__}: {' '.join(str(exc).split())[:600]}"
@@ -132,9 +136,10 @@ def _measure(job: Job, result: JobResult, stage: _Stage) -> None:
     sample = np.ascontiguousarray(images[:1], dtype=np.float32)
     result.rss_before_load_mb = peak_rss_mb()
     stage.name = "load"
-    load, holder = open_runtime(job)
+    load, check, holder = loader(job)
     # The first load also imports the runtime's library; the second is what loading a model costs.
     first, result.cold_load_ms = timed(load)
+    check(first)  # a damaged file is refused here, as in every other command
     del first  # one model in memory while timing and for peak RSS, as in an app
     runtime, result.load_ms = timed(load)
     result.runtime = getattr(runtime, "name", type(runtime).__name__)

@@ -82,9 +82,11 @@ def run(args) -> int:
 
     from dermmobile.bench.merge import merge_rows, read_report, read_rows
     from dermmobile.bench.report import write_reports
-    from dermmobile.errors import EXIT_GATE_FAILED, BadInputError
+    from dermmobile.display import printable
+    from dermmobile.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInputError
+    from dermmobile.fsutil import check_output_dir
 
-    out = args.out or _default_out(args)
+    out = check_output_dir(args.out or _default_out(args))  # before anything is measured
     merged = [row for file in args.merge for row in read_rows(file)]  # validated before any measuring
     if args.artifacts is None and args.checkpoint is None:
         if not merged:
@@ -115,6 +117,8 @@ def run(args) -> int:
     written = write_reports(report, out)
     print(f"wrote {', '.join(str(p) for p in written[:3])}" + (f" and {len(written) - 3} more" if len(written) > 3 else ""))
     if report.get("problems"):
-        print("dermmobile bench: gate failures or errors:\n  " + "\n  ".join(report["problems"]), file=sys.stderr)
-        return EXIT_GATE_FAILED
+        problems = "\n  ".join(printable(p) for p in report["problems"])
+        print(f"dermmobile bench: gate failures or errors:\n  {problems}", file=sys.stderr)
+        # A damaged or malformed artifact is bad input (2), as in inspect and predict; otherwise a gate failed (3).
+        return EXIT_BAD_INPUT if report.get("refused") else EXIT_GATE_FAILED
     return 0

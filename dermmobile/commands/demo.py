@@ -21,9 +21,11 @@ def run(args) -> int:
     exports = summary["exports"]
     broken = [e for e in exports if e["status"] == "error"]
     gated = [e for e in exports if e["status"] == "failed"]
+    refused = [e for e in exports if e["status"] == "refused"]
     print(f"\ndone in {summary['seconds']} s. {summary['note']}")
     print(f"checkpoint:   {summary['train']['checkpoint']}")
-    counts = f"{len(exports)} exported: {len(gated)} failed their parity gate, {len(broken)} errors"
+    made = len(exports) - len(refused)
+    counts = f"{made} exported: {len(gated)} failed their parity gate, {len(broken)} errors, {len(refused)} refused"
     print(f"artifacts:    {args.out / 'export'}  ({counts})")
     for entry in gated:
         print(f"  parity gate failed (artifact kept, marked failed in its manifest): {entry['error']}")

@@ -25,11 +25,17 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from dermmobile.evaluate import evaluate
+    from dermmobile.display import printable
+    from dermmobile.evaluate import evaluate_checkpoint
+    from dermmobile.fsutil import check_output_dir
 
-    result = evaluate(Path(args.checkpoint), Path(args.data), split=args.split, out=Path(args.out) if args.out else None,
-                      device=args.device, progress="evaluating")  # fmt: skip
+    if args.out:
+        check_output_dir(Path(args.out))  # before any image is read
+
+    out = Path(args.out) if args.out else None
+    result = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), split=args.split, out=out, device=args.device,
+                                 progress="evaluating")  # fmt: skip
     for path, reason in result.bad:
-        print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
+        print(printable(f"skipped unreadable image {path}: {reason}"), file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.markdown())
     return 0

@@ -17,7 +17,7 @@ def run(args) -> int:
 
     from dermmobile.artifact import load_artifact
     from dermmobile.errors import MissingBackendError
-    from dermmobile.targets import get_target
+    from dermmobile.runtime import open_runtime
 
     artifact = load_artifact(args.artifact)
     manifest = artifact.manifest
@@ -33,6 +33,22 @@ def run(args) -> int:
     print(f"preprocess: {json.dumps(manifest.preprocess)}")
     if manifest.calibration:
         print(f"calibration: {manifest.calibration.get('count')} images, per class {manifest.calibration.get('per_class')}")
+    if manifest.op_counts:
+        counts = manifest.op_counts
+        print(f"compute ops in the file: {counts.get('int8')} int8, {counts.get('dynamic')} dynamic, {counts.get('float')} float")
+    if manifest.float_layers is not None:
+        share = manifest.float_macs_share or 0.0
+        kept = ", ".join(manifest.float_layers) or "none"
+        print(f"layers left in float by the fallback: {len(manifest.float_layers)} ({share:.1%} of MACs): {kept}")
+        fallback = manifest.fallback or {}
+        if fallback:
+            tried = [a for a in fallback.get("attempts", []) if a.get("source") == "artifact"]
+            print(f"fallback: {fallback.get('note')} ({len(tried)} artifacts tried on the tuning images)")
+            if fallback.get("sensitivity_report"):
+                print(f"per-layer sensitivity: {artifact.path.parent / fallback['sensitivity_report']}")
+    for name, record in (("tuning", manifest.tuning_images), ("gate", manifest.gate_images)):
+        if record:
+            print(f"{name} images: {record.get('count')} (files sha256 {str(record.get('files_sha256'))[:16]}...)")
     if manifest.parity:
         parity = {
             k: manifest.parity.get(k)
@@ -40,9 +56,8 @@ def run(args) -> int:
             if k in manifest.parity
         }
         print(f"parity at export: {parity}")
-    target = get_target(manifest.format)
     try:
-        runtime = target.load(artifact.path, manifest)
+        runtime = open_runtime(artifact)  # exit 2 when the file is damaged or does not fit its manifest
     except MissingBackendError as exc:
         print(f"runtime: not loaded ({exc})")
         return 0

@@ -30,6 +30,8 @@ class ExportRequest:
     calibration: np.ndarray | None = None  # float32 NCHW normalized real images (int8 needs them)
     calibration_record: dict | None = None
     out_file: Path | None = None  # where the Target writes (a temporary name; renamed on success)
+    float_layers: frozenset[str] = frozenset()  # int8: module names left in float (accuracy-aware fallback)
+    observer: str = ""  # int8: activation calibration method; "" = the target's measured default
 
     @property
     def input_shape(self) -> list[int]:
@@ -58,6 +60,30 @@ class ExportRequest:
 
 
 @dataclass
+class OpCounts:
+    """The compute ops (convolution, fully connected, matmul) of an artifact file, by what they compute in.
+
+    int8: int8 weights and int8 activations. dynamic: int8 weights, activations float at the
+    op's boundary (quantized on the fly by the kernel, or the weights dequantized). float:
+    float weights and activations. Counted from the file the runtime loads, so an "int8"
+    artifact that came out float is caught.
+    """
+
+    int8: int = 0
+    dynamic: int = 0
+    float: int = 0
+    by_op: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, op: str, kind: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        counts = self.by_op.setdefault(op, {})
+        counts[kind] = counts.get(kind, 0) + 1
+
+    def to_dict(self) -> dict:
+        return {"int8": self.int8, "dynamic": self.dynamic, "float": self.float, "by_op": self.by_op}
+
+
+@dataclass
 class ExportResult:
     """What a Target reports about the file it wrote (the rest of the manifest is generic)."""
 
@@ -65,6 +91,7 @@ class ExportResult:
     output: dict
     toolchain: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
+    op_counts: OpCounts | None = None  # compute ops by precision, counted in the written file
 
 
 class Runtime(Protocol):
@@ -80,6 +107,8 @@ class Target(Protocol):
     extension: str
     quantizations: frozenset[str]
     extra: str  # pip extra that installs its converter/runtime
+    # Optional `load_may_crash: bool`: its runtime may abort the process on a malformed file
+    # (dermmobile.runtime then opens files in a child process first).
 
     def export(self, request: ExportRequest) -> ExportResult: ...
 

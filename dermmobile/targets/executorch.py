@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dermmobile.errors import require
-from dermmobile.targets.base import ExportRequest, ExportResult, batched, package_version
+from dermmobile.targets.base import ExportRequest, ExportResult, OpCounts, batched, package_version
 
 
 class ExecuTorchRuntime:
@@ -54,6 +54,9 @@ class ExecuTorchTarget:
     extension = ".pte"
     quantizations = frozenset({"none", "int8"})
     extra = "executorch"
+    # Measured: 2 of 30 bit-flipped .pte files made XNNPACK's loader abort the process (SIGABRT):
+    # dermmobile.runtime loads such files in a child process first.
+    load_may_crash = True
 
     def export(self, request: ExportRequest) -> ExportResult:
         torch = require("torch", "executorch")
@@ -79,22 +82,73 @@ class ExecuTorchTarget:
             output={"name": "logits", "shape": [1, len(request.labels)], "dtype": "float32", "layout": ""},
             toolchain={name: package_version(name) for name in ("torch", "executorch", "torchao")},
             notes={"dynamic_batch": False, "backend": "XnnpackBackend", "ops_outside_xnnpack": left},
+            op_counts=count_ops(lowered.exported_program().graph_module),
         )
 
     def load(self, path: Path, manifest, threads: int | None = None) -> ExecuTorchRuntime:
         return ExecuTorchRuntime(Path(path), threads)
 
+    def simulation(self, request: ExportRequest):
+        """int8 simulated in PyTorch with XNNPACK's PT2E quantizer (see dermmobile/quantization/simulate.py)."""
+        from dermmobile.quantization.simulate import Simulation
+
+        return Simulation(request.model, "xnnpack", request.calibration, request.observer or OBSERVER).logits
+
+
+OBSERVER = "histogram"  # int8 activation observer; chosen by measurement, see README "int8 that passes its gate"
+# Edge-dialect compute ops, and which of their arguments are (activations, weights).
+_COMPUTE_ARGS = {"convolution": (0, 1), "linear": (0, 1), "mm": (0, 1), "bmm": (0, 1), "addmm": (1, 2)}
+_SHAPE_ONLY = ("permute_copy", "view_copy", "t_copy", "expand_copy", "clone", "_to_copy")
+
+
+def count_ops(graph_module) -> OpCounts:
+    """Count compute ops in the lowered program, inside the XNNPACK delegates and outside, by their inputs' precision.
+
+    The serialized .pte holds the delegates as opaque XNNPACK blobs; the lowered program that
+    was serialized still shows each delegate's graph, with int8 weights and activations
+    entering through dequantize nodes.
+    """
+    from executorch.exir.lowered_backend_module import get_lowered_backend_modules
+
+    counts = OpCounts()
+    graphs = [("portable", graph_module)]
+    graphs += [("xnnpack", module.original_module.graph_module) for module in get_lowered_backend_modules(graph_module)]
+    for where, graph in graphs:
+        for node in graph.graph.nodes:
+            name = _op_name(node)
+            if node.op != "call_function" or name not in _COMPUTE_ARGS:
+                continue
+            activations, weights = (_dequantized(node.args[i]) for i in _COMPUTE_ARGS[name])
+            counts.add(f"{where}:{name}", "int8" if activations and weights else "dynamic" if weights else "float")
+    return counts
+
+
+def _op_name(node) -> str:
+    """ "convolution" from aten.convolution.default, or from "<EdgeOpOverload: aten.convolution.default>: schema = ..."."""
+    text = str(node.target)
+    if text.startswith("<EdgeOpOverload:"):
+        text = text.removeprefix("<EdgeOpOverload:").split(">", 1)[0].strip()
+    parts = text.split(".")
+    return parts[-2] if len(parts) > 1 else parts[-1]
+
+
+def _dequantized(value) -> bool:
+    """True when `value` comes out of a dequantize node, looking through layout-only ops."""
+    while hasattr(value, "op") and value.op == "call_function":
+        name = _op_name(value)
+        if name.startswith("dequantize"):
+            return True
+        if name not in _SHAPE_ONLY:
+            return False
+        value = value.args[0]
+    return False
+
 
 def _quantize(model, request: ExportRequest):
     """PT2E int8 with XNNPACK's quantizer, ReLU6 outputs observed after the clamp (see targets/pt2e.py)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    from dermmobile.targets.pt2e import build_quantizer, calibrated_int8
 
-    from dermmobile.targets.pt2e import calibrated_int8, clamp_aware
-
-    quantizer = clamp_aware(XNNPACKQuantizer)().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = build_quantizer("xnnpack", request.float_layers, request.observer or OBSERVER)
     return calibrated_int8(model, request.example_input(), quantizer, request.calibration, fold_quantize=True)
 
 

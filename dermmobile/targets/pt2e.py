@@ -15,6 +15,10 @@ new artifacts timed in alternating rounds at 2 threads:
 - TFLite: 95.8 % -> 96.1 %, but 6.3 -> 8.3 ms: litert-torch's converter already folds
   ReLU6 into its int8 convolutions, and with the observer moved it kept 33 layout
   transposes. Not used there.
+
+`build_quantizer` is the one place that makes the PT2E quantizer of a toolchain: its
+activation observer, and the layers (module names) left in float by the accuracy-aware
+fallback. The TFLite and ExecuTorch targets, the sensitivity simulation and QAT all use it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,18 @@ import numpy as np
 # Convolution and linear outputs followed only by a clamp get observed after the clamp.
 _PRODUCERS = ("conv2d", "linear")
 _CLAMPS = ("relu6", "hardtanh")
+# Activations that belong to the layer before them: a layer left in float keeps its own in float too.
+_ACTIVATIONS = ("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp")
+
+# PT2E activation observers by the name users pick (`--observer`); weights are always per-channel min/max.
+OBSERVERS = ("histogram", "minmax", "moving-average")
+# The toolchains' own quantizers: (module, class, clamp-aware). See the module docstring for the clamp.
+TOOLCHAINS = {
+    "xnnpack": ("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "XNNPACKQuantizer", True),
+    "litert": ("litert_torch.quantize.pt2e_quantizer", "PT2EQuantizer", False),
+    # A stand-in for onnxruntime's static int8 (reduce_range: 7-bit weights), used only to rank layers.
+    "xnnpack-7bit": ("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "XNNPACKQuantizer", True),
+}
 
 
 def observe_after_clamps(graph_module) -> int:
@@ -49,6 +65,86 @@ def observe_after_clamps(graph_module) -> int:
         annotation.output_qspec = None
         moved += 1
     return moved
+
+
+def layer_name(node) -> str | None:
+    """The module path of a conv/linear node (\"_blocks.3._depthwise_conv\"), from torch.export's module stack."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else None
+
+
+def is_layer(node) -> bool:
+    import torch
+
+    return node.op == "call_function" and node.target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+
+
+def leave_float(graph_module, float_layers: frozenset[str]) -> int:
+    """Drop the annotations of the layers named in `float_layers` and of their activations; return how many layers.
+
+    What stays float is the layer's weights and its computation. A tensor between a float
+    layer and a quantized one is still quantized by the quantized side (the toolchains put a
+    quantize/dequantize there); between two float layers it stays float.
+    """
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    if not float_layers:
+        return 0
+    dropped = 0
+    for node in graph_module.graph.nodes:
+        if not is_layer(node) or layer_name(node) not in float_layers:
+            continue
+        node.meta.pop(Q_ANNOTATION_KEY, None)
+        dropped += 1
+        tail = node
+        while len(tail.users) == 1:
+            (tail,) = tail.users
+            if tail.op != "call_function" or getattr(tail.target, "__name__", "").split(".")[0] not in _ACTIVATIONS:
+                break
+            tail.meta.pop(Q_ANNOTATION_KEY, None)
+    return dropped
+
+
+def build_quantizer(
+    toolchain: str, float_layers=frozenset(), observer: str = "histogram", qat: bool = False, clamp: bool | None = None
+):
+    """The PT2E quantizer of `toolchain` ("xnnpack": ExecuTorch, "litert": TFLite): symmetric per-channel
+    int8 weights, per-tensor int8 activations observed by `observer`, `float_layers` left unannotated.
+
+    clamp: observe ReLU6 outputs after the clamp (None: the toolchain's choice, see the module docstring).
+    """
+    import dataclasses
+    import importlib
+
+    from torchao.quantization.pt2e import observer as observers
+
+    if toolchain not in TOOLCHAINS:
+        raise ValueError(f"unknown PT2E toolchain {toolchain!r}; valid: {', '.join(TOOLCHAINS)}")
+    if observer not in OBSERVERS:
+        from dermmobile.errors import BadInputError
+
+        raise BadInputError(f"unknown observer {observer!r}; valid: {', '.join(OBSERVERS)}")
+    module_name, class_name, default_clamp = TOOLCHAINS[toolchain]
+    clamp = default_clamp if clamp is None else clamp
+    module = importlib.import_module(module_name)
+    narrow = {"weight_qmin": -63, "weight_qmax": 63} if toolchain.endswith("7bit") else {}
+    config = module.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat, **narrow)
+    if not qat and observer != "histogram":  # histogram is both toolchains' default
+        ctr = {"minmax": observers.MinMaxObserver, "moving-average": observers.MovingAverageMinMaxObserver}[observer]
+        act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr.with_args(eps=2**-12))
+        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    float_layers = frozenset(float_layers)
+
+    class Quantizer(getattr(module, class_name)):
+        def annotate(self, model):
+            model = super().annotate(model)
+            if clamp:
+                observe_after_clamps(model)
+            leave_float(model, float_layers)
+            return model
+
+    Quantizer.__name__ = f"Dermmobile{class_name}"
+    return Quantizer().set_global(config)
 
 
 def clamp_aware(quantizer_class):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.errors import require
 from dermmobile.targets.base import ExportRequest, ExportResult, package_version
 
 DEPRECATION = "PyTorch deprecates torch.jit.trace and the lite interpreter in favour of torch.export and ExecuTorch"
@@ -22,7 +21,7 @@ class TorchScriptRuntime:
     name = "torchscript"
 
     def __init__(self, path: Path, threads: int | None = None):
-        torch = require("torch", "torchscript")
+        import torch  # a base dependency: no extra to name
         from torch.jit.mobile import _load_for_lite_interpreter
 
         if threads:
@@ -45,7 +44,7 @@ class TorchScriptTarget:
     extra = ""  # torch is a base dependency
 
     def export(self, request: ExportRequest) -> ExportResult:
-        torch = require("torch", "torchscript")
+        import torch  # a base dependency: no extra to name
         from torch.utils.mobile_optimizer import optimize_for_mobile
 
         request.check(self.name)

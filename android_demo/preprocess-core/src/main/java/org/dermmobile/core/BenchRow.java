@@ -7,7 +7,7 @@ import java.util.Map;
 
 /**
  * One benchmark result from a phone, in the schema `dermmobile bench --merge` reads
- * (dermmobile/android.py, BENCH_ROW_KEYS; android_demo/README.md documents it):
+ * (dermmobile/schemas/bench-row.schema.json, the app's keys in dermmobile/android.py BENCH_ROW_KEYS):
  * {"source": "android", "device", "artifact", "format": "tflite", "quantization", "threads",
  *  "latency_ms": {"p50","p90","p99","mean","std"}, "iterations", "top1_matches_golden"}.
  */

@@ -1,0 +1,111 @@
+"""`--quantize int8` for one target: plain int8, then the accuracy-aware fallback, then the manifest says what it cost.
+
+The exporter calls `export_int8` when a plan has tuning images. Each attempt is a real
+artifact written at the final path and judged by its own runtime on the tuning images;
+the search (fallback.py) decides which layers stay float. The gate images are judged
+afterwards by the exporter, once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dermmobile.quantization.fallback import Criterion, FallbackResult, measure_sensitivity, search, spread
+from dermmobile.quantization.simulate import float_share, model_layers
+from dermmobile.targets.base import TorchRuntime, batched
+
+
+class _LazySimulation:
+    """Builds the target's simulation (an export and a calibration) only if the search gets that far."""
+
+    def __init__(self, factory):
+        self.factory, self.simulate = factory, None
+
+    def __call__(self, images: np.ndarray, float_layers: frozenset[str]) -> np.ndarray:
+        if self.simulate is None:
+            self.simulate = self.factory()
+        return self.simulate(images, float_layers)
+
+
+def export_int8(checkpoint, target, plan):
+    """Export `target` int8 for `plan`, leaving layers in float where the tuning images need it; returns the Artifact."""
+    import torch
+
+    from dermmobile.exporter import export_artifact, export_request
+    from dermmobile.targets import get_target
+
+    options, tuning = plan.int8, plan.tuning
+    labels = list(checkpoint.meta.labels)
+    reference = batched(TorchRuntime(checkpoint.model).predict, tuning.arrays, 16)
+    criterion = Criterion(labels, options.tune_margin)
+    layers = model_layers(checkpoint.model, torch.from_numpy(np.ascontiguousarray(plan.calibration[:1])))
+    built: dict = {}
+
+    def attempt(float_layers: frozenset[str]):
+        artifact = export_artifact(checkpoint, target, plan, float_layers)
+        built["float_layers"], built["artifact"] = frozenset(float_layers), artifact
+        runtime = get_target(target.name).load(artifact.path, artifact.manifest)
+        logits = batched(runtime.predict, tuning.arrays, 16)
+        return criterion.judge(reference, logits, tuning.targets, artifact.path.name)
+
+    factory = getattr(target, "simulation", None)
+    simulate = _LazySimulation(lambda: factory(export_request(checkpoint, target, plan))) if factory else None
+    log = _logger(f"{target.name} int8")
+    if options.fallback:
+        result = search(attempt, simulate, layers, (tuning.arrays, reference, tuning.targets), criterion,
+                        options.max_float_macs, options.max_attempts, options.sensitivity_images, log)  # fmt: skip
+    else:
+        report = attempt(frozenset())
+        result = FallbackResult([], 0.0, report.passed, note="fallback off (--no-fallback): plain int8")
+    if options.explain and simulate is not None and not (result.sensitivity and result.sensitivity[0].quantized_alone):
+        log("measuring per-layer sensitivity for --explain")
+        subset = spread(len(tuning.arrays), options.sensitivity_images)
+        result.baseline, result.sensitivity = measure_sensitivity(
+            simulate, layers, tuning.arrays[subset], reference[subset],
+            None if tuning.targets is None else tuning.targets[subset], labels, quantized_alone=True, log=log,
+        )  # fmt: skip
+    if built.get("float_layers") != frozenset(result.float_layers):  # the search kept an earlier attempt
+        built["artifact"] = export_artifact(checkpoint, target, plan, frozenset(result.float_layers))
+    artifact = built["artifact"]
+    _record(artifact, result, layers, options, criterion, target)
+    return artifact
+
+
+def _record(artifact, result: FallbackResult, layers, options, criterion: Criterion, target) -> None:
+    """The fallback's decisions in the manifest, and the sensitivity report beside the artifact."""
+    from dermmobile.artifact import write_manifest
+    from dermmobile.parity import TOLERANCES
+    from dermmobile.quantization.report import write_sensitivity_report
+
+    manifest = artifact.manifest
+    manifest.float_layers = list(result.float_layers)
+    manifest.float_macs_share = round(float_share(layers, result.float_layers), 6)
+    report_file = None
+    if result.sensitivity:
+        report_file = write_sensitivity_report(artifact.path, result, layers).name
+    manifest.fallback = {
+        "enabled": options.fallback,
+        "criterion": {
+            "images": "tuning",
+            "min_agreement": criterion.min_agreement,
+            "max_accuracy_drop_points": TOLERANCES["int8"].max_accuracy_drop,
+        },
+        "max_float_macs": options.max_float_macs,
+        "passed_tuning": result.passed,
+        "note": result.note,
+        "attempts": [vars(a) for a in result.attempts],
+        "sensitivity_report": report_file,
+        "simulation": getattr(target, "name", "?") + " PT2E simulation" if result.sensitivity else None,
+        "total_macs": sum(layer.macs for layer in layers),
+        "layers": len(layers),
+    }
+    write_manifest(artifact.path, manifest)
+
+
+def _logger(prefix: str):
+    from dermmobile.chatter import say
+
+    def log(message: str) -> None:
+        say(f"{prefix}: {message}")
+
+    return log

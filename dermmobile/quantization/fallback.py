@@ -1,0 +1,257 @@
+"""Accuracy-aware fallback: keep the most sensitive layers in float until int8 meets its gate on the tuning images.
+
+The loop of Intel Neural Compressor's and AIMET's accuracy-aware tuning, with our parity
+gate as the criterion:
+
+1. Build the plain int8 artifact and judge it on the tuning images. Passing: done.
+2. Per-layer sensitivity on a simulation of the toolchain (simulate.py): for each layer,
+   how much of the int8 logit error goes away when only that layer stays float.
+3. Rank layers by that gain and take the shortest prefix (within a cap on the float share
+   of MACs) that the simulation says passes; build that real artifact and judge it. A miss
+   grows the prefix by half, up to `max_attempts` real artifacts.
+4. The best real attempt is kept. Every decision is made on the tuning images; the gate
+   images judge the result afterwards, once (the exporter does that), so the reported gate
+   number is not the number the search optimised.
+
+Nothing here knows a format: `attempt` builds and judges a real artifact, `simulate`
+returns simulated logits; both take the set of layer names to leave in float.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from dermmobile.parity import TOLERANCES, ParityReport, apply_gate, compare_logits
+from dermmobile.quantization.simulate import Layer, float_share
+
+
+@dataclass
+class Criterion:
+    """When is an int8 artifact good enough on the tuning images: the int8 gate, plus a safety margin."""
+
+    labels: list[str]
+    margin: float = 0.01  # agreement above the gate: tuning and gate images are different samples
+
+    @property
+    def min_agreement(self) -> float:
+        return TOLERANCES["int8"].min_agreement + self.margin
+
+    def judge(self, reference: np.ndarray, logits: np.ndarray, targets: np.ndarray | None, what: str) -> ParityReport:
+        report = apply_gate(compare_logits(reference, logits, self.labels, None, targets), "int8", what)
+        if report.agreement < self.min_agreement and not report.failures:
+            report.failures.append(
+                f"{what}: tuning agreement {report.agreement:.2%} is below the search target {self.min_agreement:.1%} "
+                f"(the {TOLERANCES['int8'].min_agreement:.0%} gate + {self.margin:.1%} margin)"
+            )
+        return report
+
+
+@dataclass
+class LayerSensitivity:
+    layer: str
+    kind: str
+    macs: int
+    macs_share: float
+    float_alone: dict  # agreement, mean_abs_logit, accuracy with only this layer in float
+    gain: float  # mean abs logit error removed by keeping only this layer in float
+    quantized_alone: dict | None = None  # the same with only this layer quantized (--explain)
+
+
+@dataclass
+class Attempt:
+    float_layers: list[str]
+    float_macs_share: float
+    agreement: float
+    mean_abs_logit: float
+    accuracy_drop: float | None  # top-1 points lost on the tuning images
+    passed: bool
+    source: str  # "artifact": a real export judged by its runtime; "simulation"
+    seconds: float = 0.0
+
+
+@dataclass
+class FallbackResult:
+    float_layers: list[str]
+    float_macs_share: float
+    passed: bool  # the kept artifact meets the criterion on the tuning images
+    attempts: list[Attempt] = field(default_factory=list)
+    baseline: dict | None = None  # simulated all-int8 metrics on the sensitivity images
+    sensitivity: list[LayerSensitivity] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _metrics(report: ParityReport) -> dict:
+    return {"agreement": report.agreement, "mean_abs_logit": report.mean_abs_logit, "accuracy": report.accuracy}
+
+
+def measure_sensitivity(
+    simulate: Callable[[np.ndarray, frozenset[str]], np.ndarray],
+    layers: list[Layer],
+    images: np.ndarray,
+    reference: np.ndarray,
+    targets: np.ndarray | None,
+    labels: list[str],
+    quantized_alone: bool = False,
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[dict, list[LayerSensitivity]]:
+    """Simulated metrics with everything quantized, then with each layer alone in float (and alone quantized)."""
+    names = frozenset(layer.name for layer in layers)
+    total = sum(layer.macs for layer in layers) or 1
+
+    def measure(float_layers: frozenset[str]) -> ParityReport:
+        return compare_logits(reference, simulate(images, float_layers), labels, None, targets)
+
+    baseline = measure(frozenset())
+    rows = []
+    log(f"per-layer sensitivity: {len(layers)} layers on {len(images)} simulated images")
+    for index, layer in enumerate(layers):
+        if index and index % 10 == 0:
+            log(f"per-layer sensitivity: {index} of {len(layers)} layers")
+        alone = measure(frozenset({layer.name}))
+        row = LayerSensitivity(layer.name, layer.kind, layer.macs, layer.macs / total, _metrics(alone),
+                               baseline.mean_abs_logit - alone.mean_abs_logit)  # fmt: skip
+        if quantized_alone:
+            row.quantized_alone = _metrics(measure(names - {layer.name}))
+        rows.append(row)
+    return _metrics(baseline), rows
+
+
+def ranked_prefixes(sensitivity: list[LayerSensitivity], max_float_macs: float) -> list[list[str]]:
+    """Float sets to try, most sensitive layer first; a layer that would break the MAC cap is skipped."""
+    prefixes, chosen, share = [], [], 0.0
+    for row in sorted(sensitivity, key=lambda r: r.gain, reverse=True):
+        if share + row.macs_share > max_float_macs + 1e-12:
+            continue
+        chosen.append(row.layer)
+        share += row.macs_share
+        prefixes.append(list(chosen))
+    return prefixes
+
+
+def search(
+    attempt: Callable[[frozenset[str]], ParityReport],
+    simulate: Callable[[np.ndarray, frozenset[str]], np.ndarray] | None,
+    layers: list[Layer],
+    tuning: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    criterion: Criterion,
+    max_float_macs: float = 0.25,
+    max_attempts: int = 4,
+    sensitivity_images: int = 32,
+    log: Callable[[str], None] = lambda message: None,
+) -> FallbackResult:
+    """Find the fewest float layers that make the real artifact meet `criterion` on `tuning` (images, reference, targets)."""
+    images, reference, targets = tuning
+    result = FallbackResult([], 0.0, False)
+    real: dict[tuple[str, ...], Attempt] = {}
+
+    def try_real(float_layers: list[str]) -> Attempt:
+        started = time.perf_counter()
+        report = attempt(frozenset(float_layers))
+        done = Attempt(list(float_layers), float_share(layers, float_layers), report.agreement, report.mean_abs_logit,
+                       _drop(report), report.passed, "artifact", round(time.perf_counter() - started, 1))  # fmt: skip
+        result.attempts.append(done)
+        real[tuple(float_layers)] = done
+        log(f"{len(float_layers)} layers in float ({done.float_macs_share:.1%} of MACs): tuning agreement "
+            f"{done.agreement:.2%} {'passes' if done.passed else 'misses'}")  # fmt: skip
+        return done
+
+    if try_real([]).passed:
+        result.passed, result.note = True, "plain int8 meets the criterion on the tuning images: no layer left in float"
+        return result
+    if simulate is None or not len(images):
+        result.note = "no simulation or no tuning images for this target: plain int8 kept"
+        return result
+    subset = spread(len(images), sensitivity_images)
+    result.baseline, result.sensitivity = measure_sensitivity(
+        simulate, layers, images[subset], reference[subset], None if targets is None else targets[subset], criterion.labels,
+        log=log,
+    )  # fmt: skip
+    prefixes = ranked_prefixes(result.sensitivity, max_float_macs)
+    if not prefixes:
+        result.note = f"no layer fits under the cap of {max_float_macs:.0%} of MACs in float"
+        return _keep_best(result)
+
+    def simulated(float_layers: list[str]) -> bool:
+        report = criterion.judge(reference, simulate(images, frozenset(float_layers)), targets, "simulation")
+        result.attempts.append(Attempt(list(float_layers), float_share(layers, float_layers), report.agreement,
+                                       report.mean_abs_logit, _drop(report), report.passed, "simulation"))  # fmt: skip
+        return report.passed
+
+    simulated([])  # beside the plain artifact's numbers: how far the simulation is from the real file
+    passes = {}
+    k = _smallest_passing(len(prefixes), lambda k: passes.setdefault(k, simulated(prefixes[k - 1])))
+    if not passes[k]:  # no prefix passes in simulation: grow from the most sensitive layer up
+        k = 1
+    plain = real[()].agreement
+    while len(real) < max_attempts + 1:
+        done = real.get(tuple(prefixes[k - 1])) or try_real(prefixes[k - 1])
+        if done.passed:
+            break
+        k = _next_prefix(k, len(prefixes), worse=done.agreement < plain, tried={len(f) for f in real})
+        if k is None:
+            break
+    return _keep_best(result)
+
+
+def _next_prefix(k: int, count: int, worse: bool, tried: set[int]) -> int | None:
+    """The prefix length to build next after length `k` missed, or None.
+
+    Normally grow by half. If the file came out *worse* than plain int8, the simulation was wrong
+    about some layer just added (on Lite0, a float projection convolution cost 4 points in the
+    TFLite file while the simulation gained), so shrink by half toward the prefixes that helped.
+    """
+    step = max(1, math.ceil(k / 2))
+    candidate = k - step if worse else min(count, k + step)
+    if candidate < 1 or candidate in tried:
+        return None
+    return candidate
+
+
+def _smallest_passing(count: int, passes: Callable[[int], bool]) -> int:
+    """Binary search for the shortest prefix that passes (prefixes nest, so passing is nearly monotone); all fail: the longest."""
+    if not passes(count):
+        return count
+    low, high = 1, count
+    while low < high:
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _keep_best(result: FallbackResult) -> FallbackResult:
+    """The passing real attempt with the fewest float MACs, else the one with the best agreement."""
+    real = [a for a in result.attempts if a.source == "artifact"]
+    passing = [a for a in real if a.passed]
+    best = min(passing, key=lambda a: a.float_macs_share) if passing else max(real, key=lambda a: a.agreement)
+    result.float_layers, result.float_macs_share, result.passed = best.float_layers, best.float_macs_share, best.passed
+    if not result.note:
+        result.note = (
+            f"kept {len(best.float_layers)} layers in float ({best.float_macs_share:.1%} of MACs)"
+            if best.passed
+            else f"no attempt met the criterion within the {len(real)} artifacts tried; kept the best"
+        )
+    return result
+
+
+def _drop(report: ParityReport) -> float | None:
+    if report.accuracy is None or report.reference_accuracy is None:
+        return None
+    return round((report.reference_accuracy - report.accuracy) * 100, 3)
+
+
+def spread(count: int, wanted: int) -> np.ndarray:
+    """`wanted` indices spread evenly over `count` (the tuning images are in class order)."""
+    if count <= wanted:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, wanted).round().astype(int))

@@ -1,0 +1,226 @@
+"""The accuracy-aware fallback: the search on layers of known sensitivity, then end to end through the exporter."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+import tests.fake_target as fake
+from dermmobile.quantization.fallback import Criterion, ranked_prefixes, search
+from dermmobile.quantization.simulate import Layer
+
+LABELS = [f"c{i}" for i in range(5)]
+
+
+def _problem(noise: dict[str, float], bias: float = 1.0, images: int = 400):
+    """Reference logits with margins spread from near-tie to confident, and an int8 'artifact' whose error is the sum
+    of fixed per-layer error vectors scaled by each quantized layer's sensitivity."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, (images, len(LABELS)))
+    directions = {name: rng.normal(0, 1, reference.shape) for name in noise}
+
+    def logits(float_layers, scale=1.0):
+        out = reference.copy()
+        for name, size in noise.items():
+            if name not in float_layers:
+                out += scale * size * directions[name]
+        return out
+
+    criterion = Criterion(LABELS, margin=0.0)
+    calls: list[frozenset] = []
+
+    def attempt(float_layers):
+        calls.append(float_layers)
+        return criterion.judge(reference, logits(float_layers), None, "artifact")
+
+    def simulate(batch, float_layers):  # the "images" are row indices here
+        return logits(float_layers, bias)[batch.astype(int)]
+
+    tuning = (np.arange(images), reference, None)
+    return attempt, simulate, tuning, criterion, calls
+
+
+LAYERS = [Layer("stem", "conv", 100), Layer("dw", "depthwise", 10), Layer("pw", "conv", 300), Layer("fc", "linear", 5)]
+
+
+def test_search_leaves_only_the_sensitive_layer_float():
+    attempt, simulate, tuning, criterion, calls = _problem({"stem": 0.002, "dw": 0.3, "pw": 0.002, "fc": 0.001})
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.25)
+    assert result.passed and result.float_layers == ["dw"]
+    assert result.float_macs_share == pytest.approx(10 / 415)
+    assert calls == [frozenset(), frozenset({"dw"})]  # plain int8, then one real artifact
+    ranking = [row.layer for row in sorted(result.sensitivity, key=lambda r: r.gain, reverse=True)]
+    assert ranking[0] == "dw" and result.sensitivity[1].float_alone["agreement"] > result.baseline["agreement"]
+
+
+def test_plain_int8_that_passes_is_kept_without_simulating():
+    attempt, _, tuning, criterion, calls = _problem({"dw": 0.001})
+    result = search(attempt, None, LAYERS, tuning, criterion)
+    assert result.passed and result.float_layers == [] and calls == [frozenset()] and not result.sensitivity
+
+
+def test_the_mac_cap_is_never_exceeded_and_the_best_attempt_is_kept():
+    attempt, simulate, tuning, criterion, calls = _problem({"stem": 0.01, "dw": 0.01, "pw": 0.4, "fc": 0.01})
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.5)
+    assert not result.passed  # pw alone is 72 % of the MACs
+    assert all("pw" not in c for c in calls)
+    assert all(a.float_macs_share <= 0.5 for a in result.attempts)
+    best = max(a.agreement for a in result.attempts if a.source == "artifact")
+    assert next(a.agreement for a in result.attempts if a.float_layers == result.float_layers) == best
+    assert result.sensitivity[2].gain == max(row.gain for row in result.sensitivity)  # pw is the one that matters
+    assert not any("pw" in prefix for prefix in ranked_prefixes(result.sensitivity, 0.5))
+    assert any("pw" in prefix for prefix in ranked_prefixes(result.sensitivity, 0.8))
+
+
+def test_an_optimistic_simulation_is_corrected_by_real_artifacts():
+    """The simulation sees half the real error: its first choice fails for real, the search grows the float set."""
+    noise = {"stem": 0.05, "dw": 0.1, "pw": 0.005, "fc": 0.05}
+    attempt, simulate, tuning, criterion, _calls = _problem(noise, bias=0.4)
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3)
+    real = [(a.float_layers, a.passed) for a in result.attempts if a.source == "artifact"]
+    assert [passed for _, passed in real] == [False, False, False, True]
+    assert [len(layers) for layers, _ in real] == [0, 1, 2, 3] and real[1][0] == ["dw"]  # grown one layer at a time
+    assert result.passed and set(result.float_layers) == {"dw", "stem", "fc"}
+    simulated = [a for a in result.attempts if a.source == "simulation" and a.float_layers == ["dw"]]
+    assert simulated and simulated[0].passed  # what misled the first real attempt
+
+
+def test_a_layer_that_hurts_in_the_real_file_makes_the_search_shrink():
+    """The simulation needs dw and fc float to pass; in the real file fc in float costs more than it gives (on Lite0 a
+    float projection convolution did that in TFLite), so the search goes back to the shorter prefix, which passes."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, (400, len(LABELS)))
+    noise = {"stem": 0.002, "dw": 0.3, "pw": 0.002, "fc": 0.03}
+    directions = {name: rng.normal(0, 1, reference.shape) for name in noise}
+    harm = rng.normal(0, 1, reference.shape)
+
+    def logits(float_layers, scale):
+        return reference + sum(scale * size * directions[n] for n, size in noise.items() if n not in float_layers)
+
+    criterion, calls = Criterion(LABELS, margin=0.0), []
+
+    def attempt(float_layers):
+        calls.append(float_layers)
+        hurt = 0.5 * harm if "fc" in float_layers else 0.0
+        return criterion.judge(reference, logits(float_layers, 1.0) + hurt, None, "artifact")
+
+    def simulate(batch, float_layers):  # pessimistic: sees every error twice
+        return logits(float_layers, 2.0)[batch.astype(int)]
+
+    result = search(attempt, simulate, LAYERS, (np.arange(400), reference, None), criterion, max_float_macs=0.3)
+    assert calls == [frozenset(), frozenset({"dw", "fc"}), frozenset({"dw"})]
+    assert result.passed and result.float_layers == ["dw"]
+
+
+def test_max_attempts_bounds_the_real_artifacts():
+    attempt, simulate, tuning, criterion, calls = _problem({"stem": 0.2, "dw": 0.2, "pw": 0.01, "fc": 0.2}, bias=0.01)
+    search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3, max_attempts=2)
+    assert len(calls) <= 3  # plain + 2
+
+
+# -- through the exporter, with the fake target ------------------------------------------------
+@pytest.fixture
+def fake_registry(monkeypatch):
+    from dermmobile.targets import _MODULES
+
+    monkeypatch.setitem(_MODULES, "fake", "tests.fake_target")
+    monkeypatch.setattr(fake, "BEHAVIOUR", dict(fake.DEFAULT_BEHAVIOUR, layer_noise={}))
+    return fake
+
+
+def _export_int8(checkpoint_path, synthetic_root, out, **options):
+    from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.exporter import Int8Options, plan_export, run_plan
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    plan = plan_export(checkpoint, "fake", "int8", out, calib_data=synthetic_root, calib_count=18,
+                       int8=Int8Options(tune_count=36, **options))  # fmt: skip
+    (outcome,) = run_plan(checkpoint, plan)
+    return plan, outcome
+
+
+# tiny_cnn's layers: "0" (221 k MACs), "3" (295 k), "6" (295 k), "10" (the 9-class head, 288)
+SENSITIVE_6 = {"0": 0.02, "3": 0.02, "6": 12.0, "10": 0.02}
+
+
+def test_fallback_passes_the_gate_and_the_manifest_says_what_it_cost(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    fake.BEHAVIOUR["layer_noise"] = SENSITIVE_6
+    plan, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, max_float_macs=0.5)
+    assert outcome.ok, outcome.error
+    manifest = json.loads(outcome.artifact.manifest_file.read_text())
+    assert manifest["status"] == "passed" and manifest["float_layers"] == ["6"]
+    assert manifest["float_macs_share"] == pytest.approx(294912 / (221184 + 294912 + 294912 + 288), rel=1e-3)
+    assert manifest["op_counts"] == {"int8": 3, "dynamic": 0, "float": 1, "by_op": {}}
+    fallback = manifest["fallback"]
+    assert fallback["enabled"] and fallback["passed_tuning"] and fallback["criterion"]["images"] == "tuning"
+    assert [a["float_layers"] for a in fallback["attempts"] if a["source"] == "artifact"] == [[], ["6"]]
+    assert (tmp_path / fallback["sensitivity_report"]).is_file()
+    # calibration, tuning and gate: disjoint, all recorded
+    calibration, tuning, gate = (set(plan_names) for plan_names in _sets(plan))
+    assert not (calibration & tuning or calibration & gate or tuning & gate)
+    assert manifest["calibration"]["count"] == 18 and manifest["tuning_images"]["count"] == len(tuning) == 36
+    assert manifest["gate_images"]["count"] == manifest["parity"]["images"] == len(gate) == 90 - 18 - 36
+
+
+def _sets(plan):
+    from dermmobile.data import files_digest
+
+    names = [plan.tuning.names, plan.check.names]
+    assert files_digest(plan.tuning.names) == plan.image_records["tuning"]["files_sha256"]
+    assert files_digest(plan.check.names) == plan.image_records["gate"]["files_sha256"]
+    calibration_count = plan.image_records["calibration"]["count"]
+    everything = {p.relative_to(plan_root(plan)).as_posix() for p in plan_root(plan).rglob("*.png")}
+    calibration = everything - set(names[0]) - set(names[1])
+    assert len(calibration) == calibration_count
+    return calibration, names[0], names[1]
+
+
+def plan_root(plan):
+    from pathlib import Path
+
+    return Path(plan.check.source)
+
+
+def test_fallback_that_cannot_pass_within_the_cap_fails_with_what_it_tried(
+    fake_registry, tiny_checkpoint, synthetic_root, tmp_path
+):
+    from dermmobile.errors import EXIT_GATE_FAILED
+
+    fake.BEHAVIOUR["layer_noise"] = SENSITIVE_6
+    _, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, max_float_macs=0.25)
+    assert outcome.exit_code == EXIT_GATE_FAILED and "below the 98% gate" in outcome.error
+    manifest = json.loads(outcome.artifact.manifest_file.read_text())
+    assert manifest["status"] == "failed" and not manifest["fallback"]["passed_tuning"]
+    assert all(share <= 0.25 for share in [a["float_macs_share"] for a in manifest["fallback"]["attempts"]])
+    assert "6" not in (manifest["float_layers"] or [])
+
+
+def test_no_fallback_keeps_plain_int8(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    fake.BEHAVIOUR["layer_noise"] = SENSITIVE_6
+    _, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, fallback=False)
+    manifest = json.loads(outcome.artifact.manifest_file.read_text())
+    assert outcome.exit_code == 3 and manifest["float_layers"] == [] and not manifest["fallback"]["enabled"]
+
+
+def test_an_int8_artifact_that_is_silently_float_fails(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    fake.BEHAVIOUR["float_ops"] = 1  # the file has one float op nobody asked for
+    _, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path)
+    assert outcome.exit_code == 3 and "is not the int8 artifact that was asked for" in outcome.error
+    assert json.loads(outcome.artifact.manifest_file.read_text())["status"] == "failed"
+
+
+def test_explain_writes_the_sensitivity_report(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    fake.BEHAVIOUR["layer_noise"] = {"0": 0.01, "3": 0.3, "6": 0.01, "10": 0.01}
+    _, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, explain=True)
+    assert outcome.ok, outcome.error
+    stem = outcome.artifact.path.name + ".sensitivity"
+    report = json.loads((tmp_path / f"{stem}.json").read_text())
+    rows = {row["layer"]: row for row in report["layers"]}
+    assert set(rows) == {"0", "3", "6", "10"}
+    assert max(rows, key=lambda name: rows[name]["gain"]) == "3"
+    assert rows["3"]["quantized_alone"]["mean_abs_logit"] > rows["0"]["quantized_alone"]["mean_abs_logit"]
+    assert re.search(r"^\| 3 +\| conv ", (tmp_path / f"{stem}.md").read_text(), re.MULTILINE)
+    assert (tmp_path / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
