@@ -28,6 +28,7 @@ from dermmobile.checkpoint import load_checkpoint
 from dermmobile.errors import MissingBackendError
 from dermmobile.exporter import plan_export, run_plan
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
+from dermmobile.tables import markdown_table
 from dermmobile.web import CHROMIUM, browser_missing, build_site, drive_chromium, package_version, serving
 
 HERE = Path(__file__).resolve().parent
@@ -114,9 +115,7 @@ def markdown(summary: dict) -> str:
         f"artifact as its uint8-I/O twin (same int8 body). Preprocessing {summary['preprocess']}. Load average at the end: "
         f"{machine.get('load_average_1_5_15min')}.",
         "",
-        "| " + " | ".join(headers) + " |",
-        "|---" * len(headers) + "|",
-        *("| " + " | ".join(cells) + " |" for cells in rows),
+        markdown_table(rows, headers),
         "",
     ])  # fmt: skip
 

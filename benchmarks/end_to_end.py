@@ -50,13 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     from dermmobile.bench.latency import end_to_end, summarize, time_calls
     from dermmobile.bench.phone_photo import make_phone_photo
     from dermmobile.bench.sweep import machine_info, versions
-    from dermmobile.bench.worker import Job, open_runtime
+    from dermmobile.bench.worker import Job, loader
     from dermmobile.data import balanced_sample, scan_image_folder
     from dermmobile.fsutil import atomic_write_json, atomic_write_text
     from dermmobile.preprocess import ALGORITHM_V1, ALGORITHM_V2, PreprocessSpec
 
-    load, _ = open_runtime(Job("artifact", args.threads, path=str(args.artifact)))
+    load, check, _ = loader(Job("artifact", args.threads, path=str(args.artifact)))
     runtime = load()
+    check(runtime)
     from dermmobile.artifact import load_artifact
 
     manifest = load_artifact(args.artifact).manifest
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(report: dict) -> str:
+    from dermmobile.tables import markdown_table
+
     m = report["machine"]
     phones = report["phone_photos"]["bytes"]
     lines = [
@@ -128,18 +131,16 @@ def markdown(report: dict) -> str:
         "proportion to the file size). Per step: the p50 per file of each round, median over "
         f"{report['rows'][0]['rounds']} alternating rounds, ms.",
         "",
-        "| preprocessing | photos | decode | preprocess | inference | end to end | / inference p50 | bar |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for row in report["rows"]:
         name = row["algorithm"] + (" (the artifact's)" if row["own_spec"] else "")
         verdict = "within" if row["within_bar"] else "ABOVE"
-        lines.append(
-            f"| {name} | {row['photos']} | {row['decode_p50_ms']:.1f} | {row['preprocess_p50_ms']:.1f} | "
-            f"{row['inference_p50_ms']:.1f} | {row['total_p50_ms']:.1f} | {row['total_over_inference_p50']:.1f}x | "
-            f"{verdict} {row['bar']:g}x |"
-        )
-    return "\n".join([*lines, ""])
+        cells.append([name, row["photos"], f"{row['decode_p50_ms']:.1f}", f"{row['preprocess_p50_ms']:.1f}",
+                      f"{row['inference_p50_ms']:.1f}", f"{row['total_p50_ms']:.1f}", f"{row['total_over_inference_p50']:.1f}x",
+                      f"{verdict} {row['bar']:g}x"])  # fmt: skip
+    headers = ["preprocessing", "photos", "decode", "preprocess", "inference", "end to end", "/ inference p50", "bar"]
+    return "\n".join([*lines, markdown_table(cells, headers), ""])
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dermmobile.checkpoint import load_checkpoint
 from dermmobile.exporter import plan_export, run_plan
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.quantization.options import Int8Options
+from dermmobile.tables import markdown_table
 from dermmobile.targets import target_names, valid_combinations
 from dermmobile.targets.base import QUANTIZATIONS
 
@@ -104,10 +105,8 @@ def markdown(report: dict) -> str:
         "judged each artifact once, after the fallback had chosen on the tuning images. `plain` is int8 without the "
         "fallback, for comparison. Latency: the bench report beside this file.",
         "",
-        "| target | quantization | size | export time | parity images | agreement | flips | unseen: agreement (flips) "
-        "| top-1 (ref) | float layers (MACs) | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for row in report["exports"]:
         size = f"{row['bytes'] / 1e6:.2f} MB" if row["bytes"] else "-"
         top1 = f"{row['accuracy']:.1%} ({row['reference_accuracy']:.1%})" if row["accuracy"] is not None else "-"
@@ -117,11 +116,11 @@ def markdown(report: dict) -> str:
         float_cell = "-" if floats is None else f"{len(floats)} ({_pct(row['float_macs_share'])})"
         status = row["status"] if not row["error"] else f"{row['status']}: {row['error'][:160]}"
         quant = row["quantization"] + (f" {row['variant']}" if row.get("variant") else "")
-        lines.append(
-            f"| {row['target']} | {quant} | {size} | {row['seconds']:.0f} s | {row['parity_images'] or '-'} "
-            f"| {_pct(row['agreement'])} | {row['flips']} | {unseen_cell} | {top1} | {float_cell} | {status} |"
-        )
-    lines += ["", "## int8: flips, margins and the cost of the fallback", ""]
+        cells.append([row["target"], quant, size, f"{row['seconds']:.0f} s", row["parity_images"] or "-", _pct(row["agreement"]),
+                      row["flips"], unseen_cell, top1, float_cell, status])  # fmt: skip
+    headers = ["target", "quantization", "size", "export time", "parity images", "agreement", "flips",
+               "unseen: agreement (flips)", "top-1 (ref)", "float layers (MACs)", "status"]  # fmt: skip
+    lines += [markdown_table(cells, headers), "", "## int8: flips, margins and the cost of the fallback", ""]
     for row in (r for r in report["exports"] if r["quantization"] == "int8" and r["file"]):
         images = row.get("images") or {}
         counts = ", ".join(f"{k} {(v or {}).get('count')}" for k, v in images.items())
@@ -129,13 +128,14 @@ def markdown(report: dict) -> str:
             f"- **{row['file']}**: {counts}; flip margins {row['flip_margins']} (median margin of all images "
             f"{row['margin_median']:.2f}); float layers: {', '.join(row['float_layers'] or []) or 'none'}; ops {row['op_counts']}"
         )
-    lines += ["", "| int8 artifact @ threads | p50 | plain int8 p50 | fallback cost | PyTorch eager p50 | vs eager |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    latency = []
     for key, v in report["latency"].items():
         ms = ["-" if v[k] is None else f"{v[k]:.2f} ms" for k in ("p50_ms", "plain_int8_p50_ms", "eager_p50_ms")]
         cost = "-" if v["fallback_cost"] is None else f"{v['fallback_cost']:.2f}x"
         eager = "-" if v["vs_eager"] is None else f"{v['vs_eager']:.2f}x"
-        lines.append(f"| {key} | {ms[0]} | {ms[1]} | {cost} | {ms[2]} | {eager} |")
+        latency.append([key, ms[0], ms[1], cost, ms[2], eager])
+    headers = ["int8 artifact @ threads", "p50", "plain int8 p50", "fallback cost", "PyTorch eager p50", "vs eager"]
+    lines += ["", markdown_table(latency, headers)]
     return "\n".join(lines) + "\n"
 
 

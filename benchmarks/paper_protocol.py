@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dermmobile.bench.sweep import machine_info, versions
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
+from dermmobile.tables import markdown_table
 from dermmobile.trainer import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
@@ -68,25 +69,22 @@ def markdown(report: dict) -> str:
         "",
         f"Data: {report['data']['note']}",
         "",
-        "| recipe | arch | held-out test top-1 | validation top-1 | epochs | train time | img/s | the paper (different data) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for row in report["runs"]:
         if "error" in row:
-            lines.append(f"| {row['recipe']} | {row['arch']} | not run: {row['error']} | | | | | |")
+            cells.append([row["recipe"], row["arch"], f"not run: {row['error']}", "", "", "", "", ""])
         elif "val_accuracy_mean" in row:
             val = f"{row['val_accuracy_mean']:.1%} ± {row['val_accuracy_std']:.1%} (5-fold)"
             epochs, seconds = row["settings"]["epochs"], row["wall_time_s"]
-            lines.append(
-                f"| {row['recipe']} | {row['arch']} | - | {val} | {epochs} | {seconds:.0f} s, all folds | - | 5-fold CV |"
-            )
+            cells.append([row["recipe"], row["arch"], "-", val, epochs, f"{seconds:.0f} s, all folds", "-", "5-fold CV"])
         else:
-            paper = PAPER.get(row["recipe"], "")
-            lines.append(
-                f"| {row['recipe']} | {row['arch']} | **{row['test_accuracy']:.1%}** | {row['val_accuracy']:.1%} | "
-                f"{row['epochs_run']} | {row['train_time_s']:.0f} s | {row['train_img_per_s']:.1f} | {paper} |"
-            )
-    lines += ["", f"Versions: {report['versions']}", ""]
+            cells.append([row["recipe"], row["arch"], f"**{row['test_accuracy']:.1%}**", f"{row['val_accuracy']:.1%}",
+                          row["epochs_run"], f"{row['train_time_s']:.0f} s", f"{row['train_img_per_s']:.1f}",
+                          PAPER.get(row["recipe"], "")])  # fmt: skip
+    headers = ["recipe", "arch", "held-out test top-1", "validation top-1", "epochs", "train time", "img/s",
+               "the paper (different data)"]  # fmt: skip
+    lines += [markdown_table(cells, headers), "", f"Versions: {report['versions']}", ""]
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ from dermmobile.data import decode_image
 from dermmobile.evaluate import predict_logits
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.preprocess import ALGORITHM_V1, ALGORITHM_V2, PreprocessSpec
+from dermmobile.tables import markdown_table
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
@@ -98,6 +99,11 @@ def compare(logits: np.ndarray, reference: np.ndarray, targets: np.ndarray, rows
     }
 
 
+VARIANT_COLUMNS = ("variant", "JPEG decode", "held-out top-1", "agreement with v1 (held-out)", "agreement with v1 (all)",
+                   "flips (all)", "max abs logit diff (all)", "sd198 decode ms", "sd198 preprocess ms", "12 MP decoded size",
+                   "12 MP decode ms", "12 MP preprocess ms")  # fmt: skip
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
@@ -109,33 +115,29 @@ def markdown(report: dict) -> str:
         "training photos included: agreement only). Times: p50 per file, one process, "
         f"machine {'busy' if (m['load_average_1_5_15min'] or [0])[0] > 1.5 else 'idle'} (compare rows with each other).",
         "",
-        "| variant | JPEG decode | held-out top-1 | agreement with v1 (held-out) | agreement with v1 (all) | flips (all) | "
-        "max abs logit diff (all) | sd198 decode ms | sd198 preprocess ms | 12 MP decoded size | 12 MP decode ms | "
-        "12 MP preprocess ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for v in report["variants"]:
         held, every, phone = v["held_out"], v["all"], v["phone_photo"]
-        lines.append(
-            f"| {v['name']} | {v['decode']} | {held['top1']:.1%} | {held['agreement_with_v1']:.1%} | "
-            f"{every['agreement_with_v1']:.1%} | {every['flips']} | {every['max_abs_logit_diff']:.3f} | "
-            f"{v['decode_ms_p50']:.1f} | {v['preprocess_ms_p50']:.1f} | {phone['decoded_size'][0]}x{phone['decoded_size'][1]} | "
-            f"{phone['decode_ms_p50']:.1f} | {phone['preprocess_ms_p50']:.1f} |"
-        )
+        cells.append([v["name"], v["decode"], f"{held['top1']:.1%}", f"{held['agreement_with_v1']:.1%}",
+                      f"{every['agreement_with_v1']:.1%}", every["flips"], f"{every['max_abs_logit_diff']:.3f}",
+                      f"{v['decode_ms_p50']:.1f}", f"{v['preprocess_ms_p50']:.1f}",
+                      f"{phone['decoded_size'][0]}x{phone['decoded_size'][1]}", f"{phone['decode_ms_p50']:.1f}",
+                      f"{phone['preprocess_ms_p50']:.1f}"])  # fmt: skip
+    lines.append(markdown_table(cells, VARIANT_COLUMNS))
     lines += ["", "The v2 row is the spec (`dermmobile-preprocess-v2`); the other v2 rows are the candidates it was chosen from."]
     if report["exported"]:
         lines += [
             "",
             "## Parity gates at export, per preprocessing spec (from the artifacts' manifests)",
             "",
-            "| artifact | preprocessing | status | images | agreement | flips | top-1 | reference top-1 | max abs logit |",
-            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for e in report["exported"]:
-            lines.append(
-                f"| {e['file']} | {e['algorithm']} | {e['status']} | {e['images']} | {e['agreement']:.2%} | {e['flips']} | "
-                f"{e['accuracy']:.1%} | {e['reference_accuracy']:.1%} | {e['max_abs_logit']:.3f} |"
-            )
+        cells = [[e["file"], e["algorithm"], e["status"], e["images"], f"{e['agreement']:.2%}", e["flips"],
+                  f"{e['accuracy']:.1%}", f"{e['reference_accuracy']:.1%}", f"{e['max_abs_logit']:.3f}"]
+                 for e in report["exported"]]  # fmt: skip
+        headers = ["artifact", "preprocessing", "status", "images", "agreement", "flips", "top-1", "reference top-1",
+                   "max abs logit"]  # fmt: skip
+        lines.append(markdown_table(cells, headers))
     return "\n".join(lines)
 
 

@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 
+from dermmobile.tables import markdown_table
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
@@ -33,21 +35,22 @@ def _ms(value) -> str:
 
 def training_section(path: Path) -> list[str]:
     report = json.loads(path.read_text())
-    columns = "recipe | arch | held-out test top-1 | validation top-1 | epochs | train time | train img/s | the paper (9 classes)"
-    lines = [f"### Fine-tuning ([{path.name}](benchmarks/results/{path.name}))", "", f"| {columns} |", "|---" * 8 + "|"]
     paper = {"head-only": "68 %", "full": "77–84 %", "head-only 5-fold": "5-fold CV"}
+    cells = []
     for row in report["runs"]:
         if "error" in row:
-            lines.append(f"| {row['recipe']} | {row['arch']} | not run: {row['error']} | | | | | |")
+            cells.append([row["recipe"], row["arch"], f"not run: {row['error']}", "", "", "", "", ""])
         elif "val_accuracy_mean" in row:
             val = f"{row['val_accuracy_mean']:.1%} ± {row['val_accuracy_std']:.1%}"
-            lines.append(f"| {row['recipe']} | {row['arch']} | – | {val} | {row['settings']['epochs']} | "
-                         f"{row['wall_time_s']:.0f} s (all folds) | – | {paper.get(row['recipe'], '')} |")  # fmt: skip
+            cells.append([row["recipe"], row["arch"], "–", val, row["settings"]["epochs"],
+                          f"{row['wall_time_s']:.0f} s (all folds)", "–", paper.get(row["recipe"], "")])  # fmt: skip
         else:
-            lines.append(f"| {row['recipe']} | {row['arch']} | **{_pct(row['test_accuracy'])}** | {_pct(row['val_accuracy'])} | "
-                         f"{row['epochs_run']} | {row['train_time_s']:.0f} s | {row['train_img_per_s']:.1f} | "
-                         f"{paper.get(row['recipe'], '')} |")  # fmt: skip
-    return lines
+            cells.append([row["recipe"], row["arch"], f"**{_pct(row['test_accuracy'])}**", _pct(row["val_accuracy"]),
+                          row["epochs_run"], f"{row['train_time_s']:.0f} s", f"{row['train_img_per_s']:.1f}",
+                          paper.get(row["recipe"], "")])  # fmt: skip
+    headers = ["recipe", "arch", "held-out test top-1", "validation top-1", "epochs", "train time", "train img/s",
+               "the paper (9 classes)"]  # fmt: skip
+    return [f"### Fine-tuning ([{path.name}](benchmarks/results/{path.name}))", "", markdown_table(cells, headers)]
 
 
 def export_section(path: Path) -> list[str]:
@@ -56,37 +59,35 @@ def export_section(path: Path) -> list[str]:
     artifacts = {a["name"]: a for a in bench["artifacts"]}
     threads = sorted({row["threads"] for row in bench["rows"] if row.get("threads")})
     p50 = {(row["artifact"], row["threads"]): (row.get("latency_ms") or {}).get("p50") for row in bench["rows"]}
-    head = " | ".join(f"p50 @{t} thr" for t in threads)
-    links = f"[{path.name}](benchmarks/results/{path.name}), bench: [{report['bench']}](benchmarks/results/{report['bench']})"
-    lines = [f"### Export matrix ({links})", "",
-             f"int8: calibrated on {report['calib_count']} class-balanced photos, layers left float chosen on tuning photos, "
-             "agreement at export on the gate photos (disjoint from both; `plain`: no fallback). fp32/fp16: the held-out "
-             "split. Top-1 and latency: bench on the held-out test split.", "",
-             f"| artifact | size | export | agreement at export (flips) | test top-1 | {head} | gate |",
-             "|---|---|---|---|---|" + "---|" * len(threads) + "---|"]  # fmt: skip
+    cells = []
     for name in ("pytorch-eager", "pytorch-compile"):
         if name in artifacts:
-            cells = " | ".join(_ms(p50.get((name, t))) for t in threads)
             top1 = _pct((artifacts[name].get("parity") or {}).get("accuracy"))
-            lines.append(f"| {name} (reference) | – | – | – | {top1} | {cells} | – |")
+            cells.append([f"{name} (reference)", "–", "–", "–", top1, *(_ms(p50.get((name, t))) for t in threads), "–"])
     for row in report["exports"]:
         name = row["file"] or f"{row['target']}-{row['quantization']}"
-        bench_row = artifacts.get(name, {})
-        cells = " | ".join(_ms(p50.get((name, t))) for t in threads)
         agreement = (
             f"{_pct(row['agreement'])} ({row['flips']} of {row['parity_images']})" if row["agreement"] is not None else "not run"
         )
         size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] else "–"
+        top1 = _pct((artifacts.get(name, {}).get("parity") or {}).get("accuracy"))
         gate = "not run (needs macOS)" if row["status"] == "not-run" else row["status"]
         label = f"{row['target']} {row['quantization']}" + (f" {row['variant']}" if row.get("variant") else "")
         if row.get("float_macs_share"):
             label += f" ({row['float_macs_share']:.0%} of MACs float)"
-        lines.append(f"| {label} | {size} | {row['seconds']:.0f} s | {agreement} | "
-                     f"{_pct((bench_row.get('parity') or {}).get('accuracy'))} | {cells} | {gate} |")  # fmt: skip
-    return lines
+        cells.append([label, size, f"{row['seconds']:.0f} s", agreement, top1, *(_ms(p50.get((name, t))) for t in threads), gate])
+    headers = ["artifact", "size", "export", "agreement at export (flips)", "test top-1", *(f"p50 @{t} thr" for t in threads),
+               "gate"]  # fmt: skip
+    links = f"[{path.name}](benchmarks/results/{path.name}), bench: [{report['bench']}](benchmarks/results/{report['bench']})"
+    return [f"### Export matrix ({links})", "",
+            f"int8: calibrated on {report['calib_count']} class-balanced photos, layers left float chosen on tuning photos, "
+            "agreement at export on the gate photos (disjoint from both; `plain`: no fallback). fp32/fp16: the held-out "
+            "split. Top-1 and latency: bench on the held-out test split.", "",
+            markdown_table(cells, headers)]  # fmt: skip
 
 
 def scaling_section(path: Path) -> list[str]:
+    # The table as scaling.py wrote it (markdown_table there): copied, not re-typed.
     table = [line for line in path.read_text().splitlines() if line.startswith("|")]
     return [f"### Scaling ([{path.name}](benchmarks/results/{path.name}), random weights: latency and size only)", "", *table]
 

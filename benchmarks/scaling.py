@@ -23,6 +23,7 @@ from dermmobile.exporter import plan_export, run_plan
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.models import build_model
 from dermmobile.preprocess import DEFAULT_SPEC
+from dermmobile.tables import markdown_table
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
@@ -62,13 +63,8 @@ def measure(arch: str, data: Path, work: Path, threads: list[int], iters: int) -
 
 def markdown(report: dict) -> str:
     threads = report["threads"]
-    head = " | ".join(f"eager p50 @{t}" for t in threads) + " | " + " | ".join(f"ONNX p50 @{t}" for t in threads)
-    lines = [
-        f"# Scaling on a {report['machine']['cores']}-core {report['machine']['arch']} CPU (batch 1, 224x224)",
-        "",
-        f"| arch | params | GFLOP | ONNX size | {head} |",
-        "|---" * (4 + 2 * len(threads)) + "|",
-    ]
+    p50_columns = [f"{runtime} p50 @{t}" for runtime in ("eager", "ONNX") for t in threads]
+    table = []
     for entry in report["archs"]:
         cells = []
         for runtime in ("pytorch-eager", "onnx"):
@@ -79,8 +75,9 @@ def markdown(report: dict) -> str:
                 cells.append(f"{p50:.1f} ms" if p50 else "-")
         size = f"{entry['onnx_bytes'] / 1e6:.1f} MB" if entry["onnx_bytes"] else "-"
         gflop = f"{entry['gflops']:.2f}" if entry["gflops"] else "-"
-        lines.append(f"| {entry['arch']} | {entry['params'] / 1e6:.1f} M | {gflop} | {size} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append([entry["arch"], f"{entry['params'] / 1e6:.1f} M", gflop, size, *cells])
+    title = f"# Scaling on a {report['machine']['cores']}-core {report['machine']['arch']} CPU (batch 1, 224x224)"
+    return "\n".join([title, "", markdown_table(table, ["arch", "params", "GFLOP", "ONNX size", *p50_columns])]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

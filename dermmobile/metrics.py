@@ -36,13 +36,11 @@ def per_class_precision(matrix: np.ndarray) -> np.ndarray:
 
 def markdown_confusion(matrix: np.ndarray, labels: list[str]) -> str:
     """The confusion matrix as a Markdown table (the paper's Table 4 form), recall in the last column."""
+    from dermmobile.tables import markdown_table
+
     recall = per_class_recall(matrix)
-    short = [label[:12] for label in labels]
-    lines = ["| true \\ predicted | " + " | ".join(short) + " | recall |", "|---" * (len(labels) + 2) + "|"]
-    for i, label in enumerate(labels):
-        cells = " | ".join(str(v) for v in matrix[i])
-        lines.append(f"| {label} | {cells} | {'' if np.isnan(recall[i]) else f'{recall[i]:.0%}'} |")
-    return "\n".join(lines)
+    rows = [[label, *matrix[i].tolist(), "" if np.isnan(recall[i]) else f"{recall[i]:.0%}"] for i, label in enumerate(labels)]
+    return markdown_table(rows, ["true \\ predicted", *(label[:12] for label in labels), "recall"])
 
 
 def plot_confusions(matrices: list[np.ndarray], titles: list[str], labels: list[str], path: Path, suptitle: str = "") -> Path:

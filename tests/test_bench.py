@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dermmobile.artifact import Manifest, TensorSpec, write_manifest
+from dermmobile.artifact import Manifest, TensorSpec, load_artifact, write_manifest
 from dermmobile.bench import latency
+from dermmobile.bench import report as report_module
 from dermmobile.bench.accuracy import accuracy_parity
 from dermmobile.bench.merge import check_row, merge_rows, read_rows
 from dermmobile.bench.phone_photo import make_phone_photo
+from dermmobile.bench.results import read_job_result, write_job_result
 from dermmobile.bench.sweep import select_samples
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.cli import main
 from dermmobile.errors import EXIT_BAD_INPUT, BadInputError, MissingBackendError
 from dermmobile.preprocess import PreprocessSpec
 from dermmobile.synthetic import make_synthetic_dataset
+from dermmobile.tables import markdown_table
 
 LABELS = ["acne", "crust", "wheal"]
 SPEC = PreprocessSpec(resize=8, crop=8)
@@ -49,9 +54,21 @@ def test_gflops_arithmetic():
     assert latency.gflops_per_second(1e9, None) is None
 
 
-def test_gemm_peak_arithmetic(monkeypatch):
-    monkeypatch.setattr(latency, "time_calls", lambda fn, n: [4.0, 2.0, 3.0])  # best is 2 ms
-    assert latency.gemm_peak_gflops(size=64) == pytest.approx(2 * 64**3 / 2e-3 / 1e9)
+def test_gemm_peak_is_the_fastest_library_and_names_it(monkeypatch):
+    # numpy and torch take turns: warm-up calls are untimed, then 3 repeats of (numpy, torch) in that order
+    times = iter([4.0, 1.0, 3.0, 2.0, 5.0, 1.5])  # numpy best 3 ms, torch best 1 ms
+    monkeypatch.setattr(latency, "time_calls", lambda fn, n: [next(times)])
+    peak = latency.gemm_peak(size=64, threads=1, repeats=3)
+    numpy_name, torch_name = peak.candidates
+    assert numpy_name.startswith("numpy ") and torch_name.startswith("torch ")
+    assert peak.candidates[numpy_name] == pytest.approx(2 * 64**3 / 3e-3 / 1e9)
+    assert peak.library == torch_name and peak.gflops == pytest.approx(2 * 64**3 / 1e-3 / 1e9)
+
+
+def test_gemm_peak_without_torch_is_numpy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    peak = latency.gemm_peak(size=64, threads=1, repeats=2)
+    assert list(peak.candidates) == [peak.library] and peak.library.startswith("numpy ") and peak.gflops > 0
 
 
 # -- parity on a labeled set ---------------------------------------------------------------
@@ -178,26 +195,50 @@ def test_worker_protocol_order_and_counts(tmp_path, monkeypatch, data):
         warmup=3,
         iters=5,
         images=str(tmp_path / "x.npy"),
-        logits_out=str(tmp_path / "logits.npy"),
+        parity=True,
         e2e_files=files,
         spec=SPEC.to_dict(),
     )
     job.phone_photo = str(make_phone_photo(Path(files[0]), tmp_path / "phone.jpg", size=(640, 480)))
     job.phone_runs = 3
     result = run_job(job)
-    assert result["status"] == "ok", result
+    assert result.status == "ok", result.error
     # the load check (dermmobile.runtime.smoke_test) + first inference + warm-up + timed
     # + end-to-end (data set, then phone photo) + one call per parity image
     assert runtime.calls == 1 + 1 + 3 + 5 + 2 + 3 + 4
-    assert result["latency_ms"]["n"] == 5 and result["end_to_end_ms"]["n"] == 2
-    on_images, phone = result["end_to_end"]["images"], result["end_to_end"]["phone_12mp"]
+    assert result.latency.n == 5 and result.end_to_end["images"].total.n == 2
+    e2e = result.end_to_end_dict()
+    on_images, phone = e2e["images"], e2e["phone_12mp"]
     assert (on_images["files"], phone["files"]) == (2, 3)
     for e2e in (on_images, phone):  # the parts add up to the whole, file by file
         parts = sum(e2e[f"{step}_ms"]["mean"] for step in ("decode", "preprocess", "inference"))
         assert parts == pytest.approx(e2e["total_ms"]["mean"], rel=1e-9)
-        assert e2e["total_over_inference_p50"] == pytest.approx(e2e["total_ms"]["p50"] / result["latency_ms"]["p50"])
-    assert np.allclose(np.load(tmp_path / "logits.npy"), images.mean(axis=(2, 3)))
-    assert result["peak_rss_mb"] > 0
+        assert e2e["total_over_inference_p50"] == pytest.approx(e2e["total_ms"]["p50"] / result.latency.p50)
+    assert result.logits.dtype == np.float32 and np.allclose(result.logits, images.mean(axis=(2, 3)))
+    assert result.peak_rss_mb > 0
+    # a worker process hands it back as JSON + .npy; read back, it is the same result with the logits loaded
+    write_job_result(result, tmp_path / "result.json")
+    back = read_job_result(tmp_path / "result.json")
+    assert back.to_json() == json.loads(json.dumps(result.to_json()))
+    assert (
+        np.array_equal(back.logits, result.logits)
+        and back.end_to_end["phone_12mp"].decode == result.end_to_end["phone_12mp"].decode
+    )
+
+
+def test_job_errors_come_back_typed_with_their_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr("dermmobile.targets.get_target", lambda name: FAKES[name])
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 8, 8), np.float32))
+    bad = run_job(Job("artifact", 1, path=str(write_artifact(tmp_path, "b.bin", "fakebad")), images=str(tmp_path / "x.npy")))
+    # A runtime that cannot run one image is refused at load (dermmobile.runtime.smoke_test): bad input, exit 2.
+    assert bad.status == "error" and bad.error.startswith("load: ") and "RuntimeError: boom" in bad.error
+    assert bad.bad_input and bad.logits is None and bad.latency is None
+    # Any other failure keeps its stage, its type and a traceback, and is not bad input.
+    lost = run_job(Job("artifact", 1, path=str(tmp_path / "b.bin.json"), images=str(tmp_path / "missing.npy")))
+    assert lost.status == "error" and lost.error.startswith("setup: FileNotFoundError") and not lost.bad_input
+    assert "Traceback" in lost.traceback
+    mac = run_job(Job("artifact", 1, path=str(write_artifact(tmp_path, "c.bin", "fakemac")), images=str(tmp_path / "x.npy")))
+    assert mac.status == "not-run" and mac.error.startswith("not run:")
 
 
 def test_sweep_records_error_rows_goes_on_and_fails_the_exit_code(tmp_path, monkeypatch, data):
@@ -257,7 +298,12 @@ def test_sweep_records_error_rows_goes_on_and_fails_the_exit_code(tmp_path, monk
     assert "b-bad.bin @ 2 threads" in problems and "d-noisy.bin: max abs logit error" in problems
     assert "c-mac" not in problems and "e-same" not in problems
     md = (out / "bench.md").read_text()
-    assert "| b-bad.bin |" in md and "not run:" in md and "d-noisy.bin: max abs logit error" in md
+    assert ["b-bad.bin", "fakebad", "none"] in [cells[:3] for cells in md_rows(md)]
+    assert "not run:" in md and "d-noisy.bin: max abs logit error" in md
+    peak = report["gemm_peak_gflops"]["1"]
+    library = report["gemm_peak_library"]["1"]
+    assert peak == max(report["gemm_candidates_gflops"]["1"].values()) == report["gemm_candidates_gflops"]["1"][library]
+    assert library.split()[0] in ("numpy", "torch") and f"by {library}" in md
     assert (out / "accuracy-latency.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "confusions").iterdir()) == ["d-noisy.bin.png", "e-same.bin.png"]
 
@@ -302,6 +348,89 @@ def test_all_passing_sweep_exits_zero(tmp_path, monkeypatch, data):
     assert "12 MP phone JPEG" in (tmp_path / "out" / "bench.md").read_text()
 
 
+def md_rows(markdown: str) -> list[list[str]]:
+    """The cells of every Markdown table row in a text (escaped pipes stay inside their cell)."""
+    return [
+        [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in markdown.splitlines() if line.startswith("| ")
+    ]
+
+
+# -- report rendering ----------------------------------------------------------------------------------
+HOSTILE = "$\\undefinedcmd{$ |\x1b[31m"  # mathtext that does not parse, a pipe, an escape sequence
+
+
+def small_report(names: list[tuple[str, str, str, float, float]]) -> dict:
+    """A report with one artifact per (name, format, quantization, top-1, p50) and one host row each."""
+    artifacts, rows = [], []
+    for name, fmt, quant, top1, p50 in names:
+        kind = {"format": fmt, "quantization": quant, "error": None}
+        artifacts.append({"name": name, "role": "artifact", "status": "passed", "bytes": 1000, **kind,
+                          "parity": {"accuracy": top1, "flips": []}})  # fmt: skip
+        latency_ms = {"p50": p50, "p90": p50, "p99": p50, "mean": p50, "std": 0}
+        rows.append({"source": "host", "device": "cpu", "artifact": name, "threads": 2, "status": "ok", **kind,
+                     "latency_ms": latency_ms})  # fmt: skip
+    return {
+        "machine": {"cpu": HOSTILE, "cores": 2, "os": "linux", "python": "3.11"},
+        "versions": {"dermmobile": "0"},
+        "data": {"root": "/d", "split": "all", "images": 4, "classes": [HOSTILE, "b"]},
+        "reference": {"name": names[0][0], "note": "n"},
+        "settings": {"threads": [2], "warmup": 1, "iters": 2},
+        "gemm_peak_gflops": {"2": 199.0},
+        "gemm_peak_library": {"2": "torch 2.14.1 (mkl)"},
+        "gemm_candidates_gflops": {"2": {"numpy 2.4.6 (openblas 0.3.31, Haswell)": 110.0, "torch 2.14.1 (mkl)": 199.0}},
+        "created": "now",
+        "artifacts": artifacts,
+        "rows": rows,
+    }
+
+
+def test_markdown_tables_escape_pipes_and_name_the_gemm_library():
+    report = small_report([(f"a|{HOSTILE}", "onnx", "none", 0.5, 3.0), ("b.tflite", "tflite", "int8", 0.4, 2.0)])
+    md = report_module.markdown(report)
+    rows = md_rows(md)
+    escaped = "a\\|" + HOSTILE.replace("|", "\\|")
+    assert [escaped, "onnx", "none"] in [r[:3] for r in rows]  # one cell: the pipes in the name did not split the row
+    assert [len(r) for r in rows if r[0] == escaped] == [14, 15]  # its parity row and its latency row, all columns
+    assert "199.0 GFLOP/s at 2 thread(s) by torch 2.14.1 (mkl) (numpy 2.4.6 (openblas 0.3.31, Haswell) 110.0)" in md
+    assert markdown_table([["1.50", None]], ["x", "y"]).splitlines()[-1] == "| 1.50 |     |"  # kept as formatted
+
+
+def test_pareto_front_by_hand():
+    points = [(10.0, 60.0), (5.0, 55.0), (20.0, 70.0), (12.0, 59.0), (5.0, 50.0), (30.0, 70.0)]
+    # (5, 55) fastest; (10, 60) better than everything slower except (20, 70); (12, 59), (5, 50), (30, 70) are beaten
+    assert report_module.pareto_front(points) == [1, 0, 2]
+
+
+def test_plot_survives_hostile_labels_and_gives_each_format_one_colour(tmp_path):
+    names = [(f"{HOSTILE}{i}", fmt, quant, 0.5 + i / 100, 2.0 + i)
+             for i, (fmt, quant) in enumerate([("onnx", "none"), ("onnx", "int8"), ("tflite", "none"), ("tflite", "int8"),
+                                               ("$\\frac{", "fp16"), ("executorch", "int8")])]  # fmt: skip
+    report = small_report(names)
+    fig = report_module.accuracy_latency_figure(report)
+    ax = fig.axes[0]
+    colour_of, marker_paths = {}, {}
+    for collection in ax.collections:
+        faces = collection.get_facecolors()
+        if not len(faces):  # the Pareto rings are hollow
+            continue
+        x, _ = collection.get_offsets()[0]
+        _, fmt, quant, _, _ = next(n for n in names if n[4] == pytest.approx(x))
+        colour_of.setdefault(fmt, set()).add(tuple(faces[0]))
+        marker_paths.setdefault(quant, set()).add(collection.get_paths()[0].vertices.tobytes())
+    assert all(len(colours) == 1 for colours in colour_of.values()) and len(colour_of) == 4
+    assert len({next(iter(c)) for c in colour_of.values()}) == 4  # four formats, four colours
+    assert all(len(paths) == 1 for paths in marker_paths.values())
+    assert len({next(iter(p)) for p in marker_paths.values()}) == 3  # none, int8, fp16: three markers
+    numbers = [t for t in ax.texts if t.get_text().isdigit()]
+    assert sorted(int(t.get_text()) for t in numbers) == list(range(1, len(names) + 1))
+    fig.canvas.draw()  # layout and rendering of every text: mathtext would raise here
+    boxes = [t.get_window_extent() for t in numbers]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    report_module.pyplot().close(fig)
+    written = report_module.write_reports(report, tmp_path / "out")
+    assert (tmp_path / "out" / "accuracy-latency.png").stat().st_size > 10_000 and len(written) >= 3
+
+
 # -- data selection ---------------------------------------------------------------------------
 def test_held_out_split_and_class_mismatch(data):
     record = {"root": str(data), "test_files": ["acne/acne_000.png", "wheal/wheal_001.png"]}
@@ -344,6 +473,27 @@ def test_phone_rows_are_checked_and_merged(tmp_path):
     assert report["rows"][-1]["latency_ms"]["p50"] == 4.1 and report["rows"][-1]["merged_from"] == "phone.json"
 
 
+def test_host_rows_are_built_against_the_one_row_schema(tmp_path):
+    """rows.host_row validates what it builds with BenchRow: the row --merge accepts, or an error at the source."""
+    from pydantic import ValidationError
+
+    from dermmobile.bench.results import JobResult
+    from dermmobile.bench.rows import host_row
+    from dermmobile.bench.sweep import Subject
+
+    result = JobResult(2, latency=latency.summarize([1.0, 2.0, 3.0]), iterations=3, warmup=1, runtime="tflite")
+    subject = Subject("m.tflite", "artifact", tmp_path / "m.tflite.json", "tflite", "int8", list(LABELS), {}, file_bytes=10)
+    row = host_row(subject, result, "Some CPU", flops=None, gemm=None)
+    assert row["error"] is None and row["gflops_per_s"] is None  # keys given as None are kept, as before
+    assert check_row(json.loads(json.dumps(row)), "host row") == row
+    failed = host_row(
+        Subject("x", "artifact", tmp_path / "x.json", "unknown", "none", [], {}), JobResult.failed(1, "refused"), "c", None, None
+    )
+    assert failed["status"] == "error" and failed["latency_ms"] is None
+    with pytest.raises(ValidationError, match="quantization"):
+        host_row(Subject("m", "artifact", tmp_path / "m.json", "tflite", "int4", [], {}), result, "c", None, None)
+
+
 def test_merge_only_rerenders_an_existing_report(tmp_path, monkeypatch, data):
     monkeypatch.setattr("dermmobile.targets.get_target", lambda name: FAKES[name])
     export = tmp_path / "export"
@@ -357,7 +507,7 @@ def test_merge_only_rerenders_an_existing_report(tmp_path, monkeypatch, data):
     assert main(["bench", "--merge", str(phone), "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
     assert [r["source"] for r in report["rows"]] == ["host", "android"]
-    assert "| b.bin | android | Pixel 7 | 4 |" in (out / "bench.md").read_text()
+    assert ["b.bin", "android", "Pixel 7", "4"] in [cells[:4] for cells in md_rows((out / "bench.md").read_text())]
     phone.write_text(json.dumps([{**PHONE_ROW, "threads": -1}]))
     assert main(["bench", "--merge", str(phone), "--out", str(out)]) == 2
 
@@ -453,3 +603,82 @@ def test_peak_rss_belongs_to_the_worker_not_its_parent():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(done.stdout) < 200, done.stdout
     assert ballast.sum() > 0
+
+
+# -- the runtimes' per-image input path, and benchmarks/harness_overhead.py ---------------------------
+def test_quantize_rounds_half_to_even_clips_and_reuses_buffers():
+    from dermmobile.targets.base import quantize, to_layout
+
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 200.0, -200.0], np.float32).reshape(1, 1, 1, 7)
+    assert quantize(x, np.int8, 1.0, 3).ravel().tolist() == [3, 5, 5, 3, 1, 127, -128]
+    assert quantize(x, np.uint8, 0.5, 128).ravel().tolist() == [129, 131, 133, 127, 125, 255, 0]
+    image = np.random.default_rng(0).normal(size=(2, 3, 5, 4)).astype(np.float32)
+    out, work = np.empty((2, 5, 4, 3), np.int8), np.empty((2, 5, 4, 3), np.float32)
+    nhwc = to_layout(image, "NHWC", out=work)
+    assert nhwc is work and np.array_equal(nhwc, image.transpose(0, 2, 3, 1)) and to_layout(image, "NCHW") is image
+    expected = quantize(np.ascontiguousarray(image.transpose(0, 2, 3, 1)), np.int8, 0.02, -5)
+    assert quantize(nhwc, np.int8, 0.02, -5, out=out, work=work) is out and np.array_equal(out, expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory, tiny_checkpoint, synthetic_root) -> Path:
+    """The fixture model as TFLite int8 and fp32 in the Android layout (NHWC) and ONNX fp32."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("tiny-exports")
+    for target, quantize, layout in (("tflite", "int8", "nhwc"), ("tflite", "none", "nhwc"), ("onnx", "none", "nchw")):
+        args = ["export", "--checkpoint", str(tiny_checkpoint), "--target", target, "--quantize", quantize, "--out", str(out)]
+        assert main([*args, "--layout", layout, "--calib-data", str(synthetic_root)]) == 0
+    return out
+
+
+def test_tflite_runtime_feeds_exactly_what_the_plain_formula_gives(tiny_exports):
+    """The reused-buffer input path gives the logits of a plain transpose + quantize per call, for 1 and for 3 images."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from dermmobile.targets import get_target
+
+    for manifest in sorted(tiny_exports.glob("*tflite*.json")):
+        artifact = load_artifact(manifest)
+        runtime = get_target("tflite").load(artifact.path, artifact.manifest, threads=1)
+        plain = Interpreter(model_path=str(artifact.path), num_threads=1)
+        plain.allocate_tensors()
+        inp, out = plain.get_input_details()[0], plain.get_output_details()[0]
+        crop = artifact.manifest.preprocess["crop"]
+        images = np.random.default_rng(1).normal(size=(3, 3, crop, crop)).astype(np.float32)  # NCHW, as the bench feeds
+        expected = []
+        for image in images:
+            value = image[None].transpose(0, 2, 3, 1)
+            if artifact.manifest.quantization == "int8":
+                value = np.clip(np.round(value / inp["quantization"][0]) + inp["quantization"][1], -128, 127).astype(np.int8)
+            plain.set_tensor(inp["index"], np.ascontiguousarray(value))
+            plain.invoke()
+            logits = plain.get_tensor(out["index"]).astype(np.float32)
+            if artifact.manifest.quantization == "int8":
+                logits = (logits - out["quantization"][1]) * np.float32(out["quantization"][0])
+            expected.append(logits)
+        assert np.array_equal(runtime.predict(images[:1]), expected[0]), manifest.name
+        assert np.array_equal(runtime.predict(images), np.concatenate(expected)), manifest.name
+
+
+def test_harness_overhead_script_compares_every_format_with_its_bare_runtime(tiny_exports, tiny_checkpoint, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import harness_overhead
+    finally:
+        sys.path.pop(0)
+    stem = tmp_path / "overhead"
+    args = [str(tiny_exports), "--checkpoint", str(tiny_checkpoint), "--threads", "1", "--iters", "3", "--rounds", "4"]
+    assert harness_overhead.main([*args, "--out", str(stem)]) == 0
+    report = json.loads(stem.with_suffix(".json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"pytorch-eager", *(p.name.removesuffix(".json") for p in tiny_exports.glob("*.json"))}
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert len(row["bench_p50_ms"]) == len(row["bare_p50_ms"]) == len(row["ratio_per_round"]) == 4
+        assert row["ratio"] == pytest.approx(statistics.median(b / r for b, r in zip(row["bench_p50_ms"], row["bare_p50_ms"])))
+    assert {r["runtime"] for r in rows.values()} == {"pytorch", "tflite", "onnx"}
+    assert report["machine"]["cores"] and report["threads"] == 1
+    md = stem.with_suffix(".md").read_text()
+    assert {r[0] for r in md_rows(md)} >= set(rows)

@@ -5,7 +5,9 @@ Rooms:
                error, cosine, confusion and its drift), reusing dermmobile.parity and .metrics
   latency.py   timing loops, percentile statistics, GEMM peak, FLOPs, peak RSS
   worker.py    one job (load, time, run over the test set) in its own process
-  sweep.py     every artifact x thread count, the reference, and the JSON report
+  results.py   the typed result of a job (JobResult, logits loaded) and its hand-back from a worker process
+  sweep.py     every artifact x thread count and the reference, as jobs
+  rows.py      the JSON report from the job results: artifact entries, latency rows, problems
   report.py    JSON, Markdown and PNG files from the report
   merge.py     rows measured on a phone, merged into a report
 The JSON schema of reports and phone rows is in README.md beside this file.

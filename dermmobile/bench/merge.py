@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dermmobile.bench.schema import BenchReport, BenchRow
+from dermmobile.bench.schema import SCHEMA, BenchReport, BenchRow
 from dermmobile.errors import BadInputError
 from dermmobile.readers import MAX_MERGE_BYTES, MAX_REPORT_BYTES, read_json
 from dermmobile.validation import validate
@@ -66,7 +66,7 @@ def read_report(path: Path) -> dict:
                 "or pass --out pointing at an existing report folder"
             ) from None
         raise
-    if not isinstance(report, dict) or report.get("schema") != "dermmobile-bench":
-        raise BadInputError(f"{path} is not a dermmobile bench report (schema 'dermmobile-bench')")
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise BadInputError(f"{path} is not a dermmobile bench report (schema {SCHEMA!r})")
     validate(BenchReport, report, f"{path} is not a usable bench report")
     return report

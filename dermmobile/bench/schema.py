@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_
 from dermmobile.targets.base import QUANTIZATIONS
 from dermmobile.validation import SCHEMA_CONFIG, Count, Name, NonNegative, Number, Positive, Sha256, ShortText
 
+SCHEMA = "dermmobile-bench"  # a bench report's "schema" and "schema_version"
+SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "bench-row.schema.json"
 Identifier = Annotated[str, Field(strict=True, pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 KEPT = ConfigDict(extra="allow", allow_inf_nan=False)  # a report's objects: typed where used, other keys kept
@@ -182,8 +184,8 @@ class BenchReport(BaseModel):
     """A bench.json as `dermmobile bench --merge` reads it back."""
 
     model_config = KEPT
-    schema_: Literal["dermmobile-bench"] = Field(alias="schema")
-    schema_version: Literal[1]
+    schema_: Literal[SCHEMA] = Field(alias="schema")
+    schema_version: Literal[SCHEMA_VERSION]
     created: ShortText
     machine: Machine
     versions: dict[str, str]

@@ -4,9 +4,11 @@ It picks the images (the checkpoint's held-out test files when --data is its tra
 root), preprocesses them once per preprocessing spec, measures the machine's fp32 GEMM
 peak, runs one worker job per subject and thread count, then compares each artifact's
 logits with the reference's. A job that fails becomes a row with its error; the sweep
-goes on. The report it returns is the JSON documented in dermmobile/bench/README.md.
+goes on. Jobs come back as typed JobResults (results.py); rows.py turns them into the
+report, the JSON documented in dermmobile/bench/README.md.
 
-This module never imports torch: jobs that need it import it in their own process.
+This module never imports torch: jobs that need it import it in their own process
+(with --in-process, in this one).
 """
 
 from __future__ import annotations
@@ -24,14 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.bench.accuracy import accuracy_parity
-from dermmobile.bench.latency import THREAD_ENV, gflops_per_second
+from dermmobile.bench.latency import THREAD_ENV, GemmPeak
+from dermmobile.bench.results import JobResult, read_job_result
+from dermmobile.bench.rows import Measured, build_report
 from dermmobile.bench.worker import Job, run_job
 from dermmobile.errors import BadInputError, DermmobileError
-from dermmobile.parity import TOLERANCES
 
-SCHEMA = "dermmobile-bench"
-SCHEMA_VERSION = 1
 REFERENCE = "pytorch-eager"
 COMPILED = "pytorch-compile"
 
@@ -95,61 +95,9 @@ def _say(message: str) -> None:
 
 def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
     """Reference first, then the artifacts in name order; (subjects, checkpoint data record)."""
-    subjects: list[Subject] = []
-    data_record = None
-    if config.checkpoint is not None:
-        from dermmobile.checkpoint import read_meta
-        from dermmobile.fsutil import sha256_file
-
-        meta = read_meta(Path(config.checkpoint))
-        data_record = meta.data or None
-        common = dict(
-            kind="checkpoint",
-            path=Path(config.checkpoint),
-            format="pytorch",
-            quantization="none",
-            labels=list(meta.labels),
-            preprocess=dict(meta.preprocess),
-            file_bytes=Path(config.checkpoint).stat().st_size,
-            sha256=sha256_file(Path(config.checkpoint)),
-        )
-        subjects.append(Subject(REFERENCE, role="reference", **common))
-        if config.compile:
-            subjects.append(Subject(COMPILED, role="compiled", **common))
+    subjects, data_record = _checkpoint_subjects(config) if config.checkpoint is not None else ([], None)
     if config.artifacts is not None:
-        from dermmobile.artifact import find_artifacts, load_artifact
-
-        manifests = find_artifacts(Path(config.artifacts))
-        if not manifests:
-            raise BadInputError(f"{config.artifacts} holds no artifact manifests; run `dermmobile export` first")
-        for manifest_file in manifests:
-            name = manifest_file.name.removesuffix(".json")
-            try:
-                artifact = load_artifact(manifest_file)
-            except DermmobileError as exc:
-                refused = isinstance(exc, BadInputError)
-                subjects.append(
-                    Subject(name, "artifact", manifest_file, "unknown", "none", [], {}, error=str(exc), bad_input=refused)
-                )
-                continue
-            m = artifact.manifest
-            flops = (m.notes or {}).get("flops")
-            subjects.append(
-                Subject(
-                    name,
-                    "artifact",
-                    manifest_file,
-                    m.format,
-                    m.quantization,
-                    list(m.labels),
-                    dict(m.preprocess),
-                    file_bytes=m.bytes,
-                    sha256=m.sha256,
-                    flops=int(flops) if flops else None,
-                    float_layers=m.float_layers,
-                    float_macs_share=m.float_macs_share,
-                )
-            )
+        subjects += _artifact_subjects(Path(config.artifacts))
     if config.checkpoint is None:
         # No PyTorch model given: the first fp32 artifact is the reference; its own gate at export
         # time tied it to PyTorch within 1e-3, and the report says which artifact stood in.
@@ -162,6 +110,56 @@ def collect_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
             )
         fp32[0].role = "reference"
     return subjects, data_record
+
+
+def _checkpoint_subjects(config: BenchConfig) -> tuple[list[Subject], dict | None]:
+    """The checkpoint's eager model (the reference) and, unless --no-compile, its torch.compile twin."""
+    from dermmobile.checkpoint import read_meta
+    from dermmobile.fsutil import sha256_file
+
+    checkpoint = Path(config.checkpoint)
+    meta = read_meta(checkpoint)
+    common = dict(
+        kind="checkpoint",
+        path=checkpoint,
+        format="pytorch",
+        quantization="none",
+        labels=list(meta.labels),
+        preprocess=dict(meta.preprocess),
+        file_bytes=checkpoint.stat().st_size,
+        sha256=sha256_file(checkpoint),
+    )
+    subjects = [Subject(REFERENCE, role="reference", **common)]
+    if config.compile:
+        subjects.append(Subject(COMPILED, role="compiled", **common))
+    return subjects, meta.data or None
+
+
+def _artifact_subjects(folder: Path) -> list[Subject]:
+    """One subject per manifest in the folder; a manifest that cannot be read or verified becomes an error subject."""
+    from dermmobile.artifact import find_artifacts, load_artifact
+
+    manifests = find_artifacts(folder)
+    if not manifests:
+        raise BadInputError(f"{folder} holds no artifact manifests; run `dermmobile export` first")
+    subjects = []
+    for manifest_file in manifests:
+        name = manifest_file.name.removesuffix(".json")
+        try:
+            m = load_artifact(manifest_file).manifest
+        except DermmobileError as exc:
+            refused = isinstance(exc, BadInputError)
+            subjects.append(
+                Subject(name, "artifact", manifest_file, "unknown", "none", [], {}, error=str(exc), bad_input=refused)
+            )
+            continue
+        flops = (m.notes or {}).get("flops")
+        subjects.append(
+            Subject(name, "artifact", manifest_file, m.format, m.quantization, list(m.labels), dict(m.preprocess),
+                    file_bytes=m.bytes, sha256=m.sha256, flops=int(flops) if flops else None,
+                    float_layers=m.float_layers, float_macs_share=m.float_macs_share)
+        )  # fmt: skip
+    return subjects
 
 
 def select_samples(data: Path, labels: list[str], data_record: dict | None, split: str):
@@ -219,11 +217,9 @@ class Runner:
         self.timeout_s = timeout_s
         self.count = 0
 
-    def __call__(self, job: Job) -> dict:
+    def __call__(self, job: Job) -> JobResult:
         if not self.isolate:
-            result = run_job(job)
-            result["isolated"] = False
-            return result
+            return run_job(job)
         self.count += 1
         job_file = self.workdir / f"job-{self.count}.json"
         result_file = self.workdir / f"result-{self.count}.json"
@@ -233,16 +229,12 @@ class Runner:
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=self.timeout_s)
         except subprocess.TimeoutExpired:
-            return {"status": "error", "error": f"timed out after {self.timeout_s:g} s", "threads": job.threads}
+            return JobResult.failed(job.threads, f"timed out after {self.timeout_s:g} s")
         if not result_file.is_file():
             tail = " ".join((done.stderr or "").split())[-600:]
-            return {
-                "status": "error",
-                "error": f"worker exited with code {done.returncode} and no result: {tail}",
-                "threads": job.threads,
-            }
-        result = json.loads(result_file.read_text(encoding="utf-8"))
-        result["isolated"] = True
+            return JobResult.failed(job.threads, f"worker exited with code {done.returncode} and no result: {tail}")
+        result = read_job_result(result_file)
+        result.isolated = True
         return result
 
 
@@ -252,117 +244,142 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _say) -> dict:
     subjects, data_record = collect_subjects(config)
     reference = next(s for s in subjects if s.role == "reference")
     folder, samples, data_info = select_samples(config.data, reference.labels, data_record, config.split)
-    labels = reference.labels
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="dermmobile-bench-") as tmp:
         workdir = Path(tmp)
         runner = Runner(workdir, config.isolate, config.timeout_s)
-        images = _ImageCache(workdir, samples, folder.root)
+        images = _ImageCache(workdir, samples, folder.root, reference.labels)
         ref_set = images.get(reference.preprocess)
         if len(ref_set) == 0:
             raise BadInputError(f"no image under {config.data} could be decoded: {ref_set.bad[:3]}")
-        data_info.update(
-            images=len(ref_set),
-            classes=labels,
-            per_class={label: int((ref_set.targets == i).sum()) for i, label in enumerate(labels)},
-            bad_files=[{"file": f, "reason": r} for f, r in ref_set.bad],
-            files_sha256=_digest(ref_set.names),
-        )
-        gemm = {}
-        for threads in config.threads:
-            result = runner(Job("gemm", threads, gemm_size=config.gemm_size))
-            gemm[threads] = result.get("gemm_gflops")
-            log(f"fp32 GEMM peak at {threads} thread(s): {_fmt(gemm[threads], '.1f')} GFLOP/s")
-        decodable = set(ref_set.names)
-        e2e_files = [str(s.path) for s in samples if s.path.relative_to(folder.root).as_posix() in decodable]
-        e2e_files = e2e_files[: config.e2e_images]
-        phone_photo = ""
-        if config.phone_runs and e2e_files:  # a phone-sized JPEG made from the first test photo, never kept
-            from dermmobile.bench.phone_photo import PHONE_SIZE, make_phone_photo
-
-            phone_photo = str(make_phone_photo(Path(e2e_files[0]), workdir / "phone-12mp.jpg"))
-            data_info["phone_photo"] = {"size": list(PHONE_SIZE), "source": Path(e2e_files[0]).name,
-                                        "bytes": Path(phone_photo).stat().st_size, "runs": config.phone_runs}  # fmt: skip
-
-        results: dict[str, dict[int, dict]] = {}
-        for subject in subjects:
-            results[subject.name] = {}
-            for index, threads in enumerate(config.threads):
-                if subject.error is not None:
-                    results[subject.name][threads] = {
-                        "status": "error",
-                        "error": subject.error,
-                        "threads": threads,
-                        "bad_input": subject.bad_input,
-                    }
-                    continue
-                try:
-                    if subject.labels != labels:
-                        from dermmobile.data import check_same_classes
-
-                        check_same_classes(labels, subject.labels, "the reference's labels", subject.name)
-                    image_set = images.get(subject.preprocess)
-                    if image_set.names != ref_set.names:  # parity compares row i with row i
-                        raise BadInputError(f"{subject.name}: its preprocessing decoded a different set of images")
-                except DermmobileError as exc:
-                    refused = isinstance(exc, BadInputError)
-                    results[subject.name][threads] = {
-                        "status": "error",
-                        "error": str(exc),
-                        "threads": threads,
-                        "bad_input": refused,
-                    }
-                    continue
-                logits_out = str(workdir / f"logits-{len(results)}.npy") if index == 0 else ""
-                job = Job(
-                    subject.kind,
-                    threads,
-                    path=str(subject.path),
-                    compile=subject.role == "compiled",
-                    warmup=config.warmup,
-                    iters=config.iters,
-                    images=str(image_set.file),
-                    logits_out=logits_out,
-                    e2e_files=e2e_files,
-                    phone_photo=phone_photo,
-                    phone_runs=config.phone_runs,
-                    spec=subject.preprocess,
-                    count_flops=subject.role == "reference" and subject.kind == "checkpoint" and index == 0,
-                )
-                result = runner(job)
-                if result.get("logits"):
-                    result["logits_array"] = np.load(result["logits"])
-                results[subject.name][threads] = result
-                p50 = (result.get("latency_ms") or {}).get("p50")
-                log(
-                    f"{subject.name} @ {threads} thread(s): {result['status']}"
-                    + (f", p50 {p50:.2f} ms" if p50 is not None else "")
-                    + (f" ({result['error']})" if result.get("error") else "")
-                )
-        report = _assemble(config, subjects, results, ref_set, labels, gemm, data_info)
+        data_info.update(ref_set.describe())
+        gemm = {threads: _gemm_peak(runner, threads, config.gemm_size, log) for threads in config.threads}
+        e2e = _end_to_end_inputs(config, samples, folder.root, ref_set, workdir)
+        if e2e.phone_photo_info:
+            data_info["phone_photo"] = e2e.phone_photo_info
+        measured = [Measured(s, _measure(s, config, runner, images, ref_set, e2e, log)) for s in subjects]
+        report = build_report(config, measured, ref_set, gemm, data_info, machine_info(), versions())
     report["seconds"] = round(time.time() - started, 1)
     return report
 
 
+def _gemm_peak(runner: Runner, threads: int, size: int, log: Callable[[str], None]) -> GemmPeak | None:
+    result = runner(Job("gemm", threads, gemm_size=size))
+    if result.gemm is None:
+        log(f"fp32 GEMM peak at {threads} thread(s) not measured: {result.error}")
+        return None
+    log(f"fp32 GEMM peak at {threads} thread(s): {result.gemm.gflops:.1f} GFLOP/s ({result.gemm.library})")
+    return result.gemm
+
+
 @dataclass
-class _ImageSetFile:
+class _EndToEndInputs:
+    """The photo files every job times end to end, and the 12 MP phone photo made for the sweep."""
+
+    files: list[str]
+    phone_photo: str = ""
+    phone_photo_info: dict | None = None
+
+
+def _end_to_end_inputs(config: BenchConfig, samples, root: Path, ref_set: ImageSet, workdir: Path) -> _EndToEndInputs:
+    decodable = set(ref_set.names)
+    files = [str(s.path) for s in samples if s.path.relative_to(root).as_posix() in decodable][: config.e2e_images]
+    if not (config.phone_runs and files):
+        return _EndToEndInputs(files)
+    from dermmobile.bench.phone_photo import PHONE_SIZE, make_phone_photo
+
+    # A phone-sized JPEG made from the first test photo, in the sweep's temporary folder: never kept.
+    photo = make_phone_photo(Path(files[0]), workdir / "phone-12mp.jpg")
+    info = {"size": list(PHONE_SIZE), "source": Path(files[0]).name, "bytes": photo.stat().st_size, "runs": config.phone_runs}
+    return _EndToEndInputs(files, str(photo), info)
+
+
+def _measure(
+    subject: Subject,
+    config: BenchConfig,
+    runner: Runner,
+    images: _ImageCache,
+    ref_set: ImageSet,
+    e2e: _EndToEndInputs,
+    log: Callable[[str], None],
+) -> dict[int, JobResult]:
+    """One job per thread count; the first also runs parity. A subject that cannot run gets error results."""
+    results: dict[int, JobResult] = {}
+    for index, threads in enumerate(config.threads):
+        try:
+            image_set = _images_for(subject, images, ref_set)
+        except DermmobileError as exc:  # a refused file or manifest is bad input (exit 2), not a failed measurement
+            results[threads] = JobResult.failed(threads, str(exc), bad_input=isinstance(exc, BadInputError))
+            continue
+        job = Job(
+            subject.kind,
+            threads,
+            path=str(subject.path),
+            compile=subject.role == "compiled",
+            warmup=config.warmup,
+            iters=config.iters,
+            images=str(image_set.file),
+            parity=index == 0,
+            e2e_files=e2e.files,
+            phone_photo=e2e.phone_photo,
+            phone_runs=config.phone_runs,
+            spec=subject.preprocess,
+            count_flops=subject.role == "reference" and subject.kind == "checkpoint" and index == 0,
+        )
+        result = results[threads] = runner(job)
+        p50 = f", p50 {result.p50:.2f} ms" if result.p50 is not None else ""
+        log(f"{subject.name} @ {threads} thread(s): {result.status}{p50}" + (f" ({result.error})" if result.error else ""))
+    return results
+
+
+def _images_for(subject: Subject, images: _ImageCache, ref_set: ImageSet) -> ImageSet:
+    """The subject's preprocessed test images, refused unless they are the reference's images in its order."""
+    if subject.error is not None:
+        raise (BadInputError if subject.bad_input else DermmobileError)(subject.error)
+    if subject.labels != ref_set.labels:
+        from dermmobile.data import check_same_classes
+
+        check_same_classes(ref_set.labels, subject.labels, "the reference's labels", subject.name)
+    image_set = images.get(subject.preprocess)
+    if image_set.names != ref_set.names:  # parity compares row i with row i
+        raise BadInputError(f"{subject.name}: its preprocessing decoded a different set of images")
+    return image_set
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed test images saved as one .npy file for the workers to map, with their names and classes."""
+
     file: Path
     names: list[str]
     targets: np.ndarray
     bad: list
+    labels: list[str]
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def describe(self) -> dict:
+        """The report's `data` fields that depend on which images decoded."""
+        from dermmobile.data import files_digest
+
+        return {
+            "images": len(self),
+            "classes": self.labels,
+            "per_class": {label: int((self.targets == i).sum()) for i, label in enumerate(self.labels)},
+            "bad_files": [{"file": f, "reason": r} for f, r in self.bad],
+            "files_sha256": files_digest(self.names),
+        }
+
 
 class _ImageCache:
-    """Preprocessed test images saved once per distinct preprocessing spec, for the workers to map."""
+    """Preprocessed test images saved once per distinct preprocessing spec."""
 
-    def __init__(self, workdir: Path, samples, root: Path):
-        self.workdir, self.samples, self.root = workdir, samples, root
-        self.sets: dict[str, _ImageSetFile] = {}
+    def __init__(self, workdir: Path, samples, root: Path, labels: list[str]):
+        self.workdir, self.samples, self.root, self.labels = workdir, samples, root, labels
+        self.sets: dict[str, ImageSet] = {}
 
-    def get(self, preprocess: dict) -> _ImageSetFile:
+    def get(self, preprocess: dict) -> ImageSet:
         key = json.dumps(preprocess, sort_keys=True)
         if key not in self.sets:
             from dermmobile.data import load_images
@@ -371,132 +388,5 @@ class _ImageCache:
             loaded = load_images(self.samples, PreprocessSpec.from_dict(preprocess), self.root, progress="preprocess")
             file = self.workdir / f"images-{len(self.sets)}.npy"
             np.save(file, loaded.arrays)
-            self.sets[key] = _ImageSetFile(file, loaded.names, loaded.targets, loaded.bad)
+            self.sets[key] = ImageSet(file, loaded.names, loaded.targets, loaded.bad, self.labels)
         return self.sets[key]
-
-
-def _digest(names: list[str]) -> str:
-    from dermmobile.data import files_digest
-
-    return files_digest(names)
-
-
-def _fmt(value, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def _assemble(config, subjects, results, ref_set, labels, gemm, data_info) -> dict:
-    reference = next(s for s in subjects if s.role == "reference")
-    first = config.threads[0]
-    ref_result = results[reference.name][first]
-    ref_logits = ref_result.get("logits_array")
-    model_flops = ref_result.get("flops")
-    machine = machine_info()
-    artifacts, rows, problems, refused = [], [], [], []
-    for subject in subjects:
-        by_threads = results[subject.name]
-        head = by_threads[first]
-        entry = {
-            "name": subject.name,
-            "role": subject.role,
-            "format": subject.format,
-            "quantization": subject.quantization,
-            "file": str(subject.path),
-            "bytes": subject.file_bytes,
-            "sha256": subject.sha256,
-            "runtime": head.get("runtime"),
-            "torch_imported": head.get("torch_imported"),
-            "status": head["status"],
-            "error": head.get("error"),
-            "failures": [],
-            "parity": None,
-            "gate": TOLERANCES[subject.quantization].why if subject.quantization in TOLERANCES else None,
-            "float_layers": subject.float_layers,
-            "float_macs_share": subject.float_macs_share,
-        }
-        logits = head.get("logits_array")
-        if head["status"] == "ok":
-            if ref_logits is None:
-                entry.update(status="error", error=f"no reference logits to compare with ({ref_result.get('error')})")
-            elif logits is not None:
-                result = accuracy_parity(
-                    ref_logits, logits, ref_set.targets, labels, ref_set.names, subject.quantization, subject.name
-                )
-                entry["parity"] = result.to_dict(labels)
-                entry["failures"] = result.parity.failures
-                entry["status"] = "passed" if result.parity.passed else "failed"
-        if subject.role == "reference":
-            entry["status"] = "reference" if head["status"] == "ok" else head["status"]
-        counted = subject.role != "compiled"  # torch.compile is information, not a shipped artifact
-        if counted and entry["status"] == "error":
-            problems.append(f"{subject.name}: not checked: {entry['error']}")
-            if any(result.get("bad_input") for result in by_threads.values()):
-                refused.append(subject.name)
-        if counted:
-            problems.extend(entry["failures"])
-        artifacts.append(entry)
-        flops = model_flops or subject.flops
-        for threads, result in by_threads.items():
-            p50 = (result.get("latency_ms") or {}).get("p50")
-            speed = gflops_per_second(flops, p50)
-            if counted and threads != first and result["status"] == "error":
-                problems.append(f"{subject.name} @ {threads} threads: {result['error']}")
-            rows.append(
-                {
-                    "source": "host",
-                    "device": machine["cpu"],
-                    "artifact": subject.name,
-                    "format": subject.format,
-                    "quantization": subject.quantization,
-                    "threads": threads,
-                    "status": result["status"],
-                    "error": result.get("error"),
-                    "cold_load_ms": result.get("cold_load_ms"),
-                    "load_ms": result.get("load_ms"),
-                    "first_inference_ms": result.get("first_inference_ms"),
-                    "latency_ms": result.get("latency_ms"),
-                    "iterations": result.get("iterations"),
-                    "warmup": result.get("warmup"),
-                    "end_to_end_ms": result.get("end_to_end_ms"),
-                    "end_to_end": result.get("end_to_end"),
-                    "e2e_images": (result.get("end_to_end_ms") or {}).get("n"),
-                    "file_bytes": subject.file_bytes,
-                    "peak_rss_mb": result.get("peak_rss_mb"),
-                    "rss_before_load_mb": result.get("rss_before_load_mb"),
-                    "peak_rss_scope": "process per job" if result.get("isolated") else "whole bench process",
-                    "flops": flops,
-                    "gflops_per_s": speed,
-                    "gemm_peak_gflops": gemm.get(threads),
-                    "peak_fraction": speed / gemm[threads] if speed and gemm.get(threads) else None,
-                    "torch_imported": result.get("torch_imported"),
-                }
-            )
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine,
-        "versions": versions(),
-        "settings": {
-            "threads": config.threads,
-            "warmup": config.warmup,
-            "iters": config.iters,
-            "batch": 1,
-            "isolated": config.isolate,
-            "gemm_size": config.gemm_size,
-        },
-        "gemm_peak_gflops": {str(t): v for t, v in gemm.items()},
-        "data": data_info,
-        "reference": {
-            "name": reference.name,
-            "kind": reference.kind,
-            "note": "the checkpoint's eager PyTorch model"
-            if reference.kind == "checkpoint"
-            else "no --checkpoint: parity is against this fp32 artifact, itself gated against PyTorch at export",
-            "flops": model_flops,
-        },
-        "artifacts": artifacts,
-        "rows": rows,
-        "problems": problems,
-        "refused": refused,
-    }

@@ -1,4 +1,4 @@
-"""One measurement job: load a Runtime, time it, run it over the test images, report as a dict.
+"""One measurement job: load a Runtime, time it, run it over the test images, report a JobResult.
 
 The sweep runs every job in a fresh `python -m dermmobile.bench.worker JOB.json RESULT.json`:
 - peak RSS (`ru_maxrss`) only ever grows within a process, so only a process of its own
@@ -15,7 +15,8 @@ preprocess and inference timed apart), peak RSS, end-to-end on the 12 MP phone p
 only then parity over the whole test set, so neither the big photo nor the images paged in
 for parity count towards the runtime's memory.
 
-Torch is imported only by jobs that need it (the checkpoint reference, torch-based targets):
+Torch is imported only by jobs that need it (the checkpoint reference, torch-based targets,
+and the GEMM peak, which measures torch's GEMM beside numpy's where torch is installed):
 `torch_imported` in the result says whether it was.
 """
 
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.bench.latency import end_to_end, gemm_peak_gflops, peak_rss_mb, summarize, thread_limit, time_calls, timed
+from dermmobile.bench.latency import end_to_end, gemm_peak, peak_rss_mb, summarize, time_calls, timed
+from dermmobile.bench.results import JobResult, write_job_result
 from dermmobile.errors import BadInputError, MissingBackendError
 
 
@@ -42,7 +44,7 @@ class Job:
     warmup: int = 10
     iters: int = 100
     images: str = ""  # .npy of float32 N x 3 x H x W preprocessed test images; image 0 is timed
-    logits_out: str = ""  # where to save N x C logits; "" skips parity
+    parity: bool = False  # also run every test image and return the logits
     e2e_files: list[str] = field(default_factory=list)
     phone_photo: str = ""  # a 12 MP JPEG, timed end to end `phone_runs` times ("" skips it)
     phone_runs: int = 0
@@ -98,74 +100,77 @@ def _logits(runtime, batch: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def run_job(job: Job) -> dict:
+@dataclass
+class _Stage:
+    """The step a job is in, so an error names where it happened."""
+
+    name: str = "setup"
+
+
+def run_job(job: Job) -> JobResult:
     """Measure one job; never raises: failures come back as status "error" or "not-run"."""
-    result: dict = {"status": "ok", "error": None, "threads": job.threads}
-    stage = "setup"
+    result = JobResult(job.threads)
+    stage = _Stage()
     try:
         if job.kind == "gemm":
-            stage = "gemm"
-            with thread_limit(job.threads):
-                result["gemm_gflops"] = gemm_peak_gflops(job.gemm_size)
-            return result
-        images = np.load(job.images, mmap_mode="r")
-        sample = np.ascontiguousarray(images[:1], dtype=np.float32)
-        result["rss_before_load_mb"] = peak_rss_mb()
-        stage = "load"
-        load, check, holder = loader(job)
-        # The first load also imports the runtime's library; the second is what loading a model costs.
-        first, result["cold_load_ms"] = timed(load)
-        check(first)
-        del first
-        runtime, result["load_ms"] = timed(load)
-        result["runtime"] = getattr(runtime, "name", type(runtime).__name__)
-        stage = "first inference"
-        _, result["first_inference_ms"] = timed(lambda: _logits(runtime, sample))
-        stage = "warm-up"
-        time_calls(lambda: runtime.predict(sample), job.warmup)
-        stage = "latency"
-        result["latency_ms"] = summarize(time_calls(lambda: runtime.predict(sample), job.iters)).to_dict()
-        result["iterations"] = job.iters
-        result["warmup"] = job.warmup
-        result["end_to_end"] = {}
-        if job.e2e_files:
-            stage = "end-to-end"
-            e2e = end_to_end(runtime.predict, [Path(p) for p in job.e2e_files], _spec(job))
-            result["end_to_end"]["images"] = e2e.to_dict(result["latency_ms"]["p50"])
-            result["end_to_end_ms"] = e2e.total.to_dict()
-        result["peak_rss_mb"] = peak_rss_mb()
-        if job.phone_photo and job.phone_runs:  # after the peak: decoding a 12 MP photo is not the runtime's memory
-            stage = "end-to-end (12 MP photo)"
-            e2e = end_to_end(runtime.predict, [Path(job.phone_photo)] * job.phone_runs, _spec(job))
-            result["end_to_end"]["phone_12mp"] = e2e.to_dict(result["latency_ms"]["p50"])
-        if job.count_flops and holder.get("model") is not None:
-            stage = "flop count"
-            from dermmobile.bench.latency import count_flops
-
-            result["flops"] = count_flops(holder["model"], list(sample.shape))
-        if job.logits_out:
-            stage = "parity"
-            logits = np.concatenate([_logits(runtime, np.ascontiguousarray(images[i : i + 1])) for i in range(len(images))])
-            np.save(job.logits_out, logits)
-            result["logits"] = job.logits_out
+            stage.name = "gemm"
+            result.gemm = gemm_peak(job.gemm_size, job.threads)
+        else:
+            _measure(job, result, stage)
     except MissingBackendError as exc:
-        result.update(status="not-run", error=f"not run: {exc}")
+        result.status, result.error = "not-run", f"not run: {exc}"
     except BadInputError as exc:  # a damaged artifact or manifest: the command's exit code says "bad input"
-        result.update(status="error", error=f"{stage}: {exc}", bad_input=True)
+        result.status, result.error, result.bad_input = "error", f"{stage.name}: {exc}", True
     except Exception as exc:  # any runtime failure becomes this row's error; the sweep goes on
-        result.update(status="error", error=f"{stage}: {type(exc).__name__}: {' '.join(str(exc).split())[:600]}")
-        result["traceback"] = traceback.format_exc(limit=8)[-4000:]
+        result.status = "error"
+        result.error = f"{stage.name}: {type(exc).__name__}: {' '.join(str(exc).split())[:600]}"
+        result.traceback = traceback.format_exc(limit=8)[-4000:]
     finally:
-        result["torch_imported"] = "torch" in sys.modules
+        result.torch_imported = "torch" in sys.modules
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dermmobile.fsutil import atomic_write_json
+def _measure(job: Job, result: JobResult, stage: _Stage) -> None:
+    """The job's steps in their order (module docstring), each recorded in `result` as it completes."""
+    images = np.load(job.images, mmap_mode="r")
+    sample = np.ascontiguousarray(images[:1], dtype=np.float32)
+    result.rss_before_load_mb = peak_rss_mb()
+    stage.name = "load"
+    load, check, holder = loader(job)
+    # The first load also imports the runtime's library; the second is what loading a model costs.
+    first, result.cold_load_ms = timed(load)
+    check(first)  # a damaged file is refused here, as in every other command
+    del first  # one model in memory while timing and for peak RSS, as in an app
+    runtime, result.load_ms = timed(load)
+    result.runtime = getattr(runtime, "name", type(runtime).__name__)
+    stage.name = "first inference"
+    _, result.first_inference_ms = timed(lambda: _logits(runtime, sample))
+    stage.name = "warm-up"
+    time_calls(lambda: runtime.predict(sample), job.warmup)
+    stage.name = "latency"
+    result.latency = summarize(time_calls(lambda: runtime.predict(sample), job.iters))
+    result.iterations, result.warmup = job.iters, job.warmup
+    if job.e2e_files:
+        stage.name = "end-to-end"
+        result.end_to_end["images"] = end_to_end(runtime.predict, [Path(p) for p in job.e2e_files], _spec(job))
+    result.peak_rss_mb = peak_rss_mb()
+    if job.phone_photo and job.phone_runs:  # after the peak: decoding a 12 MP photo is not the runtime's memory
+        stage.name = "end-to-end (12 MP photo)"
+        result.end_to_end["phone_12mp"] = end_to_end(runtime.predict, [Path(job.phone_photo)] * job.phone_runs, _spec(job))
+    if job.count_flops and holder.get("model") is not None:
+        stage.name = "flop count"
+        from dermmobile.bench.latency import count_flops
 
+        result.flops = count_flops(holder["model"], list(sample.shape))
+    if job.parity:
+        stage.name = "parity"
+        result.logits = np.concatenate([_logits(runtime, np.ascontiguousarray(images[i : i + 1])) for i in range(len(images))])
+
+
+def main(argv: list[str] | None = None) -> int:
     job_file, result_file = (argv or sys.argv[1:])[:2]
     job = Job(**json.loads(Path(job_file).read_text(encoding="utf-8")))
-    atomic_write_json(Path(result_file), run_job(job))
+    write_job_result(run_job(job), Path(result_file))
     return 0
 
 
