@@ -25,6 +25,7 @@ from dermmobile.checkpoint import load_checkpoint
 from dermmobile.exporter import plan_export, run_plan
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.quantization.options import Int8Options
+from dermmobile.readers import read_json
 from dermmobile.tables import markdown_table
 from dermmobile.targets import target_names, valid_combinations
 from dermmobile.targets.base import QUANTIZATIONS
@@ -152,13 +153,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=target_names(), help="default: every target")
     parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS), help="default: every quantization")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--phase", choices=["all", "export", "bench"], default="all",
+                        help="export: export only (accuracy does not need an idle machine) and keep the rows in "
+                        "EXPORT_DIR/exports.json; bench: time those exports later, on an idle machine")  # fmt: skip
     args = parser.parse_args(argv)
     arch = load_checkpoint(args.checkpoint).meta.arch
     tag = f"{arch}-{args.data.name}-{platform.machine()}-{machine_info()['cores']}core"
     machine = machine_info()  # the load average before this script's own work
-    exports = export_all(
-        args.checkpoint, args.data, args.export_dir, args.calib_count, args.timeout, args.targets, args.quantizations
-    )
+    saved = args.export_dir / "exports.json"
+    if args.phase == "bench":
+        if not saved.is_file():
+            parser.error(f"{saved} does not exist: run --phase export first (same --export-dir)")
+        exports = read_json(saved)["exports"]
+    else:
+        exports = export_all(
+            args.checkpoint, args.data, args.export_dir, args.calib_count, args.timeout, args.targets, args.quantizations
+        )
+        atomic_write_json(saved, {"machine": machine, "exports": exports})
+        if args.phase == "export":
+            print(f"exported; rows in {saved}. Time them with --phase bench on an idle machine.")
+            return 0
     bench = run_bench(BenchConfig(data=args.data, artifacts=args.export_dir, checkpoint=args.checkpoint,
                                   threads=args.threads, iters=args.iters, compile=not args.no_compile))  # fmt: skip
     write_reports(bench, args.out / f"export-matrix-{tag}")
