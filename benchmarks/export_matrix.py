@@ -101,7 +101,9 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Export matrix: {report['arch']} on {report['data']} ({report['machine']['cores']}-core {report['machine']['arch']})",
         "",
-        f"Machine load average at the start: {report['machine'].get('load_average_1_5_15min')}. fp32/fp16 parity on the "
+        f"CPU: {report['machine'].get('cpu')}. Load average when the exports started: "
+        f"{report['machine'].get('load_average_1_5_15min')}, when the bench started: "
+        f"{report.get('bench_machine', report['machine']).get('load_average_1_5_15min')}. fp32/fp16 parity on the "
         "held-out test split. int8: calibration, tuning and gate images are disjoint (counts below); the gate images "
         "judged each artifact once, after the fallback had chosen on the tuning images. `plain` is int8 without the "
         "fallback, for comparison. Latency: the bench report beside this file.",
@@ -164,19 +166,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "bench":
         if not saved.is_file():
             parser.error(f"{saved} does not exist: run --phase export first (same --export-dir)")
-        exports = read_json(saved)["exports"]
+        saved_run = read_json(saved, "export rows")
+        exports, export_machine = saved_run["exports"], saved_run["machine"]
     else:
+        export_machine = machine
         exports = export_all(
             args.checkpoint, args.data, args.export_dir, args.calib_count, args.timeout, args.targets, args.quantizations
         )
-        atomic_write_json(saved, {"machine": machine, "exports": exports})
+        atomic_write_json(saved, {"machine": export_machine, "exports": exports})
         if args.phase == "export":
             print(f"exported; rows in {saved}. Time them with --phase bench on an idle machine.")
             return 0
+    bench_machine = machine_info()  # the load the timings ran under
     bench = run_bench(BenchConfig(data=args.data, artifacts=args.export_dir, checkpoint=args.checkpoint,
                                   threads=args.threads, iters=args.iters, compile=not args.no_compile))  # fmt: skip
     write_reports(bench, args.out / f"export-matrix-{tag}")
-    report = {"arch": arch, "data": args.data.name, "calib_count": args.calib_count, "machine": machine,
+    report = {"arch": arch, "data": args.data.name, "calib_count": args.calib_count, "machine": export_machine,
+              "bench_machine": bench_machine,
               "versions": versions(), "exports": exports, "latency": latency_summary(exports, bench),
               "bench": f"export-matrix-{tag}/bench.json"}  # fmt: skip
     atomic_write_json(args.out / f"export-matrix-{tag}.json", report)

@@ -53,9 +53,15 @@ def training_section(path: Path) -> list[str]:
     return [f"### Fine-tuning ([{path.name}](benchmarks/results/{path.name}))", "", markdown_table(cells, headers)]
 
 
-def export_section(path: Path) -> list[str]:
+def _link(path: Path) -> str:
+    relative = path.relative_to(HERE.parent).as_posix()
+    return f"[{relative.removeprefix('benchmarks/results/')}]({relative})"
+
+
+def export_section(path: Path, title: str = "Export matrix") -> list[str]:
     report = json.loads(path.read_text())
-    bench = json.loads((RESULTS / report["bench"]).read_text())
+    bench_path = path.parent / report["bench"]
+    bench = json.loads(bench_path.read_text())
     artifacts = {a["name"]: a for a in bench["artifacts"]}
     threads = sorted({row["threads"] for row in bench["rows"] if row.get("threads")})
     p50 = {(row["artifact"], row["threads"]): (row.get("latency_ms") or {}).get("p50") for row in bench["rows"]}
@@ -74,16 +80,34 @@ def export_section(path: Path) -> list[str]:
         gate = "not run (needs macOS)" if row["status"] == "not-run" else row["status"]
         label = f"{row['target']} {row['quantization']}" + (f" {row['variant']}" if row.get("variant") else "")
         if row.get("float_macs_share"):
-            label += f" ({row['float_macs_share']:.0%} of MACs float)"
+            label += f" ({len(row['float_layers'])} layers, {row['float_macs_share']:.1%} of MACs float)"
         cells.append([label, size, f"{row['seconds']:.0f} s", agreement, top1, *(_ms(p50.get((name, t))) for t in threads), gate])
     headers = ["artifact", "size", "export", "agreement at export (flips)", "test top-1", *(f"p50 @{t} thr" for t in threads),
                "gate"]  # fmt: skip
-    links = f"[{path.name}](benchmarks/results/{path.name}), bench: [{report['bench']}](benchmarks/results/{report['bench']})"
-    return [f"### Export matrix ({links})", "",
-            f"int8: calibrated on {report['calib_count']} class-balanced photos, layers left float chosen on tuning photos, "
-            "agreement at export on the gate photos (disjoint from both; `plain`: no fallback). fp32/fp16: the held-out "
-            "split. Top-1 and latency: bench on the held-out test split.", "",
-            markdown_table(cells, headers)]  # fmt: skip
+    gated = any(row.get("images") for row in report["exports"])  # the three int8 image sets (bias correction, fallback)
+    how = (
+        f"int8: calibrated on {report['calib_count']} class-balanced photos, layers left float chosen on tuning photos, "
+        "agreement at export on the gate photos (disjoint from both; `plain`: no fallback). fp32/fp16: the held-out "
+        "split. Top-1 and latency: bench on the held-out test split, in one run."
+        if gated
+        else f"int8 calibrated on {report['calib_count']} class-balanced photos, before bias correction and the fallback "
+        "(see the int8 table below for today's default). Agreement at export: on every other photo (int8) or the "
+        "held-out split (fp32/fp16). Top-1 and latency: bench on the held-out test split."
+    )
+    load = report.get("bench_machine", report["machine"]).get("load_average_1_5_15min")
+    lines = [f"### {title} ({_link(path)}, bench: {_link(bench_path)})", "", how, "",
+             f"CPU: {report['machine'].get('cpu')}; load average when the bench started: {load}.", "",
+             markdown_table(cells, headers)]  # fmt: skip
+    if report.get("latency"):
+        latency = [[key, _ms(v["p50_ms"]), _ms(v["plain_int8_p50_ms"]), _ratio(v["fallback_cost"]), _ms(v["eager_p50_ms"]),
+                    _ratio(v["vs_eager"])] for key, v in report["latency"].items()]  # fmt: skip
+        headers = ["int8 artifact @ threads", "p50", "plain int8 p50", "fallback cost", "PyTorch eager p50", "vs eager"]
+        lines += ["", markdown_table(latency, headers)]
+    return lines
+
+
+def _ratio(value) -> str:
+    return f"{value:.2f}x" if isinstance(value, (int, float)) else "–"
 
 
 def scaling_section(path: Path) -> list[str]:
@@ -98,6 +122,9 @@ def main() -> int:
         path = _newest(pattern)
         if path:
             sections += [*render(path), ""]
+    int8 = _newest("int8-fallback/export-matrix-*.json")
+    if int8:
+        sections += [*export_section(int8, "int8 by default: bias correction and the fallback, every target"), ""]
     scaling = _newest("scaling-*.md")
     if scaling:
         sections += [*scaling_section(scaling), ""]
