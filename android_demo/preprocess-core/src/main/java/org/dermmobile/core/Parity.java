@@ -85,7 +85,7 @@ public final class Parity {
 
         checkDecode(manifest.preprocess, sample, problems);
         byte[] rgb = golden.rgb(sample);
-        if (!Golden.sha256(rgb).equals(sample.rgbSha256)) {
+        if (!Bytes.sha256(rgb).equals(sample.rgbSha256)) {
             problems.append("rgb file does not match its sha256 in golden.json; ");
         }
         float[] expected = golden.input(sample);
@@ -108,7 +108,7 @@ public final class Parity {
         if (!(result.maxNormalizedDiff <= NORMALIZED_TOLERANCE)) {
             problems.append("normalized diff ").append(result.maxNormalizedDiff).append(" > ").append(NORMALIZED_TOLERANCE).append("; ");
         }
-        result.inputSha256Equal = Golden.sha256(Golden.float32Bytes(actual)).equals(sample.inputSha256);
+        result.inputSha256Equal = Bytes.sha256(Bytes.float32(actual)).equals(sample.inputSha256);
         if (manifest.preprocess.isV2() && !result.inputSha256Equal) {
             problems.append("v2 input tensor is not bit-identical to Python's; ");
         }

@@ -161,7 +161,7 @@ public class CoreTest {
         assertEquals(List.of("source", "device", "artifact", "format", "quantization", "threads", "latency_ms", "iterations",
                 "top1_matches_golden"), List.copyOf(row.keySet()));
         String json = BenchRow.toJson(List.of(row));
-        Object parsed = Json.parse(json);
+        Object parsed = Json.parse(json, "bench rows");
         assertTrue(parsed instanceof List);
         String out = System.getProperty("dermmobile.bench.out", System.getenv("DERMMOBILE_BENCH_OUT"));
         if (out != null && !out.isEmpty()) {
@@ -171,10 +171,64 @@ public class CoreTest {
 
     @Test
     public void jsonRoundTrip() {
-        String text = "{\"a\": [1, 2.5, -3e-2, true, null, \"q\\\"\\u00e9\"], \"b\": {}}";
-        Map<String, Object> parsed = Json.parseObject(text);
-        assertEquals(parsed, Json.parseObject(Json.write(parsed)));
-        assertEquals("q\"\u00e9", ((List<?>) parsed.get("a")).get(5));
-        assertThrows(IllegalArgumentException.class, () -> Json.parse("{\"a\": 1,}"));
+        String text = "{\"a\": [1, 2.5, -3e-2, true, null, \"q\\\"\\u00e9<&>\"], \"b\": {}, \"c\": [{\"d\": []}]}";
+        Map<String, Object> parsed = Json.parseObject(text, "t.json");
+        assertEquals(parsed, Json.parseObject(Json.write(parsed), "written"));
+        List<?> a = (List<?>) parsed.get("a");
+        assertEquals(List.of(1L, 2.5, -0.03, true), a.subList(0, 4)); // integral numbers are Long, others Double
+        assertEquals("q\"\u00e9<&>", a.get(5));
+        assertTrue(Json.write(parsed).contains("\"q\\\"\u00e9<&>\"")); // no HTML escaping of < & >
+        assertEquals(List.of(Map.of("x", 1L)), Json.parse(Json.write(List.of(Map.of("x", 1))), "list"));
+        assertThrows(IllegalArgumentException.class, () -> Json.write(Map.of("p50", Double.NaN)));
+    }
+
+    static void assertRefused(String text, String why) {
+        IllegalArgumentException exc = assertThrows(IllegalArgumentException.class, () -> Json.parseObject(text, "bad.json"));
+        assertTrue(exc.getMessage(), exc.getMessage().startsWith("bad.json: "));
+        assertTrue(exc.getMessage(), exc.getMessage().contains(why));
+    }
+
+    @Test
+    public void jsonRefusesMalformedText() {
+        assertRefused("{\"a\": 1,}", "not valid JSON");
+        assertRefused("{\"a\": [1, 2", "not valid JSON"); // truncated
+        assertRefused("{\"a\": \"abc", "not valid JSON");
+        assertRefused("", "not valid JSON");
+        assertRefused("{\"a\": 1} {}", "not valid JSON (malformed JSON at line 1 column 11 path $)");
+        assertRefused("{\"a\": 1}\n x", "not valid JSON (malformed JSON at line 2 column 3 path $)");
+        assertRefused("{a: 1}", "not valid JSON"); // lenient-only syntax
+        assertRefused("{\"a\": 'x'}", "not valid JSON");
+        assertRefused("{\"a\": NaN}", "not valid JSON");
+        assertRefused("{\"a\": 1} // comment", "not valid JSON");
+        assertRefused("[1, 2]", "expected a JSON object at the top level, found a list");
+        assertRefused("\"x\"", "found string");
+        assertRefused("{\"a\": 1e400}", "overflows a 64-bit float");
+        assertRefused("{\"a\": 123456789012345678901234567890}", "overflows a 64-bit integer");
+        assertRefused("{\"a\": 1, \"b\": {\"c\": 2, \"c\": 3}}", "the key 'c' appears twice");
+        assertThrows(IllegalArgumentException.class, () -> Json.parseObject(new byte[] {'{', '"', (byte) 0xC3, '"', ':', '1', '}'}, "x"));
+    }
+
+    @Test
+    public void jsonRefusesDeepNestingButTakesTheLimit() {
+        String deepest = "[".repeat(Json.MAX_DEPTH - 1) + "]".repeat(Json.MAX_DEPTH - 1);
+        assertEquals(1, Json.parseObject("{\"a\": " + deepest + "}", "ok").size());
+        assertRefused("{\"a\": [" + deepest + "]}", "nested more than " + Json.MAX_DEPTH + " levels");
+        assertRefused("{\"a\": " + "[".repeat(100_000), "nested more than"); // no stack overflow
+    }
+
+    @Test
+    public void manifestRefusesWrongTypesAndLargeFiles() {
+        assertThrows(IllegalArgumentException.class, () -> ModelManifest.parse(MANIFEST.replace("\"file\": \"m.tflite\"", "\"file\": 3"), "t"));
+        assertThrows(IllegalArgumentException.class, () -> ModelManifest.parse(MANIFEST.replace("\"labels\": [", "\"labels\": {\"x\": ["), "t"));
+        assertThrows(IllegalArgumentException.class,
+                () -> ModelManifest.parse(MANIFEST.replace("\"crop\": 6", "\"crop\": \"6\""), "t"));
+        byte[] big = new byte[Json.MAX_BYTES + 1];
+        Arrays.fill(big, (byte) ' ');
+        java.io.IOException exc = assertThrows(java.io.IOException.class,
+                () -> ModelManifest.read(new java.io.ByteArrayInputStream(big), "assets/manifest.json"));
+        assertTrue(exc.getMessage(), exc.getMessage().startsWith("assets/manifest.json: larger than"));
+        IllegalArgumentException bad = assertThrows(IllegalArgumentException.class, () -> ModelManifest.read(
+                new java.io.ByteArrayInputStream(MANIFEST.substring(0, 100).getBytes(StandardCharsets.UTF_8)), "assets/manifest.json"));
+        assertTrue(bad.getMessage(), bad.getMessage().startsWith("assets/manifest.json: not valid JSON"));
     }
 }
