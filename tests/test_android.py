@@ -225,14 +225,14 @@ def test_java_core_matches_python(golden_root, tmp_path):
 
 # One constant in the Java code, changed slightly: the tests must notice.
 DRIFTS = {
-    "v1-filter-centre": ("Preprocessor.java", "double centre = (o + 0.5) * ratio;", "double centre = (o + 0.501) * ratio;"),
+    "v1-filter-centre": ("ResampleV1.java", "double centre = (o + 0.5) * ratio;", "double centre = (o + 0.501) * ratio;"),
     "resize-rounding": ("Preprocessor.java", "Math.floor(height * scale + 0.5)", "Math.floor(height * scale + 0.49)"),
-    "v1-upsampling-support": ("Preprocessor.java", "double support = Math.max(ratio, 1.0);",
+    "v1-upsampling-support": ("ResampleV1.java", "double support = Math.max(ratio, 1.0);",
                               "double support = Math.max(ratio, 1.01);"),
-    "v2-filter-centre": ("Preprocessor.java", "double center = (first + k + 0.5) * scale;",
+    "v2-filter-centre": ("ResampleV2.java", "double center = (first + k + 0.5) * scale;",
                          "double center = (first + k + 0.5001) * scale;"),
-    "v2-pass-rounding": ("Preprocessor.java", "int half = 1 << (PRECISION_BITS - 1);", "int half = 1 << (PRECISION_BITS - 2);"),
-    "v2-tap-rounding": ("Preprocessor.java", "fixed[x] = (int) (0.5 + normalized * (1 << PRECISION_BITS));",
+    "v2-pass-rounding": ("ResampleV2.java", "int half = 1 << (PRECISION_BITS - 1);", "int half = 1 << (PRECISION_BITS - 2);"),
+    "v2-tap-rounding": ("ResampleV2.java", "fixed[x] = (int) (0.5 + normalized * (1 << PRECISION_BITS));",
                         "fixed[x] = (int) (normalized * (1 << PRECISION_BITS));"),
     "v2-table": ("Preprocessor.java", "table[c][v] = (float) ((v / spec.scale - spec.mean[c]) / spec.std[c]);",
                  "table[c][v] = (float) (v / spec.scale - spec.mean[c]) / (float) spec.std[c];"),

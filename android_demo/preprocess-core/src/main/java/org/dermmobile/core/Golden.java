@@ -34,65 +34,10 @@ public final class Golden {
         return name -> new FileInputStream(new File(dir, name));
     }
 
-    /** One image and what Python computed for it. */
-    public static final class Sample {
-        public final String id;
-        public final String sourceName;
-        public final int width;
-        public final int height;
-        public final String rgbFile;
-        public final String rgbSha256;
-        public final String inputFile;
-        public final String inputSha256;
-        public final String quantizedFile; // null unless the model input is int8/uint8
-        /** How Python decoded the file: its format ("JPEG", "PNG", ...), stored size and reduction factor; null in old sets. */
-        public final String decodeFormat;
-        public final int storedWidth;
-        public final int storedHeight;
-        public final int decodeFactor;
-        public final float[] logits;
-        public final double[] probabilities;
-        public final int top1;
-        public final String top1Label;
-
-        Sample(Map<String, Object> map, String where) {
-            id = Fields.str(map, "id", where);
-            sourceName = String.valueOf(map.get("source"));
-            width = (int) Fields.num(map, "width", where);
-            height = (int) Fields.num(map, "height", where);
-            rgbFile = Fields.str(map, "rgb", where);
-            rgbSha256 = Fields.str(map, "rgb_sha256", where);
-            inputFile = Fields.str(map, "input", where);
-            inputSha256 = Fields.str(map, "input_sha256", where);
-            Object decode = map.get("decode");
-            if (decode instanceof Map) {
-                @SuppressWarnings("unchecked")
-                Map<String, Object> d = (Map<String, Object>) decode;
-                decodeFormat = Fields.str(d, "format", where + " decode");
-                storedWidth = (int) Fields.num(d, "stored_width", where + " decode");
-                storedHeight = (int) Fields.num(d, "stored_height", where + " decode");
-                decodeFactor = (int) Fields.num(d, "factor", where + " decode");
-            } else {
-                decodeFormat = null;
-                storedWidth = storedHeight = decodeFactor = 0;
-            }
-            Object quantized = map.get("input_quantized");
-            quantizedFile = quantized == null ? null : quantized.toString();
-            double[] raw = Fields.doubles(Fields.list(map, "logits", where), where + " logits");
-            logits = new float[raw.length];
-            for (int i = 0; i < raw.length; i++) {
-                logits[i] = (float) raw[i]; // written from float32, so this is exact
-            }
-            probabilities = Fields.doubles(Fields.list(map, "probabilities", where), where + " probabilities");
-            top1 = (int) Fields.num(map, "top1", where);
-            top1Label = Fields.str(map, "top1_label", where);
-        }
-    }
-
     public final Source source;
     public final ModelManifest manifest;
     public final String runtime;
-    public final List<Sample> samples;
+    public final List<GoldenSample> samples;
 
     private Golden(Source source, Map<String, Object> index, String where) {
         Object schema = index.get("schema");
@@ -104,11 +49,15 @@ public final class Golden {
         this.source = source;
         manifest = ModelManifest.fromMap(Fields.obj(index, "manifest", where), where + " manifest");
         runtime = String.valueOf(index.get("runtime"));
-        List<Sample> list = new ArrayList<>();
+        List<GoldenSample> list = new ArrayList<>();
         for (Object item : Fields.list(index, "samples", where)) {
+            String at = where + " sample " + list.size();
+            if (!(item instanceof Map)) {
+                throw new IllegalArgumentException(at + ": must be an object");
+            }
             @SuppressWarnings("unchecked")
             Map<String, Object> map = (Map<String, Object>) item;
-            list.add(new Sample(map, where + " sample " + list.size()));
+            list.add(new GoldenSample(map, at));
         }
         samples = Collections.unmodifiableList(list);
     }
@@ -118,7 +67,7 @@ public final class Golden {
         return new Golden(source, Json.parseObject(readAll(source, INDEX, Json.MAX_BYTES), path), path);
     }
 
-    public byte[] rgb(Sample sample) throws IOException {
+    public byte[] rgb(GoldenSample sample) throws IOException {
         byte[] data = readAll(source, sample.rgbFile, (long) sample.width * sample.height * 3);
         if (data.length != sample.width * sample.height * 3) {
             throw new IOException(sample.rgbFile + ": " + data.length + " bytes, expected " + sample.width + "x" + sample.height + "x3");
@@ -127,7 +76,7 @@ public final class Golden {
     }
 
     /** The expected input tensor (float32 little-endian on disk). */
-    public float[] input(Sample sample) throws IOException {
+    public float[] input(GoldenSample sample) throws IOException {
         ByteBuffer buffer = ByteBuffer.wrap(readAll(source, sample.inputFile, 4L * manifest.input.elements())).order(ByteOrder.LITTLE_ENDIAN);
         float[] out = new float[buffer.remaining() / 4];
         buffer.asFloatBuffer().get(out);
@@ -135,7 +84,7 @@ public final class Golden {
     }
 
     /** The expected quantized input tensor as ints (int8 read signed, uint8 unsigned), or null. */
-    public int[] quantizedInput(Sample sample) throws IOException {
+    public int[] quantizedInput(GoldenSample sample) throws IOException {
         if (sample.quantizedFile == null) {
             return null;
         }

@@ -56,13 +56,13 @@ public class CoreTest {
     @Test
     public void v2TapsAreResampleCFixedPoint() {
         // 8 -> 4: scale 2, support 2; output 0 has centre 1.0 and reads inputs 0..2 at distances 0.5, 0.5, 1.5
-        Preprocessor.Taps taps = new Preprocessor.Taps(8, 4, 0, 4);
+        ResampleV2.Taps taps = new ResampleV2.Taps(8, 4, 0, 4);
         assertEquals(0, taps.start[0]);
         int a = (int) (0.5 + 0.75 / 1.75 * (1 << 22));
         int b = (int) (0.5 + 0.25 / 1.75 * (1 << 22));
         assertArrayEquals(new int[] {a, a, b}, taps.weights[0]);
         // one input pixel, upscaled: every output reads it with weight 1.0
-        Preprocessor.Taps up = new Preprocessor.Taps(1, 7, 0, 7);
+        ResampleV2.Taps up = new ResampleV2.Taps(1, 7, 0, 7);
         for (int[] w : up.weights) {
             assertArrayEquals(new int[] {1 << 22}, w);
         }
@@ -82,7 +82,7 @@ public class CoreTest {
     @Test
     public void weightsSumToOne() {
         for (int[] axis : new int[][] {{1000, 224}, {7, 256}, {256, 256}, {255, 256}}) {
-            Preprocessor.Weights w = new Preprocessor.Weights(axis[0], axis[1], 0, axis[1]);
+            ResampleV1.Weights w = new ResampleV1.Weights(axis[0], axis[1], 0, axis[1]);
             for (double[] row : w.weights) {
                 assertEquals(1.0, Arrays.stream(row).sum(), 1e-12);
             }
@@ -170,53 +170,6 @@ public class CoreTest {
     }
 
     @Test
-    public void jsonRoundTrip() {
-        String text = "{\"a\": [1, 2.5, -3e-2, true, null, \"q\\\"\\u00e9<&>\"], \"b\": {}, \"c\": [{\"d\": []}]}";
-        Map<String, Object> parsed = Json.parseObject(text, "t.json");
-        assertEquals(parsed, Json.parseObject(Json.write(parsed), "written"));
-        List<?> a = (List<?>) parsed.get("a");
-        assertEquals(List.of(1L, 2.5, -0.03, true), a.subList(0, 4)); // integral numbers are Long, others Double
-        assertEquals("q\"\u00e9<&>", a.get(5));
-        assertTrue(Json.write(parsed).contains("\"q\\\"\u00e9<&>\"")); // no HTML escaping of < & >
-        assertEquals(List.of(Map.of("x", 1L)), Json.parse(Json.write(List.of(Map.of("x", 1))), "list"));
-        assertThrows(IllegalArgumentException.class, () -> Json.write(Map.of("p50", Double.NaN)));
-    }
-
-    static void assertRefused(String text, String why) {
-        IllegalArgumentException exc = assertThrows(IllegalArgumentException.class, () -> Json.parseObject(text, "bad.json"));
-        assertTrue(exc.getMessage(), exc.getMessage().startsWith("bad.json: "));
-        assertTrue(exc.getMessage(), exc.getMessage().contains(why));
-    }
-
-    @Test
-    public void jsonRefusesMalformedText() {
-        assertRefused("{\"a\": 1,}", "not valid JSON");
-        assertRefused("{\"a\": [1, 2", "not valid JSON"); // truncated
-        assertRefused("{\"a\": \"abc", "not valid JSON");
-        assertRefused("", "not valid JSON");
-        assertRefused("{\"a\": 1} {}", "not valid JSON (malformed JSON at line 1 column 11 path $)");
-        assertRefused("{\"a\": 1}\n x", "not valid JSON (malformed JSON at line 2 column 3 path $)");
-        assertRefused("{a: 1}", "not valid JSON"); // lenient-only syntax
-        assertRefused("{\"a\": 'x'}", "not valid JSON");
-        assertRefused("{\"a\": NaN}", "not valid JSON");
-        assertRefused("{\"a\": 1} // comment", "not valid JSON");
-        assertRefused("[1, 2]", "expected a JSON object at the top level, found a list");
-        assertRefused("\"x\"", "found string");
-        assertRefused("{\"a\": 1e400}", "overflows a 64-bit float");
-        assertRefused("{\"a\": 123456789012345678901234567890}", "overflows a 64-bit integer");
-        assertRefused("{\"a\": 1, \"b\": {\"c\": 2, \"c\": 3}}", "the key 'c' appears twice");
-        assertThrows(IllegalArgumentException.class, () -> Json.parseObject(new byte[] {'{', '"', (byte) 0xC3, '"', ':', '1', '}'}, "x"));
-    }
-
-    @Test
-    public void jsonRefusesDeepNestingButTakesTheLimit() {
-        String deepest = "[".repeat(Json.MAX_DEPTH - 1) + "]".repeat(Json.MAX_DEPTH - 1);
-        assertEquals(1, Json.parseObject("{\"a\": " + deepest + "}", "ok").size());
-        assertRefused("{\"a\": [" + deepest + "]}", "nested more than " + Json.MAX_DEPTH + " levels");
-        assertRefused("{\"a\": " + "[".repeat(100_000), "nested more than"); // no stack overflow
-    }
-
-    @Test
     public void manifestRefusesWrongTypesAndLargeFiles() {
         assertThrows(IllegalArgumentException.class, () -> ModelManifest.parse(MANIFEST.replace("\"file\": \"m.tflite\"", "\"file\": 3"), "t"));
         assertThrows(IllegalArgumentException.class, () -> ModelManifest.parse(MANIFEST.replace("\"labels\": [", "\"labels\": {\"x\": ["), "t"));
@@ -230,5 +183,18 @@ public class CoreTest {
         IllegalArgumentException bad = assertThrows(IllegalArgumentException.class, () -> ModelManifest.read(
                 new java.io.ByteArrayInputStream(MANIFEST.substring(0, 100).getBytes(StandardCharsets.UTF_8)), "assets/manifest.json"));
         assertTrue(bad.getMessage(), bad.getMessage().startsWith("assets/manifest.json: not valid JSON"));
+    }
+
+    @Test
+    public void goldenIndexRefusesWrongTypes() {
+        String index = "{\"schema\": \"dermmobile-golden\", \"schema_version\": 1, \"runtime\": \"t\", \"manifest\": " + MANIFEST
+                + ", \"samples\": [\"x\"]}";
+        Golden.Source source = name -> new java.io.ByteArrayInputStream(index.getBytes(StandardCharsets.UTF_8));
+        IllegalArgumentException exc = assertThrows(IllegalArgumentException.class, () -> Golden.load(source, "g"));
+        assertEquals("g/golden.json sample 0: must be an object", exc.getMessage());
+        String duplicate = index.replace("\"runtime\": \"t\"", "\"runtime\": \"t\", \"runtime\": \"u\"");
+        Golden.Source twice = name -> new java.io.ByteArrayInputStream(duplicate.getBytes(StandardCharsets.UTF_8));
+        exc = assertThrows(IllegalArgumentException.class, () -> Golden.load(twice, "g"));
+        assertTrue(exc.getMessage(), exc.getMessage().startsWith("g/golden.json: the key 'runtime' appears twice"));
     }
 }
