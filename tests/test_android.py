@@ -2,8 +2,9 @@
 
 The Java module android_demo/preprocess-core is compiled with javac and its JUnit 4 tests
 run against golden samples written here, so any drift between the Java and the Python
-preprocessing fails CI. Needs a JDK 17+ and Debian's junit4 (apt-get install -y
-default-jdk-headless junit4); without them the Java tests skip locally and fail when CI=true.
+preprocessing fails CI. Needs a JDK 17+ and Debian's Gson and junit4 (apt-get install -y
+default-jdk-headless libgoogle-gson-java junit4); without them the Java tests skip locally and
+fail when CI=true.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tests.golden_images import SIZES, golden_manifest, phone_images, small_imag
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "android_demo" / "preprocess-core"
 RUN_TESTS = CORE / "run-tests.sh"
+GSON_JAR = Path(os.environ.get("GSON_JAR", "/usr/share/java/gson.jar"))
 JUNIT_JAR = Path(os.environ.get("JUNIT_JAR", "/usr/share/java/junit4.jar"))
 HAMCREST_JAR = Path(os.environ.get("HAMCREST_JAR", "/usr/share/java/hamcrest-core.jar"))
 
@@ -44,7 +46,7 @@ SMALL_V1 = PreprocessSpec(resize=64, crop=56, algorithm=ALGORITHM_V1)
 
 def _java_missing() -> str | None:
     missing = [tool for tool in ("javac", "java") if shutil.which(tool) is None]
-    missing += [str(jar) for jar in (JUNIT_JAR, HAMCREST_JAR) if not jar.is_file()]
+    missing += [str(jar) for jar in (GSON_JAR, JUNIT_JAR, HAMCREST_JAR) if not jar.is_file()]
     return ", ".join(missing) or None
 
 
@@ -52,7 +54,7 @@ def _require_java() -> None:
     missing = _java_missing()
     if missing is None:
         return
-    message = f"Java tests need {missing}: apt-get install -y default-jdk-headless junit4"
+    message = f"Java tests need {missing}: apt-get install -y default-jdk-headless libgoogle-gson-java junit4"
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):
         pytest.fail(message)
     pytest.skip(message)
@@ -223,14 +225,14 @@ def test_java_core_matches_python(golden_root, tmp_path):
 
 # One constant in the Java code, changed slightly: the tests must notice.
 DRIFTS = {
-    "v1-filter-centre": ("Preprocessor.java", "double centre = (o + 0.5) * ratio;", "double centre = (o + 0.501) * ratio;"),
+    "v1-filter-centre": ("ResampleV1.java", "double centre = (o + 0.5) * ratio;", "double centre = (o + 0.501) * ratio;"),
     "resize-rounding": ("Preprocessor.java", "Math.floor(height * scale + 0.5)", "Math.floor(height * scale + 0.49)"),
-    "v1-upsampling-support": ("Preprocessor.java", "double support = Math.max(ratio, 1.0);",
+    "v1-upsampling-support": ("ResampleV1.java", "double support = Math.max(ratio, 1.0);",
                               "double support = Math.max(ratio, 1.01);"),
-    "v2-filter-centre": ("Preprocessor.java", "double center = (first + k + 0.5) * scale;",
+    "v2-filter-centre": ("ResampleV2.java", "double center = (first + k + 0.5) * scale;",
                          "double center = (first + k + 0.5001) * scale;"),
-    "v2-pass-rounding": ("Preprocessor.java", "int half = 1 << (PRECISION_BITS - 1);", "int half = 1 << (PRECISION_BITS - 2);"),
-    "v2-tap-rounding": ("Preprocessor.java", "fixed[x] = (int) (0.5 + normalized * (1 << PRECISION_BITS));",
+    "v2-pass-rounding": ("ResampleV2.java", "int half = 1 << (PRECISION_BITS - 1);", "int half = 1 << (PRECISION_BITS - 2);"),
+    "v2-tap-rounding": ("ResampleV2.java", "fixed[x] = (int) (0.5 + normalized * (1 << PRECISION_BITS));",
                         "fixed[x] = (int) (normalized * (1 << PRECISION_BITS));"),
     "v2-table": ("Preprocessor.java", "table[c][v] = (float) ((v / spec.scale - spec.mean[c]) / spec.std[c]);",
                  "table[c][v] = (float) (v / spec.scale - spec.mean[c]) / (float) spec.std[c];"),

@@ -1,5 +1,5 @@
 // Plain Java, no Android dependency: the app uses it, and CI compiles and tests it with
-// javac + JUnit 4 alone (run-tests.sh), since the Android build cannot run there.
+// javac, Gson and JUnit 4 alone (run-tests.sh, Debian's jars), since the Android build cannot run there.
 plugins {
     `java-library`
 }
@@ -10,6 +10,7 @@ java {
 }
 
 dependencies {
+    implementation(libs.gson) // JSON: manifests, golden indexes, bench rows (Json.java)
     testImplementation(libs.junit)
 }
 

@@ -3,9 +3,9 @@
 #
 #   run-tests.sh GOLDEN_DIR        # GOLDEN_DIR holds golden.json, or sub-folders that each do
 #
-# Needs a JDK (17+) and JUnit 4 with Hamcrest: on Debian/Ubuntu `apt-get install -y
-# default-jdk-headless junit4` (junit4 pulls in libhamcrest-java). Override the jars with
-# JUNIT_JAR / HAMCREST_JAR. Set DERMMOBILE_BENCH_OUT=FILE to get a sample benchmark row.
+# Needs a JDK (17+), Gson and JUnit 4 with Hamcrest: on Debian/Ubuntu `apt-get install -y
+# default-jdk-headless libgoogle-gson-java junit4` (junit4 pulls in libhamcrest-java). Override
+# the jars with GSON_JAR / JUNIT_JAR / HAMCREST_JAR. Set DERMMOBILE_BENCH_OUT=FILE to get a sample benchmark row.
 # No Gradle and no Android SDK needed: this is what CI runs (tests/test_android.py).
 set -euo pipefail
 
@@ -15,19 +15,20 @@ if [ $# -ne 1 ]; then
 fi
 GOLDEN_DIR=$(cd "$1" && pwd)
 HERE=$(cd "$(dirname "$0")" && pwd)
+GSON_JAR=${GSON_JAR:-/usr/share/java/gson.jar}
 JUNIT_JAR=${JUNIT_JAR:-/usr/share/java/junit4.jar}
 HAMCREST_JAR=${HAMCREST_JAR:-/usr/share/java/hamcrest-core.jar}
 
 for tool in javac java; do
     command -v "$tool" >/dev/null || { echo "$tool not found; install a JDK 17+ (apt-get install -y default-jdk-headless)" >&2; exit 3; }
 done
-for jar in "$JUNIT_JAR" "$HAMCREST_JAR"; do
-    [ -f "$jar" ] || { echo "$jar not found; install JUnit 4 (apt-get install -y junit4) or set JUNIT_JAR/HAMCREST_JAR" >&2; exit 3; }
+for jar in "$GSON_JAR" "$JUNIT_JAR" "$HAMCREST_JAR"; do
+    [ -f "$jar" ] || { echo "$jar not found; install Gson and JUnit 4 (apt-get install -y libgoogle-gson-java junit4) or set GSON_JAR/JUNIT_JAR/HAMCREST_JAR" >&2; exit 3; }
 done
 
 BUILD=$(mktemp -d "${TMPDIR:-/tmp}/preprocess-core.XXXXXX")
 trap 'rm -rf "$BUILD"' EXIT
-CP="$JUNIT_JAR:$HAMCREST_JAR"
+CP="$GSON_JAR:$JUNIT_JAR:$HAMCREST_JAR"
 
 # One javac for main and test sources; C1 only: this is a short-lived compiler run.
 javac -J-XX:TieredStopAtLevel=1 --release 17 -Xlint:all -Werror -d "$BUILD/classes" -cp "$CP" \

@@ -2,7 +2,7 @@ package org.dermmobile.demo
 
 import android.content.Context
 import android.graphics.Bitmap
-import org.dermmobile.core.Golden
+import org.dermmobile.core.Bytes
 import org.dermmobile.core.ModelManifest
 import org.dermmobile.core.Postprocess
 import org.dermmobile.core.Preprocessor
@@ -33,12 +33,12 @@ class Classifier(context: Context, val threads: Int = DEFAULT_THREADS) : Closeab
 
     init {
         val assets = context.assets
-        manifest = ModelManifest.parse(assets.open(MANIFEST_ASSET).use { it.readBytes() }.decodeToString(), "assets/$MANIFEST_ASSET")
+        manifest = assets.open(MANIFEST_ASSET).use { ModelManifest.read(it, "assets/$MANIFEST_ASSET") }
         require(manifest.format == "tflite") { "the bundled artifact is ${manifest.format}; this app runs tflite artifacts" }
         require(manifest.file.isNotEmpty() && !manifest.file.contains('/')) { "manifest file name '${manifest.file}' is not a plain name" }
         val model = assets.open("$ASSETS_DIR/${manifest.file}").use { it.readBytes() }
         // The same check dermmobile.artifact.load_artifact makes: a stale or corrupt model is refused.
-        check(Golden.sha256(model) == manifest.sha256) {
+        check(Bytes.sha256(model) == manifest.sha256) {
             "assets/$ASSETS_DIR/${manifest.file} does not match the sha256 in its manifest; run `dermmobile android` again"
         }
         val buffer = ByteBuffer.allocateDirect(model.size).order(ByteOrder.nativeOrder())

@@ -1,15 +1,11 @@
 package org.dermmobile.core;
 
-import java.io.ByteArrayOutputStream;
 import java.io.File;
 import java.io.FileInputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.charset.StandardCharsets;
-import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
@@ -38,65 +34,10 @@ public final class Golden {
         return name -> new FileInputStream(new File(dir, name));
     }
 
-    /** One image and what Python computed for it. */
-    public static final class Sample {
-        public final String id;
-        public final String sourceName;
-        public final int width;
-        public final int height;
-        public final String rgbFile;
-        public final String rgbSha256;
-        public final String inputFile;
-        public final String inputSha256;
-        public final String quantizedFile; // null unless the model input is int8/uint8
-        /** How Python decoded the file: its format ("JPEG", "PNG", ...), stored size and reduction factor; null in old sets. */
-        public final String decodeFormat;
-        public final int storedWidth;
-        public final int storedHeight;
-        public final int decodeFactor;
-        public final float[] logits;
-        public final double[] probabilities;
-        public final int top1;
-        public final String top1Label;
-
-        Sample(Map<String, Object> map, String where) {
-            id = Json.str(map, "id", where);
-            sourceName = String.valueOf(map.get("source"));
-            width = (int) Json.num(map, "width", where);
-            height = (int) Json.num(map, "height", where);
-            rgbFile = Json.str(map, "rgb", where);
-            rgbSha256 = Json.str(map, "rgb_sha256", where);
-            inputFile = Json.str(map, "input", where);
-            inputSha256 = Json.str(map, "input_sha256", where);
-            Object decode = map.get("decode");
-            if (decode instanceof Map) {
-                @SuppressWarnings("unchecked")
-                Map<String, Object> d = (Map<String, Object>) decode;
-                decodeFormat = Json.str(d, "format", where + " decode");
-                storedWidth = (int) Json.num(d, "stored_width", where + " decode");
-                storedHeight = (int) Json.num(d, "stored_height", where + " decode");
-                decodeFactor = (int) Json.num(d, "factor", where + " decode");
-            } else {
-                decodeFormat = null;
-                storedWidth = storedHeight = decodeFactor = 0;
-            }
-            Object quantized = map.get("input_quantized");
-            quantizedFile = quantized == null ? null : quantized.toString();
-            double[] raw = Json.doubles(Json.list(map, "logits", where), where + " logits");
-            logits = new float[raw.length];
-            for (int i = 0; i < raw.length; i++) {
-                logits[i] = (float) raw[i]; // written from float32, so this is exact
-            }
-            probabilities = Json.doubles(Json.list(map, "probabilities", where), where + " probabilities");
-            top1 = (int) Json.num(map, "top1", where);
-            top1Label = Json.str(map, "top1_label", where);
-        }
-    }
-
     public final Source source;
     public final ModelManifest manifest;
     public final String runtime;
-    public final List<Sample> samples;
+    public final List<GoldenSample> samples;
 
     private Golden(Source source, Map<String, Object> index, String where) {
         Object schema = index.get("schema");
@@ -106,24 +47,28 @@ public final class Golden {
                     + SCHEMA_VERSION + "; rewrite the golden samples with `dermmobile android`");
         }
         this.source = source;
-        manifest = ModelManifest.fromMap(Json.obj(index, "manifest", where), where + " manifest");
+        manifest = ModelManifest.fromMap(Fields.obj(index, "manifest", where), where + " manifest");
         runtime = String.valueOf(index.get("runtime"));
-        List<Sample> list = new ArrayList<>();
-        for (Object item : Json.list(index, "samples", where)) {
+        List<GoldenSample> list = new ArrayList<>();
+        for (Object item : Fields.list(index, "samples", where)) {
+            String at = where + " sample " + list.size();
+            if (!(item instanceof Map)) {
+                throw new IllegalArgumentException(at + ": must be an object");
+            }
             @SuppressWarnings("unchecked")
             Map<String, Object> map = (Map<String, Object>) item;
-            list.add(new Sample(map, where + " sample " + list.size()));
+            list.add(new GoldenSample(map, at));
         }
         samples = Collections.unmodifiableList(list);
     }
 
     public static Golden load(Source source, String where) throws IOException {
-        String text = new String(readAll(source, INDEX), StandardCharsets.UTF_8);
-        return new Golden(source, Json.parseObject(text), where + "/" + INDEX);
+        String path = where + "/" + INDEX;
+        return new Golden(source, Json.parseObject(readAll(source, INDEX, Json.MAX_BYTES), path), path);
     }
 
-    public byte[] rgb(Sample sample) throws IOException {
-        byte[] data = readAll(source, sample.rgbFile);
+    public byte[] rgb(GoldenSample sample) throws IOException {
+        byte[] data = readAll(source, sample.rgbFile, (long) sample.width * sample.height * 3);
         if (data.length != sample.width * sample.height * 3) {
             throw new IOException(sample.rgbFile + ": " + data.length + " bytes, expected " + sample.width + "x" + sample.height + "x3");
         }
@@ -131,19 +76,19 @@ public final class Golden {
     }
 
     /** The expected input tensor (float32 little-endian on disk). */
-    public float[] input(Sample sample) throws IOException {
-        ByteBuffer buffer = ByteBuffer.wrap(readAll(source, sample.inputFile)).order(ByteOrder.LITTLE_ENDIAN);
+    public float[] input(GoldenSample sample) throws IOException {
+        ByteBuffer buffer = ByteBuffer.wrap(readAll(source, sample.inputFile, 4L * manifest.input.elements())).order(ByteOrder.LITTLE_ENDIAN);
         float[] out = new float[buffer.remaining() / 4];
         buffer.asFloatBuffer().get(out);
         return out;
     }
 
     /** The expected quantized input tensor as ints (int8 read signed, uint8 unsigned), or null. */
-    public int[] quantizedInput(Sample sample) throws IOException {
+    public int[] quantizedInput(GoldenSample sample) throws IOException {
         if (sample.quantizedFile == null) {
             return null;
         }
-        byte[] data = readAll(source, sample.quantizedFile);
+        byte[] data = readAll(source, sample.quantizedFile, manifest.input.elements());
         boolean signed = manifest.input.dtype.equals("int8");
         int[] out = new int[data.length];
         for (int i = 0; i < data.length; i++) {
@@ -152,38 +97,13 @@ public final class Golden {
         return out;
     }
 
-    public static byte[] readAll(Source source, String name) throws IOException {
+    /** A golden file by plain name, refused past {@code maxBytes}. */
+    public static byte[] readAll(Source source, String name, long maxBytes) throws IOException {
         if (name.contains("/") || name.contains("\\") || name.equals("..")) {
             throw new IOException("golden file name '" + name + "' is not a plain name; refused");
         }
         try (InputStream in = source.open(name)) {
-            ByteArrayOutputStream out = new ByteArrayOutputStream();
-            byte[] chunk = new byte[1 << 16];
-            int n;
-            while ((n = in.read(chunk)) > 0) {
-                out.write(chunk, 0, n);
-            }
-            return out.toByteArray();
+            return Bytes.readAll(in, maxBytes, name);
         }
-    }
-
-    public static String sha256(byte[] data) {
-        try {
-            byte[] digest = MessageDigest.getInstance("SHA-256").digest(data);
-            StringBuilder hex = new StringBuilder();
-            for (byte b : digest) {
-                hex.append(String.format("%02x", b & 0xFF));
-            }
-            return hex.toString();
-        } catch (NoSuchAlgorithmException exc) {
-            throw new IllegalStateException(exc);
-        }
-    }
-
-    /** float32 little-endian bytes of a tensor, the form whose sha256 golden.json records. */
-    public static byte[] float32Bytes(float[] values) {
-        ByteBuffer buffer = ByteBuffer.allocate(values.length * 4).order(ByteOrder.LITTLE_ENDIAN);
-        buffer.asFloatBuffer().put(values);
-        return buffer.array();
     }
 }

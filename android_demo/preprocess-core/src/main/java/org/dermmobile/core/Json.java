@@ -1,318 +1,148 @@
 package org.dermmobile.core;
 
+import com.google.gson.Gson;
+import com.google.gson.GsonBuilder;
+import com.google.gson.stream.JsonReader;
+import com.google.gson.stream.JsonToken;
+import java.io.IOException;
+import java.io.StringReader;
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
 /**
- * A small JSON reader and writer, so this module needs nothing beyond the JDK (Android's
- * org.json is not on a plain JVM). Objects become LinkedHashMap, arrays ArrayList, numbers
- * Double (or Long when written without fraction or exponent), plus String, Boolean, null.
+ * JSON through Gson, with the limits of dermmobile/readers.py for files that may be hostile
+ * (manifests, golden indexes). Gson's strict {@link JsonReader} does the lexing and refuses
+ * malformed text, NaN and trailing commas; Gson 2.10 has no depth limit and keeps the last of
+ * two equal keys, so this class builds the tree itself and refuses nesting deeper than
+ * {@link #MAX_DEPTH}, a key that appears twice (two parsers could pick different values) and a
+ * number that overflows a double (1e400) or a long. Objects become LinkedHashMap, arrays
+ * ArrayList, numbers Long (written without fraction or exponent) or Double, plus String,
+ * Boolean and null. Errors name the file ({@code where}) and Gson's line, column and path.
  */
 public final class Json {
-    private final String text;
-    private int pos;
+    /** Largest JSON file read: a 198-class manifest with parity details is well under 1 MB. */
+    public static final int MAX_BYTES = 16 << 20;
+    /** Deepest nesting accepted (a top-level object is depth 1); our documents nest 4 levels. */
+    public static final int MAX_DEPTH = 32;
 
-    private Json(String text) {
-        this.text = text;
-    }
+    // Pretty-printed like Python's json.dump(indent=2); nulls kept; NaN refused (strict JSON has none).
+    private static final Gson WRITER = new GsonBuilder().setPrettyPrinting().serializeNulls().disableHtmlEscaping().create();
 
-    public static Object parse(String text) {
-        Json parser = new Json(text);
-        parser.skipSpace();
-        Object value = parser.value();
-        parser.skipSpace();
-        if (parser.pos != text.length()) {
-            throw parser.error("trailing characters");
-        }
-        return value;
-    }
+    private Json() {}
 
-    @SuppressWarnings("unchecked")
-    public static Map<String, Object> parseObject(String text) {
-        Object value = parse(text);
-        if (!(value instanceof Map)) {
-            throw new IllegalArgumentException("expected a JSON object at the top level");
+    public static Object parse(String text, String where) {
+        if (text.length() > MAX_BYTES) {
+            throw refused(where, "larger than the " + (MAX_BYTES >> 20) + " MB limit for a JSON file; refused");
         }
-        return (Map<String, Object>) value;
-    }
-
-    private IllegalArgumentException error(String what) {
-        return new IllegalArgumentException("invalid JSON at character " + pos + ": " + what);
-    }
-
-    private void skipSpace() {
-        while (pos < text.length() && Character.isWhitespace(text.charAt(pos))) {
-            pos++;
-        }
-    }
-
-    private Object value() {
-        if (pos >= text.length()) {
-            throw error("unexpected end");
-        }
-        char c = text.charAt(pos);
-        switch (c) {
-            case '{':
-                return object();
-            case '[':
-                return array();
-            case '"':
-                return string();
-            case 't':
-                return literal("true", Boolean.TRUE);
-            case 'f':
-                return literal("false", Boolean.FALSE);
-            case 'n':
-                return literal("null", null);
-            default:
-                return number();
-        }
-    }
-
-    private Object literal(String word, Object result) {
-        if (!text.startsWith(word, pos)) {
-            throw error("expected " + word);
-        }
-        pos += word.length();
-        return result;
-    }
-
-    private Map<String, Object> object() {
-        Map<String, Object> out = new LinkedHashMap<>();
-        pos++;
-        skipSpace();
-        if (peek('}')) {
-            pos++;
-            return out;
-        }
-        while (true) {
-            skipSpace();
-            if (!peek('"')) {
-                throw error("expected a string key");
-            }
-            String key = string();
-            skipSpace();
-            expect(':');
-            skipSpace();
-            out.put(key, value());
-            skipSpace();
-            if (peek(',')) {
-                pos++;
-            } else {
-                expect('}');
-                return out;
-            }
-        }
-    }
-
-    private List<Object> array() {
-        List<Object> out = new ArrayList<>();
-        pos++;
-        skipSpace();
-        if (peek(']')) {
-            pos++;
-            return out;
-        }
-        while (true) {
-            skipSpace();
-            out.add(value());
-            skipSpace();
-            if (peek(',')) {
-                pos++;
-            } else {
-                expect(']');
-                return out;
-            }
-        }
-    }
-
-    private boolean peek(char c) {
-        return pos < text.length() && text.charAt(pos) == c;
-    }
-
-    private void expect(char c) {
-        if (!peek(c)) {
-            throw error("expected '" + c + "'");
-        }
-        pos++;
-    }
-
-    private String string() {
-        pos++;
-        StringBuilder out = new StringBuilder();
-        while (pos < text.length()) {
-            char c = text.charAt(pos++);
-            if (c == '"') {
-                return out.toString();
-            }
-            if (c != '\\') {
-                out.append(c);
-                continue;
-            }
-            if (pos >= text.length()) {
-                break;
-            }
-            char e = text.charAt(pos++);
-            switch (e) {
-                case 'b': out.append('\b'); break;
-                case 'f': out.append('\f'); break;
-                case 'n': out.append('\n'); break;
-                case 'r': out.append('\r'); break;
-                case 't': out.append('\t'); break;
-                case 'u':
-                    if (pos + 4 > text.length()) {
-                        throw error("short \\u escape");
-                    }
-                    out.append((char) Integer.parseInt(text.substring(pos, pos + 4), 16));
-                    pos += 4;
-                    break;
-                default: out.append(e);
-            }
-        }
-        throw error("unterminated string");
-    }
-
-    private Object number() {
-        int start = pos;
-        boolean integral = true;
-        while (pos < text.length()) {
-            char c = text.charAt(pos);
-            if (c == '.' || c == 'e' || c == 'E') {
-                integral = false;
-            } else if (!(c == '-' || c == '+' || (c >= '0' && c <= '9'))) {
-                break;
-            }
-            pos++;
-        }
-        String token = text.substring(start, pos);
-        if (token.isEmpty()) {
-            throw error("unexpected character '" + text.charAt(start) + "'");
-        }
+        JsonReader reader = new JsonReader(new StringReader(text)); // strict unless setLenient(true)
         try {
-            return integral ? (Object) Long.parseLong(token) : (Object) Double.parseDouble(token);
-        } catch (NumberFormatException exc) {
-            throw error("bad number " + token);
+            Object value = value(reader, 0, where);
+            if (reader.peek() != JsonToken.END_DOCUMENT) { // strict Gson already refuses text after the value
+                throw refused(where, "more text after the JSON value at " + reader.getPath());
+            }
+            return value;
+        } catch (IOException | IllegalStateException exc) { // MalformedJsonException, EOFException: truncated
+            // Gson's advice is for the programmer; the user needs to know the file is malformed, and where.
+            String message = exc.getMessage().replace("Use JsonReader.setLenient(true) to accept malformed JSON", "malformed JSON");
+            throw refused(where, "not valid JSON (" + message + ")");
         }
     }
 
-    // -- writing -------------------------------------------------------------------------
-
-    public static String write(Object value) {
-        StringBuilder out = new StringBuilder();
-        write(value, out, "", "  ");
-        return out.toString();
-    }
-
-    private static void write(Object value, StringBuilder out, String indent, String step) {
-        if (value == null) {
-            out.append("null");
-        } else if (value instanceof String) {
-            quote((String) value, out);
-        } else if (value instanceof Boolean || value instanceof Integer || value instanceof Long) {
-            out.append(value);
-        } else if (value instanceof Number) {
-            double d = ((Number) value).doubleValue();
-            if (Double.isNaN(d) || Double.isInfinite(d)) {
-                out.append("null"); // strict JSON has no NaN; readers see a missing value
-            } else {
-                out.append(d);
-            }
-        } else if (value instanceof Map) {
-            Map<?, ?> map = (Map<?, ?>) value;
-            out.append('{');
-            String inner = indent + step;
-            boolean first = true;
-            for (Map.Entry<?, ?> entry : map.entrySet()) {
-                out.append(first ? "\n" : ",\n").append(inner);
-                quote(String.valueOf(entry.getKey()), out);
-                out.append(": ");
-                write(entry.getValue(), out, inner, step);
-                first = false;
-            }
-            out.append(first ? "}" : "\n" + indent + "}");
-        } else if (value instanceof List) {
-            List<?> list = (List<?>) value;
-            out.append('[');
-            String inner = indent + step;
-            boolean first = true;
-            for (Object item : list) {
-                out.append(first ? "\n" : ",\n").append(inner);
-                write(item, out, inner, step);
-                first = false;
-            }
-            out.append(first ? "]" : "\n" + indent + "]");
-        } else {
-            throw new IllegalArgumentException("cannot write " + value.getClass() + " as JSON");
+    /** Strict UTF-8 bytes (a file's content) to a JSON object. */
+    public static Map<String, Object> parseObject(byte[] data, String where) {
+        try {
+            String text = StandardCharsets.UTF_8.newDecoder().decode(ByteBuffer.wrap(data)).toString();
+            return parseObject(text, where);
+        } catch (CharacterCodingException exc) {
+            throw refused(where, "not UTF-8 text (" + exc + ")");
         }
     }
-
-    private static void quote(String s, StringBuilder out) {
-        out.append('"');
-        for (int i = 0; i < s.length(); i++) {
-            char c = s.charAt(i);
-            switch (c) {
-                case '"': out.append("\\\""); break;
-                case '\\': out.append("\\\\"); break;
-                case '\n': out.append("\\n"); break;
-                case '\r': out.append("\\r"); break;
-                case '\t': out.append("\\t"); break;
-                default:
-                    if (c < 0x20) {
-                        out.append(String.format("\\u%04x", (int) c));
-                    } else {
-                        out.append(c);
-                    }
-            }
-        }
-        out.append('"');
-    }
-
-    // -- typed access ----------------------------------------------------------------------
 
     @SuppressWarnings("unchecked")
-    static Map<String, Object> obj(Map<String, Object> from, String key, String where) {
-        Object value = from.get(key);
+    public static Map<String, Object> parseObject(String text, String where) {
+        Object value = parse(text, where);
         if (!(value instanceof Map)) {
-            throw new IllegalArgumentException(where + ": '" + key + "' must be an object");
+            throw refused(where, "expected a JSON object at the top level, found " + describe(value));
         }
         return (Map<String, Object>) value;
     }
 
-    static List<?> list(Map<String, Object> from, String key, String where) {
-        Object value = from.get(key);
-        if (!(value instanceof List)) {
-            throw new IllegalArgumentException(where + ": '" + key + "' must be a list");
+    private static Object value(JsonReader reader, int depth, String where) throws IOException {
+        JsonToken token = reader.peek();
+        if ((token == JsonToken.BEGIN_OBJECT || token == JsonToken.BEGIN_ARRAY) && depth >= MAX_DEPTH) {
+            throw refused(where, "JSON nested more than " + MAX_DEPTH + " levels deep at " + reader.getPath() + "; refused");
         }
-        return (List<?>) value;
+        switch (token) {
+            case BEGIN_OBJECT:
+                Map<String, Object> map = new LinkedHashMap<>();
+                reader.beginObject();
+                while (reader.hasNext()) {
+                    String key = reader.nextName();
+                    if (map.containsKey(key)) {
+                        throw refused(where, "the key '" + key + "' appears twice in one object at " + reader.getPath() + "; refused");
+                    }
+                    map.put(key, value(reader, depth + 1, where));
+                }
+                reader.endObject();
+                return map;
+            case BEGIN_ARRAY:
+                List<Object> list = new ArrayList<>();
+                reader.beginArray();
+                while (reader.hasNext()) {
+                    list.add(value(reader, depth + 1, where));
+                }
+                reader.endArray();
+                return list;
+            case STRING:
+                return reader.nextString();
+            case NUMBER:
+                return number(reader.nextString(), reader.getPath(), where);
+            case BOOLEAN:
+                return reader.nextBoolean();
+            case NULL:
+                reader.nextNull();
+                return null;
+            default: // END_DOCUMENT: empty text
+                throw refused(where, "not valid JSON (no value at " + reader.getPath() + ")");
+        }
     }
 
-    static String str(Map<String, Object> from, String key, String where) {
-        Object value = from.get(key);
-        if (!(value instanceof String)) {
-            throw new IllegalArgumentException(where + ": '" + key + "' must be a string");
-        }
-        return (String) value;
-    }
-
-    static double num(Map<String, Object> from, String key, String where) {
-        Object value = from.get(key);
-        if (!(value instanceof Number)) {
-            throw new IllegalArgumentException(where + ": '" + key + "' must be a number");
-        }
-        return ((Number) value).doubleValue();
-    }
-
-    static double[] doubles(List<?> values, String where) {
-        double[] out = new double[values.size()];
-        for (int i = 0; i < out.length; i++) {
-            Object v = values.get(i);
-            if (!(v instanceof Number)) {
-                throw new IllegalArgumentException(where + ": item " + i + " is not a number");
+    private static Object number(String token, String path, String where) {
+        boolean integral = token.indexOf('.') < 0 && token.indexOf('e') < 0 && token.indexOf('E') < 0;
+        try {
+            if (integral) {
+                return Long.parseLong(token);
             }
-            out[i] = ((Number) v).doubleValue();
+            double value = Double.parseDouble(token);
+            if (!Double.isInfinite(value)) {
+                return value;
+            }
+        } catch (NumberFormatException exc) {
+            // a 20-digit integer: out of range like 1e400
         }
-        return out;
+        throw refused(where, "the number " + abbreviate(token) + " at " + path + " overflows a 64-bit "
+                + (integral ? "integer" : "float") + "; refused");
+    }
+
+    private static String abbreviate(String s) {
+        return s.length() <= 40 ? s : s.substring(0, 40) + "...";
+    }
+
+    private static String describe(Object value) {
+        return value == null ? "null" : value instanceof List ? "a list" : value.getClass().getSimpleName().toLowerCase();
+    }
+
+    private static IllegalArgumentException refused(String where, String what) {
+        return new IllegalArgumentException(where + ": " + what);
+    }
+
+    /** Pretty-printed JSON of maps, lists, strings, numbers, booleans and null; NaN is refused. */
+    public static String write(Object value) {
+        return WRITER.toJson(value);
     }
 }

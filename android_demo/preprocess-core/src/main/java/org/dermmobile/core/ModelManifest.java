@@ -1,5 +1,7 @@
 package org.dermmobile.core;
 
+import java.io.IOException;
+import java.io.InputStream;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
@@ -31,27 +33,32 @@ public final class ModelManifest {
             throw new IllegalArgumentException(where + ": schema " + schema + " version " + version + " is not " + SCHEMA
                     + " version " + SCHEMA_VERSION + "; re-export the artifact with a matching dermmobile");
         }
-        format = Json.str(map, "format", where);
-        quantization = Json.str(map, "quantization", where);
-        file = Json.str(map, "file", where);
-        sha256 = Json.str(map, "sha256", where);
+        format = Fields.str(map, "format", where);
+        quantization = Fields.str(map, "quantization", where);
+        file = Fields.str(map, "file", where);
+        sha256 = Fields.str(map, "sha256", where);
         arch = String.valueOf(map.get("arch"));
         List<String> names = new ArrayList<>();
-        for (Object label : Json.list(map, "labels", where)) {
+        for (Object label : Fields.list(map, "labels", where)) {
             names.add(String.valueOf(label));
         }
         if (names.isEmpty()) {
             throw new IllegalArgumentException(where + ": labels must be a non-empty list");
         }
         labels = Collections.unmodifiableList(names);
-        preprocess = PreprocessSpec.fromMap(Json.obj(map, "preprocess", where), where + " preprocess");
-        input = TensorSpec.fromMap(Json.obj(map, "input", where), where + " input");
-        output = TensorSpec.fromMap(Json.obj(map, "output", where), where + " output");
+        preprocess = PreprocessSpec.fromMap(Fields.obj(map, "preprocess", where), where + " preprocess");
+        input = TensorSpec.fromMap(Fields.obj(map, "input", where), where + " input");
+        output = TensorSpec.fromMap(Fields.obj(map, "output", where), where + " output");
         checkConsistent(where);
     }
 
     public static ModelManifest parse(String json, String where) {
-        return new ModelManifest(Json.parseObject(json), where);
+        return new ModelManifest(Json.parseObject(json, where), where);
+    }
+
+    /** A manifest file (UTF-8 JSON), refused past {@link Json#MAX_BYTES}. */
+    public static ModelManifest read(InputStream in, String where) throws IOException {
+        return new ModelManifest(Json.parseObject(Bytes.readAll(in, Json.MAX_BYTES, where), where), where);
     }
 
     static ModelManifest fromMap(Map<String, Object> map, String where) {

@@ -2,7 +2,6 @@ package org.dermmobile.core;
 
 import java.io.IOException;
 import java.util.List;
-import java.util.Locale;
 
 /**
  * Compares this module's preprocessing and post-processing with a golden sample that
@@ -25,36 +24,10 @@ public final class Parity {
     public static final double NORMALIZED_TOLERANCE = 1e-4;
     public static final double PROBABILITY_TOLERANCE = 1e-4;
 
-    /** What differed for one sample, and by how much. */
-    public static final class Result {
-        public String id;
-        public double maxPixelDiff;
-        public double maxNormalizedDiff;
-        public int quantizedMismatches; // beyond the rule above; must be 0
-        public boolean inputSha256Equal;
-        public double maxProbabilityDiff;
-        public boolean top1Equal;
-        public String problems = "";
-
-        public boolean passed() {
-            return problems.isEmpty();
-        }
-
-        @Override
-        public String toString() {
-            return String.format(Locale.ROOT,
-                    "%s: max pixel diff %.3g (tol %.0e), max normalized diff %.3g (tol %.0e), quantized mismatches %d, "
-                            + "input sha256 %s, max probability diff %.3g (tol %.0e), top-1 %s%s",
-                    id, maxPixelDiff, PIXEL_TOLERANCE, maxNormalizedDiff, NORMALIZED_TOLERANCE, quantizedMismatches,
-                    inputSha256Equal ? "identical" : "differs in low bits", maxProbabilityDiff, PROBABILITY_TOLERANCE,
-                    top1Equal ? "same" : "DIFFERENT", problems.isEmpty() ? "" : " -- FAILED: " + problems);
-        }
-    }
-
     private Parity() {}
 
     /** The reduced decode Python used for this sample is the one the spec gives (v2 step 1). */
-    static void checkDecode(PreprocessSpec spec, Golden.Sample sample, StringBuilder problems) {
+    static void checkDecode(PreprocessSpec spec, GoldenSample sample, StringBuilder problems) {
         if (sample.decodeFormat == null) {
             return; // a golden set written before v2 records no decode
         }
@@ -74,18 +47,18 @@ public final class Parity {
         }
     }
 
-    public static Result check(Golden golden, Golden.Sample sample) throws IOException {
+    public static ParityResult check(Golden golden, GoldenSample sample) throws IOException {
         ModelManifest manifest = golden.manifest;
         Preprocessor pre = new Preprocessor(manifest.preprocess);
         Layout layout = manifest.layout();
-        Result result = new Result();
+        ParityResult result = new ParityResult();
         result.id = sample.id + " (" + sample.sourceName + " " + sample.width + "x" + sample.height + ", " + layout + ", "
                 + manifest.input.dtype + ")";
         StringBuilder problems = new StringBuilder();
 
         checkDecode(manifest.preprocess, sample, problems);
         byte[] rgb = golden.rgb(sample);
-        if (!Golden.sha256(rgb).equals(sample.rgbSha256)) {
+        if (!Bytes.sha256(rgb).equals(sample.rgbSha256)) {
             problems.append("rgb file does not match its sha256 in golden.json; ");
         }
         float[] expected = golden.input(sample);
@@ -94,6 +67,17 @@ public final class Parity {
             result.problems = "input has " + actual.length + " values, golden has " + expected.length;
             return result;
         }
+        compareInput(pre, manifest, sample, actual, expected, result, problems);
+        compareQuantized(manifest.input, actual, expected, golden.quantizedInput(sample), result, problems);
+        comparePostprocess(manifest.labels, sample, result, problems);
+        result.problems = problems.toString();
+        return result;
+    }
+
+    /** The float input tensor: pixel and normalized differences, and v2's bit-identity. */
+    private static void compareInput(Preprocessor pre, ModelManifest manifest, GoldenSample sample, float[] actual,
+            float[] expected, ParityResult result, StringBuilder problems) {
+        Layout layout = manifest.layout();
         int crop = manifest.preprocess.crop;
         int plane = crop * crop;
         for (int i = 0; i < actual.length; i++) {
@@ -108,28 +92,37 @@ public final class Parity {
         if (!(result.maxNormalizedDiff <= NORMALIZED_TOLERANCE)) {
             problems.append("normalized diff ").append(result.maxNormalizedDiff).append(" > ").append(NORMALIZED_TOLERANCE).append("; ");
         }
-        result.inputSha256Equal = Golden.sha256(Golden.float32Bytes(actual)).equals(sample.inputSha256);
+        result.inputSha256Equal = Bytes.sha256(Bytes.float32(actual)).equals(sample.inputSha256);
         if (manifest.preprocess.isV2() && !result.inputSha256Equal) {
             problems.append("v2 input tensor is not bit-identical to Python's; ");
         }
+    }
 
-        int[] expectedQ = golden.quantizedInput(sample);
-        if (manifest.input.isQuantized() != (expectedQ != null)) {
+    /** The int8/uint8 input tensor, when the model takes one (the rule in the class comment). */
+    private static void compareQuantized(TensorSpec input, float[] actual, float[] expected, int[] expectedQ, ParityResult result,
+            StringBuilder problems) {
+        if (input.isQuantized() != (expectedQ != null)) {
             problems.append("golden has ").append(expectedQ == null ? "no" : "a").append(" quantized input but the manifest input is ")
-                    .append(manifest.input.dtype).append("; ");
-        } else if (expectedQ != null) {
-            int[] actualQ = TensorCodec.quantizeAll(actual, manifest.input);
-            for (int i = 0; i < actualQ.length; i++) {
-                int step = Math.abs(actualQ[i] - expectedQ[i]);
-                if (step > 1 || (step == 1 && actual[i] == expected[i])) {
-                    result.quantizedMismatches++;
-                }
-            }
-            if (result.quantizedMismatches > 0) {
-                problems.append(result.quantizedMismatches).append(" quantized input values differ; ");
+                    .append(input.dtype).append("; ");
+            return;
+        }
+        if (expectedQ == null) {
+            return;
+        }
+        int[] actualQ = TensorCodec.quantizeAll(actual, input);
+        for (int i = 0; i < actualQ.length; i++) {
+            int step = Math.abs(actualQ[i] - expectedQ[i]);
+            if (step > 1 || (step == 1 && actual[i] == expected[i])) {
+                result.quantizedMismatches++;
             }
         }
+        if (result.quantizedMismatches > 0) {
+            problems.append(result.quantizedMismatches).append(" quantized input values differ; ");
+        }
+    }
 
+    /** Softmax of the golden logits against the golden probabilities, and the top-1. */
+    private static void comparePostprocess(List<String> labels, GoldenSample sample, ParityResult result, StringBuilder problems) {
         double[] probabilities = Postprocess.softmax(sample.logits);
         if (probabilities.length != sample.probabilities.length) {
             problems.append("probabilities have ").append(probabilities.length).append(" values, golden ")
@@ -142,12 +135,10 @@ public final class Parity {
         if (!(result.maxProbabilityDiff <= PROBABILITY_TOLERANCE)) {
             problems.append("probability diff ").append(result.maxProbabilityDiff).append(" > ").append(PROBABILITY_TOLERANCE).append("; ");
         }
-        List<Postprocess.Prediction> top = Postprocess.topK(probabilities, manifest.labels, 1);
+        List<Postprocess.Prediction> top = Postprocess.topK(probabilities, labels, 1);
         result.top1Equal = top.get(0).index == sample.top1 && top.get(0).label.equals(sample.top1Label);
         if (!result.top1Equal) {
             problems.append("top-1 ").append(top.get(0).label).append(" != golden ").append(sample.top1Label).append("; ");
         }
-        result.problems = problems.toString();
-        return result;
     }
 }

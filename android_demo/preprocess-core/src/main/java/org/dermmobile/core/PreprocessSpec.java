@@ -73,22 +73,22 @@ public final class PreprocessSpec {
     /** Refuses what this code does not implement, rather than computing something else. */
     static PreprocessSpec fromMap(Map<String, Object> map, String where) {
         // A spec without "algorithm" is v1: every dermmobile before v2 wrote v1 (as dermmobile.preprocess reads it).
-        String algorithm = map.containsKey("algorithm") ? Json.str(map, "algorithm", where) : ALGORITHM_V1;
-        String interpolation = map.containsKey("interpolation") ? Json.str(map, "interpolation", where) : "bilinear";
-        String color = map.containsKey("color") ? Json.str(map, "color", where) : "RGB";
+        String algorithm = map.containsKey("algorithm") ? Fields.str(map, "algorithm", where) : ALGORITHM_V1;
+        String interpolation = map.containsKey("interpolation") ? Fields.str(map, "interpolation", where) : "bilinear";
+        String color = map.containsKey("color") ? Fields.str(map, "color", where) : "RGB";
         if (!interpolation.equals("bilinear") || !color.equals("RGB")) {
             throw new IllegalArgumentException(where + ": only bilinear interpolation and RGB order are implemented, got "
                     + interpolation + " / " + color);
         }
-        List<?> mean = Json.list(map, "mean", where);
-        List<?> std = Json.list(map, "std", where);
+        List<?> mean = Fields.list(map, "mean", where);
+        List<?> std = Fields.list(map, "std", where);
         try {
             return new PreprocessSpec(
-                    (int) Json.num(map, "resize", where),
-                    (int) Json.num(map, "crop", where),
-                    Json.doubles(mean, where + " mean"),
-                    Json.doubles(std, where + " std"),
-                    map.containsKey("scale") ? Json.num(map, "scale", where) : 255.0,
+                    (int) Fields.num(map, "resize", where),
+                    (int) Fields.num(map, "crop", where),
+                    Fields.doubles(mean, where + " mean"),
+                    Fields.doubles(std, where + " std"),
+                    map.containsKey("scale") ? Fields.num(map, "scale", where) : 255.0,
                     algorithm);
         } catch (IllegalArgumentException exc) {
             throw new IllegalArgumentException(where + ": " + exc.getMessage(), exc);

@@ -51,7 +51,7 @@ public final class TensorSpec {
     }
 
     static TensorSpec fromMap(Map<String, Object> map, String where) {
-        List<?> dims = Json.list(map, "shape", where);
+        List<?> dims = Fields.list(map, "shape", where);
         int[] shape = new int[dims.size()];
         for (int i = 0; i < shape.length; i++) {
             shape[i] = ((Number) dims.get(i)).intValue();
@@ -62,7 +62,7 @@ public final class TensorSpec {
         return new TensorSpec(
                 String.valueOf(map.get("name")),
                 shape,
-                Json.str(map, "dtype", where),
+                Fields.str(map, "dtype", where),
                 layout == null ? "" : layout.toString(),
                 scale == null ? null : ((Number) scale).doubleValue(),
                 zeroPoint == null ? null : ((Number) zeroPoint).intValue());

@@ -57,8 +57,8 @@ public class GoldenParityTest {
         for (File set : sets) {
             Golden golden = Golden.load(Golden.folder(set), set.getPath());
             assertTrue(set + ": golden.json lists no samples", !golden.samples.isEmpty());
-            for (Golden.Sample sample : golden.samples) {
-                Parity.Result result = Parity.check(golden, sample);
+            for (GoldenSample sample : golden.samples) {
+                ParityResult result = Parity.check(golden, sample);
                 System.out.println(set.getName() + " " + result);
                 if (!result.passed()) {
                     failures.add(set.getName() + " " + result);
@@ -76,7 +76,7 @@ public class GoldenParityTest {
     public void manifestLabelsMatchGoldenLogits() throws Exception {
         for (File set : goldenSets(goldenRoot())) {
             Golden golden = Golden.load(Golden.folder(set), set.getPath());
-            for (Golden.Sample sample : golden.samples) {
+            for (GoldenSample sample : golden.samples) {
                 assertEquals(set + " " + sample.id, golden.manifest.labels.size(), sample.logits.length);
                 assertEquals(set + " " + sample.id, golden.manifest.labels.get(sample.top1), sample.top1Label);
             }
