@@ -159,6 +159,17 @@ def test_plain_int8_that_cannot_be_converted_is_an_error_not_a_fallback():
         search(attempt, simulate, LAYERS, tuning, criterion)
 
 
+def test_a_pass_with_attempts_left_tries_half_the_float_layers():
+    """A pessimistic simulation asks for all four layers; the real file passes with fewer, so the search halves the
+    prefix while it passes and keeps the cheapest pass."""
+    noise = {"stem": 0.01, "dw": 0.1, "pw": 0.001, "fc": 0.01}
+    attempt, simulate, tuning, criterion, _ = _problem(noise, bias=6.0)
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=1.0)
+    real = [(len(a.float_layers), a.passed) for a in result.attempts if a.source == "artifact"]
+    assert real[0] == (0, False) and real[1][1] and real[-1][0] < real[1][0], real
+    assert result.passed and len(result.float_layers) == min(n for n, passed in real if passed) and "dw" in result.float_layers
+
+
 def test_max_attempts_bounds_the_real_artifacts():
     attempt, simulate, tuning, criterion, calls = _problem({"stem": 0.2, "dw": 0.2, "pw": 0.01, "fc": 0.2}, bias=0.01)
     search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3, max_attempts=2)
