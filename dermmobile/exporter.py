@@ -92,10 +92,11 @@ def export_request(checkpoint, target: Target, plan: ExportPlan, float_layers=fr
     meta = checkpoint.meta
     model = checkpoint.model
     if plan.quantize == "int8" and plan.int8.bias_correction and plan.calibration is not None:
-        from dermmobile.quantization.bias_correction import WEIGHT_RANGES, correct_biases
+        from dermmobile.quantization.bias_correction import correct_biases
 
-        if target.name in WEIGHT_RANGES:
-            model = correct_biases(model, plan.calibration, WEIGHT_RANGES[target.name], frozenset(float_layers))
+        weight_range = getattr(target, "weight_range", None)
+        if weight_range is not None:
+            model = correct_biases(model, plan.calibration, weight_range(), frozenset(float_layers))
     return ExportRequest(
         model=model,
         arch=meta.arch,

@@ -115,6 +115,61 @@ def test_a_layer_that_hurts_in_the_real_file_makes_the_search_shrink():
     assert result.passed and result.float_layers == ["dw"]
 
 
+@pytest.mark.parametrize("dw_float", ["worse", "fails"])
+def test_a_first_layer_that_hurts_alone_leaves_the_ranking(dw_float):
+    """The simulation overrates dw's error and ranks it first, and dw in float makes the real file worse than plain
+    int8 (on Lite0 the first depthwise convolution did that in ONNX) or cannot be converted at all (ExecuTorch's
+    XNNPACK partitioner refused it): the search shrinks to dw alone, which is worse again, so dw leaves the ranking
+    and the next ranking's first layer, stem, is built and passes."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, (400, len(LABELS)))
+    noise = {"stem": 0.1, "dw": 0.02, "pw": 0.002, "fc": 0.002}
+    directions = {name: rng.normal(0, 1, reference.shape) for name in noise}
+    harm = rng.normal(0, 1, reference.shape)
+
+    def logits(float_layers, dw_error):
+        sizes = dict(noise, dw=dw_error)
+        return reference + sum(size * directions[n] for n, size in sizes.items() if n not in float_layers)
+
+    criterion, calls = Criterion(LABELS, margin=0.0), []
+
+    def attempt(float_layers):
+        calls.append(float_layers)
+        if "dw" in float_layers and dw_float == "fails":
+            raise RuntimeError("Weight and Input should both be quantized")
+        hurt = 0.3 * harm if "dw" in float_layers else 0.0
+        return criterion.judge(reference, logits(float_layers, noise["dw"]) + hurt, None, "artifact")
+
+    def simulate(batch, float_layers):
+        return logits(float_layers, 0.5)[batch.astype(int)]
+
+    result = search(attempt, simulate, LAYERS, (np.arange(400), reference, None), criterion, max_float_macs=0.3)
+    assert calls == [frozenset(), frozenset({"dw", "stem"}), frozenset({"dw"}), frozenset({"stem"})]
+    assert result.passed and result.float_layers == ["stem"]
+    failed = [a.error for a in result.attempts if a.error]
+    assert failed == (["RuntimeError: Weight and Input should both be quantized"] * 2 if dw_float == "fails" else [])
+
+
+def test_plain_int8_that_cannot_be_converted_is_an_error_not_a_fallback():
+    def attempt(float_layers):
+        raise RuntimeError("converter crashed")
+
+    _, simulate, tuning, criterion, _ = _problem({"dw": 0.3})
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        search(attempt, simulate, LAYERS, tuning, criterion)
+
+
+def test_a_pass_with_attempts_left_tries_half_the_float_layers():
+    """A pessimistic simulation asks for all four layers; the real file passes with fewer, so the search halves the
+    prefix while it passes and keeps the cheapest pass."""
+    noise = {"stem": 0.01, "dw": 0.1, "pw": 0.001, "fc": 0.01}
+    attempt, simulate, tuning, criterion, _ = _problem(noise, bias=6.0)
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=1.0)
+    real = [(len(a.float_layers), a.passed) for a in result.attempts if a.source == "artifact"]
+    assert real[0] == (0, False) and real[1][1] and real[-1][0] < real[1][0], real
+    assert result.passed and len(result.float_layers) == min(n for n, passed in real if passed) and "dw" in result.float_layers
+
+
 def test_max_attempts_bounds_the_real_artifacts():
     attempt, simulate, tuning, criterion, calls = _problem({"stem": 0.2, "dw": 0.2, "pw": 0.01, "fc": 0.2}, bias=0.01)
     search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3, max_attempts=2)

@@ -7,6 +7,7 @@ Real-data tests check the int8 gates on ../shared/data photos.
 from __future__ import annotations
 
 import platform
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ import pytest
 from dermmobile.artifact import load_artifact
 from dermmobile.checkpoint import load_checkpoint
 from dermmobile.errors import MissingBackendError
-from dermmobile.exporter import plan_export, run_plan
+from dermmobile.exporter import export_request, plan_export, run_plan
+from dermmobile.quantization.bias_correction import quantize_weight
 from dermmobile.targets import get_target, target_names, valid_combinations
 from dermmobile.targets.base import QUANTIZATIONS, TorchRuntime
 
@@ -186,3 +188,50 @@ def test_int8_leaves_the_named_layer_float_and_the_file_shows_it(target, tiny_ch
     runtime = get_target(target).load(artifact.path, manifest)
     batch = plan.check.arrays[:4]
     assert (runtime.predict(batch).argmax(1) == TorchRuntime(checkpoint.model).predict(batch).argmax(1)).all()
+
+
+def test_onnx_int8_weight_grid_follows_the_cpu(tmp_path):
+    """x86 without VNNI: onnxruntime's uint8 x int8 kernels can saturate, so 7-bit weights; VNNI or ARM: full range."""
+    from dermmobile.targets.onnx import int8_saturates
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    machine = "dermmobile.targets.onnx.platform.machine"
+    with mock.patch(machine, return_value="x86_64"):
+        assert int8_saturates(cpuinfo)
+        cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+        assert not int8_saturates(cpuinfo)
+        assert int8_saturates(tmp_path / "missing")  # cannot tell: the grid that is safe everywhere
+    with mock.patch(machine, return_value="aarch64"):
+        assert not int8_saturates(cpuinfo)
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_onnx_int8_file_bias_correction_and_simulation_share_one_weight_grid(saturates, tiny_checkpoint, synthetic_root,
+                                                                             tmp_path):  # fmt: skip
+    """The grid the file's weights use is the one bias correction rounded to and the simulation stands in with."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from dermmobile.exporter import export_artifact
+    from dermmobile.targets.onnx import REDUCED_RANGE
+
+    target = get_target("onnx")
+    expected = REDUCED_RANGE if saturates else (-127, 127)
+    with mock.patch("dermmobile.targets.onnx.int8_saturates", return_value=saturates):
+        assert target.weight_range() == expected
+        checkpoint = load_checkpoint(tiny_checkpoint)
+        plan = plan_export(checkpoint, "onnx", "int8", tmp_path, calib_data=synthetic_root, calib_count=18)
+        with mock.patch("dermmobile.quantization.bias_correction.quantize_weight", wraps=quantize_weight) as rounding:
+            artifact = export_artifact(checkpoint, target, plan, frozenset())
+        assert {call.args[1:] for call in rounding.call_args_list} == {expected}
+        stop = mock.patch("dermmobile.quantization.simulate.build_quantizer", side_effect=RuntimeError("stop"))
+        with stop as build, pytest.raises(RuntimeError, match="stop"):
+            target.simulation(export_request(checkpoint, target, plan))(plan.tuning.arrays[:2], frozenset())
+        assert build.call_args.kwargs["weight_range"] == expected
+    assert artifact.manifest.notes["weight_bits"] == (7 if saturates else 8)
+    model = onnx.load(str(artifact.path))
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
+    widest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.ndim > 1)
+    assert widest == expected[1], widest

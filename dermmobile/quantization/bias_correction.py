@@ -22,9 +22,6 @@ import copy
 
 import numpy as np
 
-# Symmetric per-channel weight ranges of the toolchains (PT2E litert and XNNPACK; onnxruntime with reduce_range).
-WEIGHT_RANGES = {"tflite": (-127, 127), "executorch": (-127, 127), "onnx": (-64, 64)}
-
 
 def fold_batch_norms(model, example):
     """A copy of `model` (eval) with every batch norm that follows a convolution folded into it.

@@ -8,7 +8,9 @@ gate as the criterion:
    how much of the int8 logit error goes away when only that layer stays float.
 3. Rank layers by that gain and take the shortest prefix (within a cap on the float share
    of MACs) that the simulation says passes; build that real artifact and judge it. A miss
-   grows the prefix by half, up to `max_attempts` real artifacts.
+   grows the prefix by half; a file worse than plain int8 shrinks it by half, and when the
+   single most sensitive layer alone makes the file worse, that layer leaves the ranking. A
+   pass with attempts left tries half the prefix. Up to `max_attempts` real artifacts.
 4. The best real attempt is kept. Every decision is made on the tuning images; the gate
    images judge the result afterwards, once (the exporter does that), so the reported gate
    number is not the number the search optimised.
@@ -67,11 +69,12 @@ class Attempt:
     float_layers: list[str]
     float_macs_share: float
     agreement: float
-    mean_abs_logit: float
+    mean_abs_logit: float | None  # None: the conversion failed
     accuracy_drop: float | None  # top-1 points lost on the tuning images
     passed: bool
     source: str  # "artifact": a real export judged by its runtime; "simulation"
     seconds: float = 0.0
+    error: str | None = None  # why the converter could not build this float set
 
 
 @dataclass
@@ -153,14 +156,24 @@ def search(
     real: dict[tuple[str, ...], Attempt] = {}
 
     def try_real(float_layers: list[str]) -> Attempt:
-        started = time.perf_counter()
-        report = attempt(frozenset(float_layers))
-        done = Attempt(list(float_layers), float_share(layers, float_layers), report.agreement, report.mean_abs_logit,
-                       _drop(report), report.passed, "artifact", round(time.perf_counter() - started, 1))  # fmt: skip
+        started, share = time.perf_counter(), float_share(layers, float_layers)
+        try:
+            report = attempt(frozenset(float_layers))
+        except Exception as error:  # any converter's refusal; plain int8 (no float layer) still raises
+            if not float_layers:
+                raise
+            # A converter that cannot leave this set float (ExecuTorch's XNNPACK partitioner refuses a float
+            # depthwise convolution fed by an int8 one on Lite0): an attempt worse than plain int8.
+            done = Attempt(list(float_layers), share, 0.0, None, None, False, "artifact",
+                           round(time.perf_counter() - started, 1), f"{type(error).__name__}: {error}"[:300])  # fmt: skip
+            log(f"{len(float_layers)} layers in float: the conversion failed ({done.error})")
+        else:
+            done = Attempt(list(float_layers), share, report.agreement, report.mean_abs_logit, _drop(report),
+                           report.passed, "artifact", round(time.perf_counter() - started, 1))  # fmt: skip
+            log(f"{len(float_layers)} layers in float ({done.float_macs_share:.1%} of MACs): tuning agreement "
+                f"{done.agreement:.2%} {'passes' if done.passed else 'misses'}")  # fmt: skip
         result.attempts.append(done)
         real[tuple(float_layers)] = done
-        log(f"{len(float_layers)} layers in float ({done.float_macs_share:.1%} of MACs): tuning agreement "
-            f"{done.agreement:.2%} {'passes' if done.passed else 'misses'}")  # fmt: skip
         return done
 
     if try_real([]).passed:
@@ -190,12 +203,27 @@ def search(
     k = _smallest_passing(len(prefixes), lambda k: passes.setdefault(k, simulated(prefixes[k - 1])))
     if not passes[k]:  # no prefix passes in simulation: grow from the most sensitive layer up
         k = 1
-    plain = real[()].agreement
+    plain, banned = real[()].agreement, set()
     while len(real) < max_attempts + 1:
         done = real.get(tuple(prefixes[k - 1])) or try_real(prefixes[k - 1])
         if done.passed:
-            break
-        k = _next_prefix(k, len(prefixes), worse=done.agreement < plain, tried={len(f) for f in real})
+            # A pessimistic simulation overshoots (on Lite0, ExecuTorch passed with half the prefix it chose):
+            # while attempts are left, try half the float layers for a cheaper file; the cheapest pass is kept.
+            half = k // 2
+            if half < 1 or tuple(prefixes[half - 1]) in real:
+                break
+            k = half
+            continue
+        worse = done.agreement < plain
+        if worse and k == 1:
+            # The layer the simulation ranked first made the real file worse on its own, or could not be
+            # converted float: no shorter prefix exists, so drop it from the ranking and start again.
+            banned.add(prefixes[0][0])
+            prefixes = ranked_prefixes([row for row in result.sensitivity if row.layer not in banned], max_float_macs)
+            log(f"dropped {', '.join(sorted(banned))} from the ranking: worse in the real file than plain int8")
+            k = 1 if prefixes and tuple(prefixes[0]) not in real else None
+        else:
+            k = _next_prefix(k, len(prefixes), worse, tried={len(p) for p in prefixes if tuple(p) in real})
         if k is None:
             break
     return _keep_best(result)
@@ -207,6 +235,7 @@ def _next_prefix(k: int, count: int, worse: bool, tried: set[int]) -> int | None
     Normally grow by half. If the file came out *worse* than plain int8, the simulation was wrong
     about some layer just added (on Lite0, a float projection convolution cost 4 points in the
     TFLite file while the simulation gained), so shrink by half toward the prefixes that helped.
+    `tried`: lengths of the current ranking's prefixes already built.
     """
     step = max(1, math.ceil(k / 2))
     candidate = k - step if worse else min(count, k + step)

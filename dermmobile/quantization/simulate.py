@@ -125,7 +125,7 @@ class Simulation:
     """The calibrated, switchable fake-quant graph of one toolchain's quantizer."""
 
     def __init__(self, model, toolchain: str, calibration: np.ndarray, observer: str = "histogram", batch: int = 16,
-                 clamp: bool | None = None):  # fmt: skip
+                 clamp: bool | None = None, weight_range: tuple[int, int] = (-127, 127)):  # fmt: skip
         import torch
         from torch.export import Dim
         from torchao.quantization.pt2e.observer import ObserverBase
@@ -143,7 +143,7 @@ class Simulation:
         self._annotated = copy.deepcopy(exported)
         _fuse_conv_bn_(self._annotated)
         _fuse_linear_bn_(self._annotated)
-        quantizer = build_quantizer(toolchain, observer=observer, clamp=clamp)
+        quantizer = build_quantizer(toolchain, observer=observer, clamp=clamp, weight_range=weight_range)
         self._annotated = quantizer.transform_for_annotation(self._annotated)
         self.graph = prepare_pt2e(exported, quantizer)
         self._run(self.graph, calibration)
@@ -162,7 +162,7 @@ class Simulation:
         # each float set by removing annotations the way the quantizer's leave_float step would.
         from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-        build_quantizer(toolchain, observer=observer, clamp=clamp).annotate(self._annotated)
+        build_quantizer(toolchain, observer=observer, clamp=clamp, weight_range=weight_range).annotate(self._annotated)
         self._full = {node: node.meta.get(Q_ANNOTATION_KEY) for node in self._annotated.graph.nodes}
         full = self.quantized_tensors(frozenset())
         unknown = set(self.switches) - full

@@ -105,6 +105,10 @@ class Runtime(Protocol):
         ...
 
 
+# The symmetric per-channel int8 weight grid of PT2E's quantizers (litert, XNNPACK) and of onnxruntime's full range.
+FULL_WEIGHT_RANGE = (-127, 127)
+
+
 class Target(Protocol):
     name: str
     extension: str
@@ -119,6 +123,8 @@ class Target(Protocol):
         """Open the file with its runtime; raises MissingBackendError where it cannot run (Core ML off macOS)."""
         ...
 
+    # Optional: `weight_range() -> (qmin, qmax)`, the symmetric per-channel int8 weight grid of its int8
+    # (bias correction rounds to it, dermmobile/quantization/bias_correction.py); without it no bias correction.
     # Optional: targets whose int8 is PT2E also name `pt2e_toolchain` ("litert", "xnnpack"), the key of
     # targets/pt2e.build_quantizer their int8 uses; `dermmobile qat` trains with its qat form (dermmobile/qat.py).
 

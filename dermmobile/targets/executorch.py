@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dermmobile.errors import require
-from dermmobile.targets.base import ExportRequest, ExportResult, OpCounts, batched, package_version
+from dermmobile.targets.base import FULL_WEIGHT_RANGE, ExportRequest, ExportResult, OpCounts, batched, package_version
 
 
 class ExecuTorchRuntime:
@@ -55,6 +55,11 @@ class ExecuTorchTarget:
     quantizations = frozenset({"none", "int8"})
     extra = "executorch"
     pt2e_toolchain = "xnnpack"  # int8 (and QAT) quantizer: targets/pt2e.build_quantizer
+
+    @staticmethod
+    def weight_range() -> tuple[int, int]:
+        return FULL_WEIGHT_RANGE
+
     # Measured: 2 of 30 bit-flipped .pte files made XNNPACK's loader abort the process (SIGABRT):
     # dermmobile.runtime loads such files in a child process first.
     load_may_crash = True

@@ -15,22 +15,28 @@ with 1.32) is the guard.
 from __future__ import annotations
 
 import os
+import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from dermmobile.errors import BadInputError, ExportFailedError, UnsafeFileError, require
-from dermmobile.targets.base import ExportRequest, ExportResult, OpCounts, package_version
+from dermmobile.targets.base import FULL_WEIGHT_RANGE, ExportRequest, ExportResult, OpCounts, package_version
 
 CALIBRATION_BATCH = 16
-# x86 CPUs without VNNI (AVX2 only, like this project's machine) multiply uint8 x int8 through
-# VPMADDUBSW, whose int16 sums saturate. Measured on EfficientNet-Lite0, 213 sd198 images, 2 threads:
+REDUCED_RANGE = (-64, 64)  # onnxruntime's symmetric int8 weight grid with reduce_range (7 bits); else FULL_WEIGHT_RANGE
+# x86 CPUs without VNNI (AVX2 only) multiply uint8 x int8 through VPMADDUBSW, whose int16 sums
+# saturate. Measured on EfficientNet-Lite0, 213 sd198 images, 2 threads, AMD EPYC (AVX2 only):
 #   static QDQ per-channel   s8s8: 63 % top-1 agreement | s8s8, 7-bit weights: 89 %, 39 ms
 #                            u8u8: 90 % but 223 ms (no fast kernel; fp32 is 45 ms)
 #   dynamic per-channel      s8 weights: 68 %, 7-bit s8: 30 %, u8: 69 % (110 ms)
-# Static int8 keeps int8 weights and activations (what ARM kernels want) with 7-bit weights;
-# dynamic uses uint8 weights, its best here. tiny_cnn: s8s8 full range 66 %, 7-bit 100 %.
+# With VNNI (Intel Xeon, AVX-512 VNNI) there is no saturation and 7-bit weights only cost
+# accuracy: the reference Lite0 with bias correction, sd198-27, 393 gate photos: full range 98.2 %
+# agreement (passes, no top-1 lost), 7 bits 95.7 % (fails even with 25 % of MACs in float).
+# So static int8 uses full-range weights where the exporting CPU cannot saturate (VNNI, or not
+# x86: ARM phones) and 7-bit weights elsewhere, and says which in the manifest; the parity gate
+# measures the file on the exporting machine. Dynamic uses uint8 weights, its best here.
 
 
 class OnnxRuntime:
@@ -111,22 +117,27 @@ class OnnxTarget:
             input={"name": "image", "shape": request.input_shape, "dtype": "float32", "layout": "NCHW"},
             output={"name": "logits", "shape": [1, len(request.labels)], "dtype": "float32", "layout": ""},
             toolchain={name: package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime")},
-            notes={"dynamic_batch": True, "opset": _opset(model)},
+            notes={"dynamic_batch": True, "opset": _opset(model), **_weight_note(request.quantize)},
             op_counts=count_ops(model),
         )
+
+    @staticmethod
+    def weight_range() -> tuple[int, int]:
+        """The int8 weight grid for this machine (see REDUCED_RANGE above): what bias correction and the simulation use."""
+        return REDUCED_RANGE if int8_saturates() else FULL_WEIGHT_RANGE
 
     def load(self, path: Path, manifest, threads: int | None = None) -> OnnxRuntime:
         check_external_data(Path(path))
         return OnnxRuntime(Path(path), threads)
 
     def simulation(self, request: ExportRequest):
-        """A PT2E stand-in for onnxruntime's static int8 (min/max ranges, 7-bit weights), to rank layers by.
-
-        It is not onnxruntime's own arithmetic: the fallback checks every choice on the real artifact.
+        """A PT2E stand-in for onnxruntime's static int8 (XNNPACK's annotation, min/max ranges, this machine's
+        weight grid), to rank layers by. It is not onnxruntime's own arithmetic: the fallback checks every
+        choice on the real artifact.
         """
         from dermmobile.quantization.simulate import Simulation
 
-        return Simulation(request.model, "xnnpack-7bit", request.calibration, "minmax").logits
+        return Simulation(request.model, "xnnpack", request.calibration, "minmax", weight_range=self.weight_range()).logits
 
 
 # onnxruntime's calibration methods by the names users pick (`--observer`).
@@ -150,12 +161,33 @@ def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> No
         _Calibration(np.ascontiguousarray(request.calibration, dtype=np.float32)),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        reduce_range=True,
+        reduce_range=OnnxTarget.weight_range() == REDUCED_RANGE,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
         calibrate_method=getattr(CalibrationMethod, OBSERVERS[observer]),
     )
+
+
+def _weight_note(quantize: str) -> dict:
+    if quantize != "int8":
+        return {}
+    bits = 7 if OnnxTarget.weight_range() == REDUCED_RANGE else 8
+    why = ("this x86 CPU has no VNNI: full-range weights would saturate onnxruntime's kernels" if bits == 7 else
+           "full range: on an x86 CPU without VNNI onnxruntime may saturate; re-export there and check its gate")  # fmt: skip
+    return {"weight_bits": bits, "weight_bits_why": why}
+
+
+def int8_saturates(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True on x86 CPUs without VNNI, where onnxruntime's uint8 x int8 kernels can saturate on full-range weights."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False  # ARM and others: no VPMADDUBSW
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return True  # cannot tell: the grid that is safe everywhere
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 def layer_nodes(model, layers) -> list[str]:

@@ -39,8 +39,6 @@ OBSERVERS = ("histogram", "minmax", "moving-average")
 TOOLCHAINS = {
     "xnnpack": ("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "XNNPACKQuantizer", True),
     "litert": ("litert_torch.quantize.pt2e_quantizer", "PT2EQuantizer", False),
-    # A stand-in for onnxruntime's static int8 (reduce_range: 7-bit weights), used only to rank layers.
-    "xnnpack-7bit": ("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "XNNPACKQuantizer", True),
 }
 
 
@@ -108,8 +106,9 @@ def leave_float(graph_module, float_layers: frozenset[str]) -> int:
 
 
 def build_quantizer(
-    toolchain: str, float_layers=frozenset(), observer: str = "histogram", qat: bool = False, clamp: bool | None = None
-):
+    toolchain: str, float_layers=frozenset(), observer: str = "histogram", qat: bool = False, clamp: bool | None = None,
+    weight_range: tuple[int, int] = (-127, 127),
+):  # fmt: skip
     """The PT2E quantizer of `toolchain` ("xnnpack": ExecuTorch, "litert": TFLite): symmetric per-channel
     int8 weights, per-tensor int8 activations observed by `observer`, `float_layers` left unannotated.
 
@@ -135,7 +134,8 @@ def build_quantizer(
     # fake-quantize model on 74.1 % of the 143 held-out sd198-27 photos.
     clamp = (qat or default_clamp) if clamp is None else clamp
     module = importlib.import_module(module_name)
-    narrow = {"weight_qmin": -63, "weight_qmax": 63} if toolchain.endswith("7bit") else {}
+    # weight_range: the grid of the runtime this stands in for (onnxruntime's 7-bit one, targets/onnx.py).
+    narrow = {} if weight_range == (-127, 127) else {"weight_qmin": weight_range[0], "weight_qmax": weight_range[1]}
     config = module.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat, **narrow)
     if qat:
         config = unfused(config)

@@ -25,6 +25,7 @@ import numpy as np
 
 from dermmobile.errors import BadInputError, ExportFailedError, require
 from dermmobile.targets.base import (
+    FULL_WEIGHT_RANGE,
     ExportRequest,
     ExportResult,
     OpCounts,
@@ -103,6 +104,10 @@ class TFLiteTarget:
     quantizations = frozenset({"none", "fp16", "int8-dynamic", "int8"})
     extra = "tflite"
     pt2e_toolchain = "litert"  # int8 (and QAT) quantizer: targets/pt2e.build_quantizer
+
+    @staticmethod
+    def weight_range() -> tuple[int, int]:
+        return FULL_WEIGHT_RANGE
 
     def export(self, request: ExportRequest) -> ExportResult:
         torch = require("torch", "tflite")
