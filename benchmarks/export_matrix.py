@@ -36,13 +36,13 @@ PLAIN = "plain"  # the variant name of int8 exported without the fallback
 
 
 def export_all(checkpoint_path: Path, data: Path, out: Path, calib_count: int, timeout: float | None,
-               targets: list[str], quantizations: list[str]) -> list[dict]:  # fmt: skip
+               targets: list[str], quantizations: list[str], plain: bool = True) -> list[dict]:  # fmt: skip
     checkpoint = load_checkpoint(checkpoint_path)
     combos = valid_combinations()
     rows = []
     for quantize in quantizations:
         chosen = [t for t in targets if quantize in combos[t]]
-        variants = [("", True), (PLAIN, False)] if quantize == "int8" else [("", True)]
+        variants = [("", True), (PLAIN, False)] if quantize == "int8" and plain else [("", True)]
         for variant, fallback in variants if chosen else []:
             calib = data if quantize == "int8" else None
             plan = plan_export(checkpoint, chosen, quantize, out, calib_data=calib, calib_count=calib_count, timeout=timeout,
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=target_names(), help="default: every target")
     parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS), help="default: every quantization")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--no-plain", action="store_true", help="int8: skip the plain (--no-fallback) exports")
     parser.add_argument("--phase", choices=["all", "export", "bench"], default="all",
                         help="export: export only (accuracy does not need an idle machine) and keep the rows in "
                         "EXPORT_DIR/exports.json; bench: time those exports later, on an idle machine")  # fmt: skip
@@ -170,9 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         exports, export_machine = saved_run["exports"], saved_run["machine"]
     else:
         export_machine = machine
-        exports = export_all(
-            args.checkpoint, args.data, args.export_dir, args.calib_count, args.timeout, args.targets, args.quantizations
-        )
+        exports = export_all(args.checkpoint, args.data, args.export_dir, args.calib_count, args.timeout, args.targets,
+                             args.quantizations, not args.no_plain)  # fmt: skip
         atomic_write_json(saved, {"machine": export_machine, "exports": exports})
         if args.phase == "export":
             print(f"exported; rows in {saved}. Time them with --phase bench on an idle machine.")

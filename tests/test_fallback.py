@@ -68,8 +68,8 @@ def test_the_mac_cap_is_never_exceeded_and_the_best_attempt_is_kept():
     assert not result.passed  # pw alone is 72 % of the MACs
     assert all("pw" not in c for c in calls)
     assert all(a.float_macs_share <= 0.5 for a in result.attempts)
-    best = max(a.agreement for a in result.attempts if a.source == "artifact")
-    assert next(a.agreement for a in result.attempts if a.float_layers == result.float_layers) == best
+    best = min(a.mean_abs_logit for a in result.attempts if a.source == "artifact")
+    assert next(a.mean_abs_logit for a in result.attempts if a.float_layers == result.float_layers) == best
     assert result.sensitivity[2].gain == max(row.gain for row in result.sensitivity)  # pw is the one that matters
     assert not any("pw" in prefix for prefix in ranked_prefixes(result.sensitivity, 0.5))
     assert any("pw" in prefix for prefix in ranked_prefixes(result.sensitivity, 0.8))
