@@ -21,13 +21,14 @@ import platform
 import time
 from pathlib import Path
 
+from _results import write_result
+
 from dermmobile.bench.merge import check_row, merge_rows
 from dermmobile.bench.report import write_reports
 from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, select_samples, versions
 from dermmobile.checkpoint import load_checkpoint
 from dermmobile.errors import MissingBackendError
 from dermmobile.exporter import plan_export, run_plan
-from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.tables import markdown_table
 from dermmobile.web import CHROMIUM, browser_missing, build_site, drive_chromium, package_version, serving
 
@@ -158,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": summary_rows(report, pages, args.threads), "pages": pages, "bench": f"browser-{tag}/bench.json",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }  # fmt: skip
-    atomic_write_json(args.out / f"browser-{tag}.json", summary)
-    atomic_write_text(args.out / f"browser-{tag}.md", markdown(summary))
-    print(f"wrote {args.out / f'browser-{tag}.md'} and {args.out / f'browser-{tag}'}/")
+    _, md_path = write_result(args.out, f"browser-{tag}", summary, markdown(summary))
+    print(f"wrote {md_path} and {args.out / f'browser-{tag}'}/")
     return 0
 
 

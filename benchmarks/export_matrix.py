@@ -19,11 +19,13 @@ import os
 import platform
 from pathlib import Path
 
+from _results import write_result
+
 from dermmobile.bench.report import write_reports
 from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, versions
 from dermmobile.checkpoint import load_checkpoint
 from dermmobile.exporter import plan_export, run_plan
-from dermmobile.fsutil import atomic_write_json, atomic_write_text
+from dermmobile.fsutil import atomic_write_json
 from dermmobile.quantization.options import Int8Options
 from dermmobile.readers import read_json
 from dermmobile.tables import markdown_table
@@ -185,9 +187,8 @@ def main(argv: list[str] | None = None) -> int:
               "bench_machine": bench_machine,
               "versions": versions(), "exports": exports, "latency": latency_summary(exports, bench),
               "bench": f"export-matrix-{tag}/bench.json"}  # fmt: skip
-    atomic_write_json(args.out / f"export-matrix-{tag}.json", report)
-    atomic_write_text(args.out / f"export-matrix-{tag}.md", markdown(report))
-    print(f"wrote {args.out / f'export-matrix-{tag}.md'} and {args.out / f'export-matrix-{tag}'}/")
+    _, md_path = write_result(args.out, f"export-matrix-{tag}", report, markdown(report))
+    print(f"wrote {md_path} and {args.out / f'export-matrix-{tag}'}/")
     return 0
 
 

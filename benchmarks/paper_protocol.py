@@ -19,8 +19,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from _results import write_result
+
 from dermmobile.bench.sweep import machine_info, versions
-from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.tables import markdown_table
 from dermmobile.trainer import TrainConfig, train
 
@@ -114,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(), "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": runs,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"paper-protocol-{tag}.json", report)
-    atomic_write_text(args.out / f"paper-protocol-{tag}.md", markdown(report))
+    write_result(args.out, f"paper-protocol-{tag}", report, markdown(report))
     best = max((r for r in runs if "test_accuracy" in r), key=lambda r: r["test_accuracy"])
     for suffix in ("md", "png"):  # the paper's Table 4: the best model's confusion matrix
         shutil.copyfile(Path(best["run"]) / f"confusion-test.{suffix}", args.out / f"paper-table4-{best['arch']}-{tag}.{suffix}")

@@ -156,7 +156,7 @@ def exported(manifests: list[Path]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="an fp32 checkpoint trained on --data")
     parser.add_argument("--data", type=Path, default=DATA)
@@ -165,7 +165,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exported", type=Path, nargs="*", default=[], metavar="MANIFEST",
                         help="this model's artifacts exported under v1 and v2: their export-time parity")  # fmt: skip
     parser.add_argument("--out", type=Path, help="result file stem (default results/preprocess-spec-...)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure_variant(variant, model, paths, targets, rows: dict[str, np.ndarray], reference, photo: Path, repeats: int):
+    """Preprocess every photo under `variant`; return (its result row, its logits)."""
+    print(f"{variant.name}: preprocessing {len(paths)} photos", flush=True)
+    arrays, decode_ms, preprocess_ms = run_variant(variant, paths)
+    logits = predict_logits(model, arrays, batch_size=32)
+    reference = logits if reference is None else reference
+    row = {
+        "name": variant.name,
+        "spec": variant.spec.to_dict(),
+        "decode": "full" if variant.min_side is None else f"JPEG reduced while shorter side >= {variant.min_side}",
+        **{name: compare(logits, reference, targets, subset) for name, subset in rows.items()},
+        "decode_ms_p50": statistics.median(decode_ms),
+        "preprocess_ms_p50": statistics.median(preprocess_ms),
+        "phone_photo": phone_timing(variant, photo, repeats),
+    }  # fmt: skip
+    print(f"  {row['held_out']}", flush=True)
+    return row, logits
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     import torch
 
@@ -181,22 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     results, reference = [], None
     with tempfile.TemporaryDirectory(prefix="preprocess-spec-") as tmp:
         photo = make_phone_photo(held_out[0].path, Path(tmp) / "phone-12mp.jpg")
+        rows = {"held_out": held_rows, "all": all_rows}
         for variant in variants(checkpoint.meta.spec):
-            print(f"{variant.name}: preprocessing {len(paths)} photos", flush=True)
-            arrays, decode_ms, preprocess_ms = run_variant(variant, paths)
-            logits = predict_logits(checkpoint.model, arrays, batch_size=32)
+            row, logits = measure_variant(variant, checkpoint.model, paths, targets, rows, reference, photo, args.phone_repeats)
             reference = logits if reference is None else reference
-            results.append({
-                "name": variant.name,
-                "spec": variant.spec.to_dict(),
-                "decode": "full" if variant.min_side is None else f"JPEG reduced while shorter side >= {variant.min_side}",
-                "held_out": compare(logits, reference, targets, held_rows),
-                "all": compare(logits, reference, targets, all_rows),
-                "decode_ms_p50": statistics.median(decode_ms),
-                "preprocess_ms_p50": statistics.median(preprocess_ms),
-                "phone_photo": phone_timing(variant, photo, args.phone_repeats),
-            })  # fmt: skip
-            print(f"  {results[-1]['held_out']}", flush=True)
+            results.append(row)
         photo_bytes = photo.stat().st_size
     machine = machine_info()
     arch = checkpoint.meta.arch

@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_result
 
 from dermmobile.bench.latency import summarize, time_calls
 from dermmobile.bench.sweep import machine_info, versions
 from dermmobile.checkpoint import load_checkpoint
 from dermmobile.data import held_out, load_images, scan_image_folder
 from dermmobile.exporter import CheckImages, plan_export, run_plan
-from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.parity import compare_logits
 from dermmobile.qat import QatConfig, qat_targets, train_qat
 from dermmobile.targets import get_target
@@ -260,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": rows,
     }
     stem = f"qat-{checkpoint.meta.arch}-{args.data.name}-{platform.machine()}-{machine['cores']}core"
-    atomic_write_json(args.out / f"{stem}.json", report)
-    atomic_write_text(args.out / f"{stem}.md", markdown(report))
+    write_result(args.out, stem, report, markdown(report))
     print(markdown(report))
     return 0
 

@@ -16,11 +16,12 @@ import os
 import platform
 from pathlib import Path
 
+from _results import write_result
+
 from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, versions
 from dermmobile.checkpoint import CheckpointMeta, save_checkpoint
 from dermmobile.data import balanced_sample, scan_image_folder
 from dermmobile.exporter import plan_export, run_plan
-from dermmobile.fsutil import atomic_write_json, atomic_write_text
 from dermmobile.models import build_model
 from dermmobile.preprocess import DEFAULT_SPEC
 from dermmobile.tables import markdown_table
@@ -92,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     archs = [measure(arch, args.data, args.work, args.threads, args.iters) for arch in args.archs]
     tag = f"{args.data.name}-{platform.machine()}-{machine_info()['cores']}core"
     report = {"machine": machine_info(), "versions": versions(), "threads": args.threads, "archs": archs}
-    atomic_write_json(args.out / f"scaling-{tag}.json", report)
-    atomic_write_text(args.out / f"scaling-{tag}.md", markdown(report))
-    print(f"wrote {args.out / f'scaling-{tag}.md'}")
+    _, md_path = write_result(args.out, f"scaling-{tag}", report, markdown(report))
+    print(f"wrote {md_path}")
     return 0
 
 

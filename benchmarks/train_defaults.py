@@ -18,8 +18,9 @@ import platform
 import time
 from pathlib import Path
 
+from _results import write_result
+
 from dermmobile.bench.sweep import machine_info, versions
-from dermmobile.fsutil import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
@@ -97,9 +98,8 @@ def main(argv: list[str] | None = None) -> int:
               "runs": [row(n, r) for n, r in runs.items()]}  # fmt: skip
     tag = f"train-defaults-{args.data.name}-{platform.machine()}-{report['machine']['cores']}core"
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"{tag}.json", report)
-    atomic_write_text(args.out / f"{tag}.md", markdown(report))
-    print(f"wrote {args.out / tag}.md")
+    _, md_path = write_result(args.out, tag, report, markdown(report))
+    print(f"wrote {md_path}")
     return 0
 
 

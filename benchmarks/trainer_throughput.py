@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_result
 
 from dermmobile.bench.sweep import machine_info, versions
-from dermmobile.fsutil import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
@@ -221,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     report["machine_after"] = {"load_average_1_5_15min": machine_info()["load_average_1_5_15min"]}
     tag = f"trainer-throughput-{args.arch}-{args.data.name}-{machine_tag(device)}"
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / f"{tag}.json", report)
-    atomic_write_text(args.out / f"{tag}.md", markdown(report))
-    print(f"wrote {args.out / tag}.json and .md ({len(report['rows'])} batch sizes)")
+    json_path, _ = write_result(args.out, tag, report, markdown(report))
+    print(f"wrote {json_path} and .md ({len(report['rows'])} batch sizes)")
     return 0
 
 

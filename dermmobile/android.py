@@ -100,6 +100,60 @@ def _sample_id(index: int, path: Path) -> str:
     return f"{index:03d}-{stem}"
 
 
+def _golden_sample(index: int, path: Path, spec, layout: str, manifest, runtime, out_dir: Path) -> dict:
+    """Decode one golden image, run it, write its raw files into `out_dir`; return its golden.json entry."""
+    from dermmobile.fsutil import atomic_write_bytes
+
+    dtype = manifest.input.dtype
+    rgb = np.asarray(spec.decode(path))
+    height, width = rgb.shape[:2]
+    if width * height > MAX_GOLDEN_PIXELS:
+        raise BadInputError(
+            f"{path}: {width}x{height} is above the {MAX_GOLDEN_PIXELS:,} pixel limit for golden images (they are stored "
+            "as raw pixels in the app); give a smaller copy of the photo"
+        )
+    sample_id = _sample_id(index, path)
+    nchw = spec.array(rgb, "NCHW")
+    tensor = nchw if layout == "NCHW" else np.ascontiguousarray(nchw.transpose(1, 2, 0))
+    tensor_bytes = tensor.astype("<f4").tobytes()
+    logits = np.asarray(runtime.predict(nchw[None]), dtype=np.float32).reshape(-1)
+    if logits.size != len(manifest.labels):
+        raise BadInputError(
+            f"the runtime returned {logits.size} logits but the manifest has {len(manifest.labels)} labels; "
+            "the manifest does not belong to this model"
+        )
+    probabilities = softmax(logits)
+    ranked = top_k(probabilities, TOP_K)
+    rgb_bytes = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    atomic_write_bytes(out_dir / f"{sample_id}.rgb", rgb_bytes)
+    atomic_write_bytes(out_dir / f"{sample_id}.input.f32", tensor_bytes)
+    entry = {
+        "id": sample_id,
+        "source": path.name,
+        "width": int(width),
+        "height": int(height),
+        "decode": _decode_record(path, spec),
+        "rgb": f"{sample_id}.rgb",
+        "rgb_sha256": _sha256(rgb_bytes),
+        "input": f"{sample_id}.input.f32",
+        "input_shape": [1, *tensor.shape],
+        "input_sha256": _sha256(tensor_bytes),
+        "input_quantized": None,
+        "input_quantized_sha256": None,
+        "logits": [float(v) for v in logits],
+        "probabilities": [float(p) for p in probabilities],
+        "top1": ranked[0],
+        "top1_label": manifest.labels[ranked[0]],
+        "top3": [{"index": i, "label": manifest.labels[i], "probability": float(probabilities[i])} for i in ranked],
+    }
+    if dtype in ("int8", "uint8"):
+        q_bytes = quantize_input(tensor, dtype, manifest.input.scale, manifest.input.zero_point).tobytes()
+        atomic_write_bytes(out_dir / f"{sample_id}.input.q", q_bytes)
+        entry["input_quantized"] = f"{sample_id}.input.q"
+        entry["input_quantized_sha256"] = _sha256(q_bytes)
+    return entry
+
+
 def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Path) -> Path:
     """Write golden samples for `images` into `out_dir` (created; files there are replaced); return golden.json.
 
@@ -107,7 +161,7 @@ def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Pat
     scale and zero point, and labels are used); `runtime` is any Runtime (float32 NCHW in,
     logits out): the artifact's own, or the PyTorch model for tests.
     """
-    from dermmobile.fsutil import atomic_write_bytes, atomic_write_json
+    from dermmobile.fsutil import atomic_write_json
     from dermmobile.preprocess import PreprocessSpec
 
     if not images:
@@ -122,55 +176,7 @@ def write_golden_samples(images: Sequence[Path], manifest, runtime, out_dir: Pat
         raise BadInputError(f"manifest input is {dtype} but has no scale/zero_point; re-export the artifact")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for index, path in enumerate(Path(p) for p in images):
-        rgb = np.asarray(spec.decode(path))
-        height, width = rgb.shape[:2]
-        if width * height > MAX_GOLDEN_PIXELS:
-            raise BadInputError(
-                f"{path}: {width}x{height} is above the {MAX_GOLDEN_PIXELS:,} pixel limit for golden images (they are stored "
-                "as raw pixels in the app); give a smaller copy of the photo"
-            )
-        sample_id = _sample_id(index, path)
-        nchw = spec.array(rgb, "NCHW")
-        tensor = nchw if layout == "NCHW" else np.ascontiguousarray(nchw.transpose(1, 2, 0))
-        tensor_bytes = tensor.astype("<f4").tobytes()
-        logits = np.asarray(runtime.predict(nchw[None]), dtype=np.float32).reshape(-1)
-        if logits.size != len(manifest.labels):
-            raise BadInputError(
-                f"the runtime returned {logits.size} logits but the manifest has {len(manifest.labels)} labels; "
-                "the manifest does not belong to this model"
-            )
-        probabilities = softmax(logits)
-        ranked = top_k(probabilities, TOP_K)
-        rgb_bytes = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
-        atomic_write_bytes(out_dir / f"{sample_id}.rgb", rgb_bytes)
-        atomic_write_bytes(out_dir / f"{sample_id}.input.f32", tensor_bytes)
-        entry = {
-            "id": sample_id,
-            "source": path.name,
-            "width": int(width),
-            "height": int(height),
-            "decode": _decode_record(path, spec),
-            "rgb": f"{sample_id}.rgb",
-            "rgb_sha256": _sha256(rgb_bytes),
-            "input": f"{sample_id}.input.f32",
-            "input_shape": [1, *tensor.shape],
-            "input_sha256": _sha256(tensor_bytes),
-            "input_quantized": None,
-            "input_quantized_sha256": None,
-            "logits": [float(v) for v in logits],
-            "probabilities": [float(p) for p in probabilities],
-            "top1": ranked[0],
-            "top1_label": manifest.labels[ranked[0]],
-            "top3": [{"index": i, "label": manifest.labels[i], "probability": float(probabilities[i])} for i in ranked],
-        }
-        if quantized:
-            q_bytes = quantize_input(tensor, dtype, manifest.input.scale, manifest.input.zero_point).tobytes()
-            atomic_write_bytes(out_dir / f"{sample_id}.input.q", q_bytes)
-            entry["input_quantized"] = f"{sample_id}.input.q"
-            entry["input_quantized_sha256"] = _sha256(q_bytes)
-        samples.append(entry)
+    samples = [_golden_sample(index, Path(path), spec, layout, manifest, runtime, out_dir) for index, path in enumerate(images)]
     index_path = out_dir / GOLDEN_INDEX
     atomic_write_json(
         index_path,

@@ -1,0 +1,19 @@
+"""The one way a benchmark script saves its result: a JSON report and its Markdown table.
+
+Both files are written atomically (a half-written result never replaces a good one) and
+share a stem named after the setup, so `benchmarks/results/` reads like timm's results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dermmobile.fsutil import atomic_write_json, atomic_write_text
+
+
+def write_result(out_dir: Path, stem: str, report: dict, markdown: str) -> tuple[Path, Path]:
+    """Write `out_dir/stem.json` and `out_dir/stem.md`; return both paths."""
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    atomic_write_json(json_path, report)
+    atomic_write_text(md_path, markdown)
+    return json_path, md_path
