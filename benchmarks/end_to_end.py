@@ -28,7 +28,7 @@ BARS = {"images": 2.0, "phone_12mp": 5.0, "phone_12mp_smooth": 5.0}  # end-to-en
 STEPS = ("decode", "preprocess", "inference", "total")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path, help="an exported artifact (or its .json manifest)")
     parser.add_argument("--data", type=Path, default=DATA, help="photos to time (an ImageFolder)")
@@ -38,37 +38,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating v1/v2 rounds")
     parser.add_argument("--iters", type=int, default=200, help="timed inference calls for the inference p50")
     parser.add_argument("--out", type=Path, help="result file stem (default results/end-to-end-...)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from dermmobile.bench.latency import THREAD_ENV
 
     for name in THREAD_ENV:  # read by runtimes when their pools start, so before any import of one
         os.environ[name] = str(args.threads)
 
-    import numpy as np
-
-    from dermmobile.bench.latency import end_to_end, summarize, time_calls
-    from dermmobile.bench.phone_photo import make_phone_photo
+    from dermmobile.artifact import load_artifact
+    from dermmobile.bench.latency import summarize, time_calls
     from dermmobile.bench.sweep import machine_info, versions
     from dermmobile.bench.worker import Job, loader
     from dermmobile.data import balanced_sample, scan_image_folder
     from dermmobile.fsutil import atomic_write_json, atomic_write_text
-    from dermmobile.preprocess import ALGORITHM_V1, ALGORITHM_V2, PreprocessSpec
+    from dermmobile.preprocess import PreprocessSpec
 
     load, check, _ = loader(Job("artifact", args.threads, path=str(args.artifact)))
     runtime = load()
     check(runtime)
-    from dermmobile.artifact import load_artifact
-
     manifest = load_artifact(args.artifact).manifest
     own = PreprocessSpec.from_dict(manifest.preprocess)
-    specs = {algorithm: dataclasses.replace(own, algorithm=algorithm) for algorithm in (ALGORITHM_V1, ALGORITHM_V2)}
     folder = scan_image_folder(args.data, expected_classes=manifest.labels)
     photos = [s.path for s in balanced_sample(folder.samples, args.images)]
 
     sample = own.load(photos[0])[None]
     time_calls(lambda: runtime.predict(sample), 10)
     inference = summarize(time_calls(lambda: runtime.predict(sample), args.iters))
+    timings, phone_bytes = measure(runtime, own, photos, args)
+    machine = machine_info()
+    report = {
+        "artifact": manifest.file,
+        "format": manifest.format,
+        "quantization": manifest.quantization,
+        "runtime": getattr(runtime, "name", type(runtime).__name__),
+        "threads": args.threads,
+        "data": args.data.name,
+        "phone_photos": {"size": [4032, 3024], "bytes": phone_bytes, "source": photos[0].name},
+        "inference_ms": inference.to_dict(),
+        "rows": summary_rows(timings, inference.p50, own.algorithm),
+        "machine": machine,
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    stem = args.out or HERE / "results" / (
+        f"end-to-end-{Path(manifest.file).stem}-t{args.threads}-{args.data.name}-{machine['arch']}-{machine['cores']}core"
+    )
+    atomic_write_json(stem.with_name(stem.name + ".json"), report)
+    atomic_write_text(stem.with_name(stem.name + ".md"), markdown(report))
+    print(markdown(report))
+    return 0
+
+
+def measure(runtime, own, photos: list[Path], args) -> tuple[dict, dict]:
+    """End-to-end timings per (algorithm, photo source) over alternating v1/v2 rounds, and the phone photos' sizes."""
+    from dermmobile.bench.latency import end_to_end
+    from dermmobile.bench.phone_photo import make_phone_photo
+    from dermmobile.preprocess import ALGORITHM_V1, ALGORITHM_V2
+
+    specs = {algorithm: dataclasses.replace(own, algorithm=algorithm) for algorithm in (ALGORITHM_V1, ALGORITHM_V2)}
     timings: dict[tuple[str, str], list] = {}
     with tempfile.TemporaryDirectory(prefix="end-to-end-") as tmp:
         phone = make_phone_photo(photos[0], Path(tmp) / "phone-12mp.jpg")
@@ -81,38 +111,22 @@ def main(argv: list[str] | None = None) -> int:
                 for source, files in sources.items():
                     print(f"round {round_index + 1}: {algorithm} on {source}", flush=True)
                     timings.setdefault((algorithm, source), []).append(end_to_end(runtime.predict, files, spec))
+    return timings, phone_bytes
+
+
+def summary_rows(timings: dict, inference_p50: float, own_algorithm: str) -> list[dict]:
+    import numpy as np
 
     rows = []
     for (algorithm, source), runs in timings.items():
         # Each round's p50 per step, then the median over rounds: a round hit by a burst of load does not decide.
         steps = {step: float(np.median([getattr(run, step).p50 for run in runs])) for step in STEPS}
-        ratio = steps["total"] / inference.p50
-        rows.append({"algorithm": algorithm, "own_spec": algorithm == own.algorithm, "photos": source,
+        ratio = steps["total"] / inference_p50
+        rows.append({"algorithm": algorithm, "own_spec": algorithm == own_algorithm, "photos": source,
                      "files": sum(run.files for run in runs), "rounds": len(runs),
                      **{f"{k}_p50_ms": v for k, v in steps.items()}, "round_total_p50_ms": [run.total.p50 for run in runs],
                      "total_over_inference_p50": ratio, "bar": BARS[source], "within_bar": ratio <= BARS[source]})  # fmt: skip
-    machine = machine_info()
-    report = {
-        "artifact": manifest.file,
-        "format": manifest.format,
-        "quantization": manifest.quantization,
-        "runtime": getattr(runtime, "name", type(runtime).__name__),
-        "threads": args.threads,
-        "data": args.data.name,
-        "phone_photos": {"size": [4032, 3024], "bytes": phone_bytes, "source": photos[0].name},
-        "inference_ms": inference.to_dict(),
-        "rows": rows,
-        "machine": machine,
-        "versions": versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    stem = args.out or HERE / "results" / (
-        f"end-to-end-{Path(manifest.file).stem}-t{args.threads}-{args.data.name}-{machine['arch']}-{machine['cores']}core"
-    )
-    atomic_write_json(stem.with_name(stem.name + ".json"), report)
-    atomic_write_text(stem.with_name(stem.name + ".md"), markdown(report))
-    print(markdown(report))
-    return 0
+    return rows
 
 
 def markdown(report: dict) -> str:

@@ -300,10 +300,9 @@ def train_qat(config: QatConfig) -> QatResult:
     (ImageBank, epoch_batches) and its epoch loop (train_one_epoch) with the model swapped for
     the fake-quantized graph.
     """
-    from dermmobile.augment import ImageBank
     from dermmobile.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
-    from dermmobile.fsutil import append_text, atomic_write_json, atomic_write_text, ensure_output_dir
-    from dermmobile.trainer import Dist, Learner, class_weights, epoch_batches, epoch_order, resolve_device, train_one_epoch
+    from dermmobile.fsutil import atomic_write_json, ensure_output_dir
+    from dermmobile.trainer import Dist, resolve_device
 
     config.check()
     started = time.perf_counter()
@@ -319,56 +318,20 @@ def train_qat(config: QatConfig) -> QatResult:
     dist = Dist()
     device = resolve_device(config.device, dist, config.threads)
     images = _load_images(config, meta, config.workers or torch.get_num_threads())
-    val_arrays, val_targets = images.val_arrays(meta.spec.crop), images.labels[images.val]
-    reference = _logits(source.model, val_arrays, device)
+    val = (images.val_arrays(meta.spec.crop), images.labels[images.val])
+    reference = _logits(source.model, val[0], device)
 
     model = FakeQuantModel(prepare(copy.deepcopy(source.model), config.target, meta.spec.crop).to(device))
-    counts = np.bincount(images.labels[images.train], minlength=len(meta.labels))
-    weights = class_weights(counts).to(device) if train_config.balance == "loss" else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=train_config.momentum,
-                                weight_decay=train_config.weight_decay)  # fmt: skip
-    learner = Learner(model, model, model, optimizer, torch.amp.GradScaler(device.type, enabled=False),
-                      nn.CrossEntropyLoss(weight=weights, label_smoothing=train_config.label_smoothing), None, False)  # fmt: skip
-    augment = train_config.augment
-    bank = ImageBank.build([images.decoded.train[i] for i in images.train], list(images.labels[images.train]),
-                           landscape=augment.quarter_turns and (augment.hflip or augment.vflip)).place(device)  # fmt: skip
-    steps = math.ceil(len(images.train) / train_config.batch_size)
-    total = steps * config.epochs
-
-    def lr_of_step(step: int) -> float:
-        return config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-
+    learner = _learner(model, images, config, train_config, len(meta.labels), device)
     ensure_output_dir(config.out, "--out")
-    log = config.out / "log.jsonl"
-    atomic_write_text(log, "")  # a new run's log; never written through a planted link
-    history = []
-    for epoch in range(1, config.epochs + 1):
-        model.bn_frozen = epoch > config.freeze_bn_after
-        model.observing = epoch <= config.freeze_observers_after
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout draws
-        order = epoch_order(len(images.train), dist, config.seed, epoch)
-        batches = epoch_batches(bank, order, train_config, meta.spec, epoch, dist.rank, device)
-        desc = f"qat epoch {epoch}/{config.epochs}" if config.progress else None
-        stats = train_one_epoch(learner, batches, lr_of_step, (epoch - 1) * steps, desc)
-        record = {"epoch": epoch, "lr": stats.lr, "bn_frozen": model.bn_frozen, "observers": model.observing,
-                  "train_loss": stats.loss, "train_acc": stats.accuracy, "time_s": round(stats.seconds, 2),
-                  "img_per_s": round(stats.images / stats.seconds, 2)}  # fmt: skip
-        model.train(False)
-        record["val"] = _scores(_logits(model, val_arrays, device), val_targets, reference, learner.criterion)
-        history.append(record)
-        append_text(log, json.dumps(record) + "\n")
-        if config.progress and len(val_targets):
-            print(f"qat epoch {epoch}: train loss {stats.loss:.3f} acc {stats.accuracy:.1%} | validation "
-                  f"{record['val']['accuracy']:.1%}, agrees with the float model on {record['val']['agreement']:.1%}",
-                  file=sys.stderr)  # fmt: skip
-
+    history = _run_epochs(model, learner, images, config, train_config, meta.spec, dist, device, val, reference)
     model.bn_frozen, model.observing = True, False
     model = model.cpu().train(False)
     folder = images.folder
     metrics = {
         "epochs": history,
         "train_images": len(images.train),
-        "float_val": _scores(reference, val_targets, reference, learner.criterion),
+        "float_val": _scores(reference, val[1], reference, learner.criterion),
         "fake_quant_val": history[-1]["val"],
         "bad_images": [
             {"path": folder.samples[i].path.relative_to(folder.root).as_posix(), "reason": reason}
@@ -383,6 +346,59 @@ def train_qat(config: QatConfig) -> QatResult:
     path = save_checkpoint(config.out / CHECKPOINT_NAME, model.prepared, out_meta)
     atomic_write_json(config.out / "metrics.json", metrics)
     return QatResult(path, metrics, model)
+
+
+def _learner(model, images: _Images, config: QatConfig, train_config, classes: int, device):
+    """The trainer's Learner around the fake-quantized model: SGD at the QAT lr, the float run's loss settings."""
+    from dermmobile.trainer import Learner, class_weights
+
+    counts = np.bincount(images.labels[images.train], minlength=classes)
+    weights = class_weights(counts).to(device) if train_config.balance == "loss" else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=train_config.momentum,
+                                weight_decay=train_config.weight_decay)  # fmt: skip
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=train_config.label_smoothing)
+    return Learner(model, model, model, optimizer, torch.amp.GradScaler(device.type, enabled=False), criterion, None, False)
+
+
+def _run_epochs(model, learner, images: _Images, config: QatConfig, train_config, spec, dist, device, val,
+                reference) -> list[dict]:  # fmt: skip
+    """The QAT epochs (cosine lr; batch norm and observers frozen on schedule), each logged to log.jsonl."""
+    from dermmobile.augment import ImageBank
+    from dermmobile.fsutil import append_text, atomic_write_text
+    from dermmobile.trainer import epoch_batches, epoch_order, train_one_epoch
+
+    augment = train_config.augment
+    bank = ImageBank.build([images.decoded.train[i] for i in images.train], list(images.labels[images.train]),
+                           landscape=augment.quarter_turns and (augment.hflip or augment.vflip)).place(device)  # fmt: skip
+    steps = math.ceil(len(images.train) / train_config.batch_size)
+    total = steps * config.epochs
+
+    def lr_of_step(step: int) -> float:
+        return config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+
+    log = config.out / "log.jsonl"
+    atomic_write_text(log, "")  # a new run's log; never written through a planted link
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        model.bn_frozen = epoch > config.freeze_bn_after
+        model.observing = epoch <= config.freeze_observers_after
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout draws
+        order = epoch_order(len(images.train), dist, config.seed, epoch)
+        batches = epoch_batches(bank, order, train_config, spec, epoch, dist.rank, device)
+        desc = f"qat epoch {epoch}/{config.epochs}" if config.progress else None
+        stats = train_one_epoch(learner, batches, lr_of_step, (epoch - 1) * steps, desc)
+        record = {"epoch": epoch, "lr": stats.lr, "bn_frozen": model.bn_frozen, "observers": model.observing,
+                  "train_loss": stats.loss, "train_acc": stats.accuracy, "time_s": round(stats.seconds, 2),
+                  "img_per_s": round(stats.images / stats.seconds, 2)}  # fmt: skip
+        model.train(False)
+        record["val"] = _scores(_logits(model, val[0], device), val[1], reference, learner.criterion)
+        history.append(record)
+        append_text(log, json.dumps(record) + "\n")
+        if config.progress and len(val[1]):
+            print(f"qat epoch {epoch}: train loss {stats.loss:.3f} acc {stats.accuracy:.1%} | validation "
+                  f"{record['val']['accuracy']:.1%}, agrees with the float model on {record['val']['agreement']:.1%}",
+                  file=sys.stderr)  # fmt: skip
+    return history
 
 
 def _record(config: QatConfig, train_config, source, images: _Images) -> dict:

@@ -212,14 +212,42 @@ def build_site(artifact_path: Path, images: Sequence[Path], out: Path, demo: Pat
     failed build leaves the previous one whole. `runtime` (a Runtime for golden logits)
     defaults to the artifact's own.
     """
-    from dermmobile.android import write_golden_samples
-    from dermmobile.artifact import load_artifact
-    from dermmobile.data import MAX_PIXELS
-    from dermmobile.fsutil import atomic_write_json
-    from dermmobile.targets.tflite_uint8_io import needs_uint8_io_twin, write_uint8_io_twin
-
     out, demo = Path(out), Path(demo)
-    artifact = load_artifact(Path(artifact_path))  # refuses a missing manifest or a sha256 mismatch
+    artifact = _web_artifact(Path(artifact_path))
+    page = _page_files(demo)
+    runtime_sources = runtime_files(artifact.manifest.format, demo)
+    _check_out(out)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary folder to serve
+    try:
+        for source in page:
+            _copy(source, staging / source.name)
+        for dest, source in runtime_sources.items():
+            _copy(source, staging / dest)
+        model_file, golden, twin = _write_model(staging, artifact, images, runtime)
+        _write_index(staging, artifact, model_file, golden, twin, demo)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_into_place(staging, out)
+    return Site(
+        folder=out,
+        model=out / MODEL_DIR / model_file.name,
+        manifest=out / MODEL_DIR / MANIFEST_FILE,
+        golden=out / GOLDEN_DIR / golden.name if golden else None,
+        samples=len(images),
+        runtime=RUNTIMES[artifact.manifest.format].name,
+        uint8_twin=twin,
+    )
+
+
+def _web_artifact(path: Path):
+    """The verified artifact, refused unless the browser runtimes can run its format, dtypes and layout."""
+    from dermmobile.artifact import load_artifact
+
+    artifact = load_artifact(path)  # refuses a missing manifest or a sha256 mismatch
     manifest = artifact.manifest
     if manifest.format not in RUNTIMES or not artifact.path.is_file() or artifact.path.suffix != f".{manifest.format}":
         raise BadInputError(
@@ -231,63 +259,76 @@ def build_site(artifact_path: Path, images: Sequence[Path], out: Path, demo: Pat
             raise BadInputError(f"{artifact.path}: {role} dtype {spec.dtype!r} is not one of {', '.join(INPUT_DTYPES)}")
     if (manifest.input.layout or "NCHW").upper() not in ("NCHW", "NHWC"):
         raise BadInputError(f"{artifact.path}: input layout {manifest.input.layout!r} is not NCHW or NHWC; re-export it")
-    page = _page_files(demo)
-    runtime_sources = runtime_files(manifest.format, demo)
-    _check_out(out)
+    return artifact
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary folder to serve
+
+def _write_model(staging: Path, artifact, images: Sequence[Path], runtime):
+    """The model the page loads (the artifact, or its uint8-I/O twin, checked equal), its manifest and golden
+    samples; returns (model file, golden index or None, whether it is the twin)."""
+    from dermmobile.android import write_golden_samples
+    from dermmobile.artifact import load_artifact
+    from dermmobile.fsutil import atomic_write_json
+    from dermmobile.targets.tflite_uint8_io import needs_uint8_io_twin, write_uint8_io_twin
+
+    manifest = artifact.manifest
+    model_dir = staging / MODEL_DIR
+    twin = needs_uint8_io_twin(manifest)
+    if twin:
+        model_file = model_dir / f"{artifact.path.stem}-uint8io.tflite"
+        model_dir.mkdir(parents=True)
+        page_manifest = write_uint8_io_twin(artifact, model_file)
+    else:
+        model_file = model_dir / artifact.path.name
+        _copy(artifact.path, model_file)
+        page_manifest = manifest
+    atomic_write_json(model_dir / MANIFEST_FILE, page_manifest.to_dict())
+    load_artifact(model_dir / MANIFEST_FILE)  # the copy verifies: its manifest names it, sha256 matches
+    golden = None
+    if images:
+        # Golden logits come from the artifact itself (the int8 one, not its twin): what the browser must match.
+        original = runtime or _open_runtime(artifact.path, manifest)
+        golden = write_golden_samples(images, page_manifest, original, staging / GOLDEN_DIR)
+    if twin:
+        crop = int(manifest.preprocess["crop"])
+        generator = np.random.default_rng(0)
+        inputs = [generator.standard_normal((1, 3, crop, crop), dtype=np.float32) for _ in range(TWIN_CHECK_INPUTS)]
+        inputs += _golden_inputs(golden) if golden else []
+        _check_twin(_open_runtime(artifact.path, manifest), _open_runtime(model_file, page_manifest), inputs)
+    return model_file, golden, twin
+
+
+def _write_index(staging: Path, artifact, model_file: Path, golden: Path | None, twin: bool, demo: Path) -> None:
+    """site.json: what the page loads, from which runtime, built from which artifact."""
+    from dermmobile.data import MAX_PIXELS
+    from dermmobile.fsutil import atomic_write_json
+
+    browser = RUNTIMES[artifact.manifest.format]
+    atomic_write_json(
+        staging / SITE_INDEX,
+        {
+            "schema": SITE_SCHEMA,
+            "schema_version": SITE_SCHEMA_VERSION,
+            "model": f"{MODEL_DIR}/{model_file.name}",
+            "manifest": f"{MODEL_DIR}/{MANIFEST_FILE}",
+            "golden": f"{GOLDEN_DIR}/{golden.name}" if golden else None,
+            "runtime": {
+                "name": browser.name,
+                "package": browser.package,
+                "version": package_version(browser.package, demo),
+                "folder": f"runtime/{browser.folder}/",
+            },
+            "source_artifact": {"file": artifact.path.name, "sha256": artifact.manifest.sha256},
+            "uint8_io_twin": twin,
+            "max_pixels": MAX_PIXELS,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished site to `out`; the previous build is kept until the new one is in place."""
     old = None
     try:
-        for source in page:
-            _copy(source, staging / source.name)
-        for dest, source in runtime_sources.items():
-            _copy(source, staging / dest)
-        model_dir = staging / MODEL_DIR
-        twin = needs_uint8_io_twin(manifest)
-        if twin:
-            model_file = model_dir / f"{artifact.path.stem}-uint8io.tflite"
-            model_dir.mkdir(parents=True)
-            page_manifest = write_uint8_io_twin(artifact, model_file)
-        else:
-            model_file = model_dir / artifact.path.name
-            _copy(artifact.path, model_file)
-            page_manifest = manifest
-        atomic_write_json(model_dir / MANIFEST_FILE, page_manifest.to_dict())
-        load_artifact(model_dir / MANIFEST_FILE)  # the copy verifies: its manifest names it, sha256 matches
-        golden = None
-        if images:
-            # Golden logits come from the artifact itself (the int8 one, not its twin): what the browser must match.
-            original = runtime or _open_runtime(artifact.path, manifest)
-            golden = write_golden_samples(images, page_manifest, original, staging / GOLDEN_DIR)
-        if twin:
-            crop = int(manifest.preprocess["crop"])
-            generator = np.random.default_rng(0)
-            inputs = [generator.standard_normal((1, 3, crop, crop), dtype=np.float32) for _ in range(TWIN_CHECK_INPUTS)]
-            inputs += _golden_inputs(golden) if golden else []
-            _check_twin(_open_runtime(artifact.path, manifest), _open_runtime(model_file, page_manifest), inputs)
-        browser = RUNTIMES[manifest.format]
-        atomic_write_json(
-            staging / SITE_INDEX,
-            {
-                "schema": SITE_SCHEMA,
-                "schema_version": SITE_SCHEMA_VERSION,
-                "model": f"{MODEL_DIR}/{model_file.name}",
-                "manifest": f"{MODEL_DIR}/{MANIFEST_FILE}",
-                "golden": f"{GOLDEN_DIR}/{golden.name}" if golden else None,
-                "runtime": {
-                    "name": browser.name,
-                    "package": browser.package,
-                    "version": package_version(browser.package, demo),
-                    "folder": f"runtime/{browser.folder}/",
-                },
-                "source_artifact": {"file": artifact.path.name, "sha256": manifest.sha256},
-                "uint8_io_twin": twin,
-                "max_pixels": MAX_PIXELS,
-                "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        )
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -299,15 +340,6 @@ def build_site(artifact_path: Path, images: Sequence[Path], out: Path, demo: Pat
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return Site(
-        folder=out,
-        model=out / MODEL_DIR / model_file.name,
-        manifest=out / MODEL_DIR / MANIFEST_FILE,
-        golden=out / GOLDEN_DIR / golden.name if golden else None,
-        samples=len(images),
-        runtime=browser.name,
-        uint8_twin=twin,
-    )
 
 
 # -- serving ----------------------------------------------------------------------------------

@@ -154,31 +154,9 @@ def search(
 ) -> FallbackResult:
     """Find the fewest float layers that make the real artifact meet `criterion` on `tuning` (images, reference, targets)."""
     images, reference, targets = tuning
-    result = FallbackResult([], 0.0, False)
-    real: dict[tuple[str, ...], Attempt] = {}
-
-    def try_real(float_layers: list[str]) -> Attempt:
-        started, share = time.perf_counter(), float_share(layers, float_layers)
-        try:
-            report = attempt(frozenset(float_layers))
-        except Exception as error:  # any converter's refusal; plain int8 (no float layer) still raises
-            if not float_layers:
-                raise
-            # A converter that cannot leave this set float (ExecuTorch's XNNPACK partitioner refuses a float
-            # depthwise convolution fed by an int8 one on Lite0): an attempt worse than plain int8.
-            done = Attempt(list(float_layers), share, 0.0, None, None, False, "artifact",
-                           round(time.perf_counter() - started, 1), f"{type(error).__name__}: {error}"[:300])  # fmt: skip
-            log(f"{len(float_layers)} layers in float: the conversion failed ({done.error})")
-        else:
-            done = Attempt(list(float_layers), share, report.agreement, report.mean_abs_logit, _drop(report),
-                           report.passed, "artifact", round(time.perf_counter() - started, 1))  # fmt: skip
-            log(f"{len(float_layers)} layers in float ({done.float_macs_share:.1%} of MACs): tuning agreement "
-                f"{done.agreement:.2%} {'passes' if done.passed else 'misses'}")  # fmt: skip
-        result.attempts.append(done)
-        real[tuple(float_layers)] = done
-        return done
-
-    if try_real([]).passed:
+    run = _Search(attempt, layers, tuning, criterion, log)
+    result = run.result
+    if run.try_real([]).passed:
         result.passed, result.note = True, "plain int8 meets the criterion on the tuning images: no layer left in float"
         return result
     if simulate is None or not len(images):
@@ -193,42 +171,80 @@ def search(
     if not prefixes:
         result.note = f"no layer fits under the cap of {max_float_macs:.0%} of MACs in float"
         return _keep_best(result)
-
-    def simulated(float_layers: list[str]) -> bool:
-        report = criterion.judge(reference, simulate(images, frozenset(float_layers)), targets, "simulation")
-        result.attempts.append(Attempt(list(float_layers), float_share(layers, float_layers), report.agreement,
-                                       report.mean_abs_logit, _drop(report), report.passed, "simulation"))  # fmt: skip
-        return report.passed
-
-    simulated([])  # beside the plain artifact's numbers: how far the simulation is from the real file
-    passes = {}
-    k = _smallest_passing(len(prefixes), lambda k: passes.setdefault(k, simulated(prefixes[k - 1])))
-    if not passes[k]:  # no prefix passes in simulation: grow from the most sensitive layer up
-        k = 1
-    plain, banned = real[()], set()
-    while len(real) < max_attempts + 1:
-        done = real.get(tuple(prefixes[k - 1])) or try_real(prefixes[k - 1])
-        if done.passed:
-            # A pessimistic simulation overshoots (on Lite0, ExecuTorch passed with half the prefix it chose):
-            # while attempts are left, try half the float layers for a cheaper file; the cheapest pass is kept.
-            half = k // 2
-            if half < 1 or tuple(prefixes[half - 1]) in real:
-                break
-            k = half
-            continue
-        worse = _worse(done, plain)
-        if worse and k == 1:
-            # The layer the simulation ranked first made the real file worse on its own, or could not be
-            # converted float: no shorter prefix exists, so drop it from the ranking and start again.
-            banned.add(prefixes[0][0])
-            prefixes = ranked_prefixes([row for row in result.sensitivity if row.layer not in banned], max_float_macs)
-            log(f"dropped {', '.join(sorted(banned))} from the ranking: worse in the real file than plain int8")
-            k = 1 if prefixes and tuple(prefixes[0]) not in real else None
-        else:
-            k = _next_prefix(k, len(prefixes), worse, tried={len(p) for p in prefixes if tuple(p) in real})
-        if k is None:
-            break
+    run.walk(prefixes, run.first_prefix(simulate, prefixes), max_float_macs, max_attempts)
     return _keep_best(result)
+
+
+class _Search:
+    """The state of one search: every attempt made (real and simulated) and the real ones by float set."""
+
+    def __init__(self, attempt, layers: list[Layer], tuning, criterion: Criterion, log: Callable[[str], None]):
+        self.attempt, self.layers, self.criterion, self.log = attempt, layers, criterion, log
+        self.images, self.reference, self.targets = tuning
+        self.result = FallbackResult([], 0.0, False)
+        self.real: dict[tuple[str, ...], Attempt] = {}
+
+    def try_real(self, float_layers: list[str]) -> Attempt:
+        """Build and judge the real artifact with `float_layers` in float (once per set)."""
+        started, share = time.perf_counter(), float_share(self.layers, float_layers)
+        try:
+            report = self.attempt(frozenset(float_layers))
+        except Exception as error:  # any converter's refusal; plain int8 (no float layer) still raises
+            if not float_layers:
+                raise
+            # A converter that cannot leave this set float (ExecuTorch's XNNPACK partitioner refuses a float
+            # depthwise convolution fed by an int8 one on Lite0): an attempt worse than plain int8.
+            done = Attempt(list(float_layers), share, 0.0, None, None, False, "artifact",
+                           round(time.perf_counter() - started, 1), f"{type(error).__name__}: {error}"[:300])  # fmt: skip
+            self.log(f"{len(float_layers)} layers in float: the conversion failed ({done.error})")
+        else:
+            done = Attempt(list(float_layers), share, report.agreement, report.mean_abs_logit, _drop(report),
+                           report.passed, "artifact", round(time.perf_counter() - started, 1))  # fmt: skip
+            self.log(f"{len(float_layers)} layers in float ({done.float_macs_share:.1%} of MACs): tuning agreement "
+                     f"{done.agreement:.2%} {'passes' if done.passed else 'misses'}")  # fmt: skip
+        self.result.attempts.append(done)
+        self.real[tuple(float_layers)] = done
+        return done
+
+    def first_prefix(self, simulate, prefixes: list[list[str]]) -> int:
+        """The shortest prefix the simulation passes; 1 (the most sensitive layer) when none does."""
+
+        def simulated(float_layers: list[str]) -> bool:
+            logits = simulate(self.images, frozenset(float_layers))
+            report = self.criterion.judge(self.reference, logits, self.targets, "simulation")
+            self.result.attempts.append(Attempt(list(float_layers), float_share(self.layers, float_layers),
+                                                report.agreement, report.mean_abs_logit, _drop(report), report.passed,
+                                                "simulation"))  # fmt: skip
+            return report.passed
+
+        simulated([])  # beside the plain artifact's numbers: how far the simulation is from the real file
+        passes: dict[int, bool] = {}
+        k = _smallest_passing(len(prefixes), lambda k: passes.setdefault(k, simulated(prefixes[k - 1])))
+        return k if passes[k] else 1
+
+    def walk(self, prefixes: list[list[str]], k: int | None, max_float_macs: float, max_attempts: int) -> None:
+        """Build real artifacts from prefix `k` on: grow on a miss, shrink when worse than plain, halve on a pass."""
+        plain, banned = self.real[()], set()
+        while k is not None and len(self.real) < max_attempts + 1:
+            done = self.real.get(tuple(prefixes[k - 1])) or self.try_real(prefixes[k - 1])
+            if done.passed:
+                # A pessimistic simulation overshoots (on Lite0, ExecuTorch passed with half the prefix it chose):
+                # while attempts are left, try half the float layers for a cheaper file; the cheapest pass is kept.
+                half = k // 2
+                k = None if half < 1 or tuple(prefixes[half - 1]) in self.real else half
+                continue
+            worse = _worse(done, plain)
+            if worse and k == 1:
+                # The layer the simulation ranked first made the real file worse on its own, or could not be
+                # converted float: no shorter prefix exists, so drop it from the ranking and start again.
+                banned.add(prefixes[0][0])
+                ranking = [row for row in self.result.sensitivity if row.layer not in banned]
+                prefixes = ranked_prefixes(ranking, max_float_macs)
+                self.log(f"dropped {', '.join(sorted(banned))} from the ranking: worse in the real file than plain int8")
+                k = 1 if prefixes and tuple(prefixes[0]) not in self.real else None
+            else:
+                tried = {len(p) for p in prefixes if tuple(p) in self.real}
+                k = _next_prefix(k, len(prefixes), worse, tried)
 
 
 def _worse(attempt: Attempt, plain: Attempt) -> bool:
