@@ -88,29 +88,39 @@ def test_an_optimistic_simulation_is_corrected_by_real_artifacts():
     assert simulated and simulated[0].passed  # what misled the first real attempt
 
 
-def test_a_layer_that_hurts_in_the_real_file_makes_the_search_shrink():
-    """The simulation needs dw and fc float to pass; in the real file fc in float costs more than it gives (on Lite0 a
-    float projection convolution did that in TFLite), so the search goes back to the shorter prefix, which passes."""
+def _hurting_problem(noise: dict, simulated_noise: dict, hurts: str, harm: float, fails: bool = False):
+    """Like _problem, but leaving layer `hurts` float adds `harm` x a fixed error to the real file (or, with `fails`,
+    its conversion raises); the simulation sees `simulated_noise` instead of `noise`."""
     rng = np.random.default_rng(0)
     reference = rng.normal(0, 1, (400, len(LABELS)))
-    noise = {"stem": 0.002, "dw": 0.3, "pw": 0.002, "fc": 0.03}
     directions = {name: rng.normal(0, 1, reference.shape) for name in noise}
-    harm = rng.normal(0, 1, reference.shape)
+    harm_direction = rng.normal(0, 1, reference.shape)
 
-    def logits(float_layers, scale):
-        return reference + sum(scale * size * directions[n] for n, size in noise.items() if n not in float_layers)
+    def logits(float_layers, sizes):
+        return reference + sum(size * directions[n] for n, size in sizes.items() if n not in float_layers)
 
     criterion, calls = Criterion(LABELS, margin=0.0), []
 
     def attempt(float_layers):
         calls.append(float_layers)
-        hurt = 0.5 * harm if "fc" in float_layers else 0.0
-        return criterion.judge(reference, logits(float_layers, 1.0) + hurt, None, "artifact")
+        if hurts in float_layers and fails:
+            raise RuntimeError("Weight and Input should both be quantized")
+        hurt = harm * harm_direction if hurts in float_layers else 0.0
+        return criterion.judge(reference, logits(float_layers, noise) + hurt, None, "artifact")
 
-    def simulate(batch, float_layers):  # pessimistic: sees every error twice
-        return logits(float_layers, 2.0)[batch.astype(int)]
+    def simulate(batch, float_layers):
+        return logits(float_layers, simulated_noise)[batch.astype(int)]
 
-    result = search(attempt, simulate, LAYERS, (np.arange(400), reference, None), criterion, max_float_macs=0.3)
+    return attempt, simulate, (np.arange(400), reference, None), criterion, calls
+
+
+def test_a_layer_that_hurts_in_the_real_file_makes_the_search_shrink():
+    """The simulation needs dw and fc float to pass; in the real file fc in float costs more than it gives (on Lite0 a
+    float projection convolution did that in TFLite), so the search goes back to the shorter prefix, which passes."""
+    noise = {"stem": 0.002, "dw": 0.3, "pw": 0.002, "fc": 0.03}
+    pessimistic = {name: 2.0 * size for name, size in noise.items()}  # the simulation sees every error twice
+    attempt, simulate, tuning, criterion, calls = _hurting_problem(noise, pessimistic, hurts="fc", harm=0.5)
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3)
     assert calls == [frozenset(), frozenset({"dw", "fc"}), frozenset({"dw"})]
     assert result.passed and result.float_layers == ["dw"]
 
@@ -121,29 +131,11 @@ def test_a_first_layer_that_hurts_alone_leaves_the_ranking(dw_float):
     int8 (on Lite0 the first depthwise convolution did that in ONNX) or cannot be converted at all (ExecuTorch's
     XNNPACK partitioner refused it): the search shrinks to dw alone, which is worse again, so dw leaves the ranking
     and the next ranking's first layer, stem, is built and passes."""
-    rng = np.random.default_rng(0)
-    reference = rng.normal(0, 1, (400, len(LABELS)))
     noise = {"stem": 0.1, "dw": 0.02, "pw": 0.002, "fc": 0.002}
-    directions = {name: rng.normal(0, 1, reference.shape) for name in noise}
-    harm = rng.normal(0, 1, reference.shape)
-
-    def logits(float_layers, dw_error):
-        sizes = dict(noise, dw=dw_error)
-        return reference + sum(size * directions[n] for n, size in sizes.items() if n not in float_layers)
-
-    criterion, calls = Criterion(LABELS, margin=0.0), []
-
-    def attempt(float_layers):
-        calls.append(float_layers)
-        if "dw" in float_layers and dw_float == "fails":
-            raise RuntimeError("Weight and Input should both be quantized")
-        hurt = 0.3 * harm if "dw" in float_layers else 0.0
-        return criterion.judge(reference, logits(float_layers, noise["dw"]) + hurt, None, "artifact")
-
-    def simulate(batch, float_layers):
-        return logits(float_layers, 0.5)[batch.astype(int)]
-
-    result = search(attempt, simulate, LAYERS, (np.arange(400), reference, None), criterion, max_float_macs=0.3)
+    attempt, simulate, tuning, criterion, calls = _hurting_problem(
+        noise, dict(noise, dw=0.5), hurts="dw", harm=0.3, fails=dw_float == "fails"
+    )
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3)
     assert calls == [frozenset(), frozenset({"dw", "stem"}), frozenset({"dw"}), frozenset({"stem"})]
     assert result.passed and result.float_layers == ["stem"]
     failed = [a.error for a in result.attempts if a.error]
