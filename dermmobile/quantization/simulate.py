@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dermmobile.targets.base import FULL_WEIGHT_RANGE
 from dermmobile.targets.pt2e import build_quantizer, is_layer, layer_name, leave_float
 
 
@@ -125,7 +126,7 @@ class Simulation:
     """The calibrated, switchable fake-quant graph of one toolchain's quantizer."""
 
     def __init__(self, model, toolchain: str, calibration: np.ndarray, observer: str = "histogram", batch: int = 16,
-                 clamp: bool | None = None, weight_range: tuple[int, int] = (-127, 127)):  # fmt: skip
+                 clamp: bool | None = None, weight_range: tuple[int, int] = FULL_WEIGHT_RANGE):  # fmt: skip
         import torch
         from torch.export import Dim
         from torchao.quantization.pt2e.observer import ObserverBase

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dermmobile.targets.base import FULL_WEIGHT_RANGE
+
 # Convolution and linear outputs followed only by a clamp get observed after the clamp. QAT
 # graphs keep batch norm until convert folds it: there the clamp follows the batch norm.
 _PRODUCERS = ("conv2d", "linear", "batch_norm")
@@ -107,7 +109,7 @@ def leave_float(graph_module, float_layers: frozenset[str]) -> int:
 
 def build_quantizer(
     toolchain: str, float_layers=frozenset(), observer: str = "histogram", qat: bool = False, clamp: bool | None = None,
-    weight_range: tuple[int, int] = (-127, 127),
+    weight_range: tuple[int, int] = FULL_WEIGHT_RANGE,
 ):  # fmt: skip
     """The PT2E quantizer of `toolchain` ("xnnpack": ExecuTorch, "litert": TFLite): symmetric per-channel
     int8 weights, per-tensor int8 activations observed by `observer`, `float_layers` left unannotated.
@@ -135,7 +137,7 @@ def build_quantizer(
     clamp = (qat or default_clamp) if clamp is None else clamp
     module = importlib.import_module(module_name)
     # weight_range: the grid of the runtime this stands in for (onnxruntime's 7-bit one, targets/onnx.py).
-    narrow = {} if weight_range == (-127, 127) else {"weight_qmin": weight_range[0], "weight_qmax": weight_range[1]}
+    narrow = {} if weight_range == FULL_WEIGHT_RANGE else {"weight_qmin": weight_range[0], "weight_qmax": weight_range[1]}
     config = module.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat, **narrow)
     if qat:
         config = unfused(config)
