@@ -120,6 +120,17 @@ function clip8(sum) {
  */
 export function preprocessPixels(pixels, width, height, channels, spec, layout = "NCHW") {
   const { crop, resize, scale, mean, std } = checkSpec(spec);
+  checkPixels(pixels, width, height, channels, layout);
+  const [outW, outH] = resizedSize(width, height, resize);
+  const cols = taps(width, outW, Math.floor((outW - crop) / 2), crop);
+  const rows = taps(height, outH, Math.floor((outH - crop) / 2), crop);
+  const y0 = rows.start[0];
+  const y1 = rows.start[crop - 1] + rows.weights[crop - 1].length;
+  const tmp = horizontalPass(pixels, width, channels, cols, crop, y0, y1);
+  return verticalPass(tmp, rows, crop, y0, normalisationTables(scale, mean, std), layout);
+}
+
+function checkPixels(pixels, width, height, channels, layout) {
   checkSize(width, height);
   if (channels !== 3 && channels !== 4) throw new Error(`channels must be 3 (RGB) or 4 (RGBA), got ${channels}`);
   if (!(pixels instanceof Uint8Array || pixels instanceof Uint8ClampedArray) || pixels.length !== width * height * channels) {
@@ -127,16 +138,10 @@ export function preprocessPixels(pixels, width, height, channels, spec, layout =
       `got ${pixels?.length} in a ${pixels?.constructor?.name}`);
   }
   if (layout !== "NCHW" && layout !== "NHWC") throw new Error(`layout must be NCHW or NHWC, got ${layout}`);
+}
 
-  const [outW, outH] = resizedSize(width, height, resize);
-  const left = Math.floor((outW - crop) / 2);
-  const top = Math.floor((outH - crop) / 2);
-  const cols = taps(width, outW, left, crop);
-  const rows = taps(height, outH, top, crop);
-  const y0 = rows.start[0];
-  const y1 = rows.start[crop - 1] + rows.weights[crop - 1].length;
-
-  // Horizontal pass over the input rows the crop's vertical taps read, rounded to uint8.
+// Horizontal pass over the input rows y0..y1 that the crop's vertical taps read, rounded to uint8 RGB.
+function horizontalPass(pixels, width, channels, cols, crop, y0, y1) {
   const stride = crop * 3;
   const tmp = new Uint8Array((y1 - y0) * stride);
   for (let y = y0; y < y1; y++) {
@@ -157,13 +162,21 @@ export function preprocessPixels(pixels, width, height, channels, spec, layout =
       tmp[o + 2] = clip8(b);
     }
   }
+  return tmp;
+}
 
-  // Vertical pass, rounded to uint8, then the normalisation table.
-  const table = [0, 1, 2].map((c) => {
+// uint8 value -> normalised float32, per channel.
+function normalisationTables(scale, mean, std) {
+  return [0, 1, 2].map((c) => {
     const t = new Float32Array(256); // storing a double in a Float32Array rounds it to float32
     for (let v = 0; v < 256; v++) t[v] = (v / scale - mean[c]) / std[c];
     return t;
   });
+}
+
+// Vertical pass, rounded to uint8, then the normalisation table, into the model's layout.
+function verticalPass(tmp, rows, crop, y0, table, layout) {
+  const stride = crop * 3;
   const plane = crop * crop;
   const out = new Float32Array(3 * plane);
   for (let oy = 0; oy < crop; oy++) {
