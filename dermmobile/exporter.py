@@ -244,8 +244,10 @@ def run_plan(checkpoint, plan: ExportPlan) -> list[ExportOutcome]:
                     from dermmobile.quantization.export import export_int8
 
                     outcome.artifact = export_int8(checkpoint, target, plan)
-                else:
-                    outcome.artifact = export_artifact(checkpoint, target, plan)
+                else:  # no tuning images: no search, but the int8 logits layer stays float all the same
+                    from dermmobile.quantization.export import always_float
+
+                    outcome.artifact = export_artifact(checkpoint, target, plan, always_float(checkpoint, plan))
                 if plan.check is not None:
                     outcome.parity = check_parity(outcome.artifact, plan.check, reference, checkpoint.file_sha256)
             failures = (outcome.parity or {}).get("failures") or []

@@ -490,12 +490,13 @@ def export_options():
     with that model (>= 99 % is what QAT is for). No accuracy-aware fallback: a layer left
     float would run weights trained to be rounded without their rounding, and its neighbours'
     ranges were learned around an int8 layer, so the file would again be neither the QAT model
-    nor the float one. When a QAT artifact fails its gate, the remedy is more QAT epochs (or a
-    lower --lr), or the fallback from the float checkpoint QAT started from; the manifest says so.
+    nor the float one (the same holds for the logits layer, quantized here). When a QAT
+    artifact fails its gate, the remedy is more QAT epochs (or a lower --lr), or the fallback
+    from the float checkpoint QAT started from; the manifest says so.
     """
     from dermmobile.quantization.options import Int8Options
 
-    return Int8Options(fallback=False, bias_correction=False, tune_count=0)
+    return Int8Options(fallback=False, bias_correction=False, tune_count=0, float_logits=False)
 
 
 def manifest_record(meta, int8) -> dict:

@@ -75,17 +75,15 @@ def test_the_mac_cap_is_never_exceeded_and_the_best_attempt_is_kept():
     assert any("pw" in prefix for prefix in ranked_prefixes(result.sensitivity, 0.8))
 
 
-def test_an_optimistic_simulation_is_corrected_by_real_artifacts():
-    """The simulation sees half the real error: its first choice fails for real, the search grows the float set."""
+def test_the_search_grows_from_the_most_sensitive_layer():
+    """dw alone misses: the prefix doubles, then stops at the longest one the cap allows, which passes."""
     noise = {"stem": 0.05, "dw": 0.1, "pw": 0.005, "fc": 0.05}
-    attempt, simulate, tuning, criterion, _calls = _problem(noise, bias=0.4)
+    attempt, simulate, tuning, criterion, _ = _problem(noise, bias=0.4)
     result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3)
     real = [(a.float_layers, a.passed) for a in result.attempts if a.source == "artifact"]
     assert [passed for _, passed in real] == [False, False, False, True]
-    assert [len(layers) for layers, _ in real] == [0, 1, 2, 3] and real[1][0] == ["dw"]  # grown one layer at a time
+    assert [len(layers) for layers, _ in real] == [0, 1, 2, 3] and real[1][0] == ["dw"]  # 1, 2, then the cap's 3
     assert result.passed and set(result.float_layers) == {"dw", "stem", "fc"}
-    simulated = [a for a in result.attempts if a.source == "simulation" and a.float_layers == ["dw"]]
-    assert simulated and simulated[0].passed  # what misled the first real attempt
 
 
 def _hurting_problem(noise: dict, simulated_noise: dict, hurts: str, harm: float, fails: bool = False):
@@ -114,32 +112,32 @@ def _hurting_problem(noise: dict, simulated_noise: dict, hurts: str, harm: float
     return attempt, simulate, (np.arange(400), reference, None), criterion, calls
 
 
-def test_a_layer_that_hurts_in_the_real_file_makes_the_search_shrink():
-    """The simulation needs dw and fc float to pass; in the real file fc in float costs more than it gives (on Lite0 a
-    float projection convolution did that in TFLite), so the search goes back to the shorter prefix, which passes."""
-    noise = {"stem": 0.002, "dw": 0.3, "pw": 0.002, "fc": 0.03}
-    pessimistic = {name: 2.0 * size for name, size in noise.items()}  # the simulation sees every error twice
-    attempt, simulate, tuning, criterion, calls = _hurting_problem(noise, pessimistic, hurts="fc", harm=0.5)
+def test_a_layer_that_hurts_in_the_real_file_leaves_the_ranking():
+    """The simulation overrates fc and ranks it second; in the real file fc in float costs more than it gives (on
+    Lite0 a float projection convolution did that in TFLite): dw + fc is worse than dw alone, so fc leaves the
+    ranking and dw + stem, the next prefix of that length, is built and passes."""
+    noise = {"stem": 0.1, "dw": 0.3, "pw": 0.002, "fc": 0.03}
+    attempt, simulate, tuning, criterion, calls = _hurting_problem(noise, dict(noise, fc=0.2), hurts="fc", harm=0.5)
     result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3)
-    assert calls == [frozenset(), frozenset({"dw", "fc"}), frozenset({"dw"})]
-    assert result.passed and result.float_layers == ["dw"]
+    assert calls == [frozenset(), frozenset({"dw"}), frozenset({"dw", "fc"}), frozenset({"dw", "stem"})]
+    assert result.passed and result.float_layers == ["dw", "stem"]
 
 
 @pytest.mark.parametrize("dw_float", ["worse", "fails"])
 def test_a_first_layer_that_hurts_alone_leaves_the_ranking(dw_float):
     """The simulation overrates dw's error and ranks it first, and dw in float makes the real file worse than plain
     int8 (on Lite0 the first depthwise convolution did that in ONNX) or cannot be converted at all (ExecuTorch's
-    XNNPACK partitioner refused it): the search shrinks to dw alone, which is worse again, so dw leaves the ranking
-    and the next ranking's first layer, stem, is built and passes."""
+    XNNPACK partitioner refused it): dw leaves the ranking and the next ranking's first layer, stem, is built and
+    passes."""
     noise = {"stem": 0.1, "dw": 0.02, "pw": 0.002, "fc": 0.002}
     attempt, simulate, tuning, criterion, calls = _hurting_problem(
         noise, dict(noise, dw=0.5), hurts="dw", harm=0.3, fails=dw_float == "fails"
     )
     result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.3)
-    assert calls == [frozenset(), frozenset({"dw", "stem"}), frozenset({"dw"}), frozenset({"stem"})]
+    assert calls == [frozenset(), frozenset({"dw"}), frozenset({"stem"})]
     assert result.passed and result.float_layers == ["stem"]
     failed = [a.error for a in result.attempts if a.error]
-    assert failed == (["RuntimeError: Weight and Input should both be quantized"] * 2 if dw_float == "fails" else [])
+    assert failed == (["RuntimeError: Weight and Input should both be quantized"] if dw_float == "fails" else [])
 
 
 def test_plain_int8_that_cannot_be_converted_is_an_error_not_a_fallback():
@@ -151,15 +149,13 @@ def test_plain_int8_that_cannot_be_converted_is_an_error_not_a_fallback():
         search(attempt, simulate, LAYERS, tuning, criterion)
 
 
-def test_a_pass_with_attempts_left_tries_half_the_float_layers():
-    """A pessimistic simulation asks for all four layers; the real file passes with fewer, so the search halves the
-    prefix while it passes and keeps the cheapest pass."""
-    noise = {"stem": 0.01, "dw": 0.1, "pw": 0.001, "fc": 0.01}
-    attempt, simulate, tuning, criterion, _ = _problem(noise, bias=6.0)
+def test_a_pass_after_doubling_bisects_back_for_a_cheaper_file():
+    """1 and 2 float layers miss, 4 pass: the search tries 3, which passes too, and keeps it (the cheapest pass)."""
+    attempt, simulate, tuning, criterion, _ = _problem({"stem": 0.03, "dw": 0.05, "pw": 0.005, "fc": 0.04})
     result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=1.0)
     real = [(len(a.float_layers), a.passed) for a in result.attempts if a.source == "artifact"]
-    assert real[0] == (0, False) and real[1][1] and real[-1][0] < real[1][0], real
-    assert result.passed and len(result.float_layers) == min(n for n, passed in real if passed) and "dw" in result.float_layers
+    assert real == [(0, False), (1, False), (2, False), (4, True), (3, True)]
+    assert result.passed and set(result.float_layers) == {"dw", "fc", "stem"}
 
 
 def test_max_attempts_bounds_the_real_artifacts():
@@ -184,7 +180,7 @@ def _export_int8(checkpoint_path, synthetic_root, out, **options):
 
     checkpoint = load_checkpoint(checkpoint_path)
     plan = plan_export(checkpoint, "fake", "int8", out, calib_data=synthetic_root, calib_count=18,
-                       int8=Int8Options(tune_count=36, **options))  # fmt: skip
+                       int8=Int8Options(**{"tune_count": 36} | options))  # fmt: skip
     (outcome,) = run_plan(checkpoint, plan)
     return plan, outcome
 
@@ -198,12 +194,15 @@ def test_fallback_passes_the_gate_and_the_manifest_says_what_it_cost(fake_regist
     plan, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, max_float_macs=0.5)
     assert outcome.ok, outcome.error
     manifest = json.loads(outcome.artifact.manifest_file.read_text())
-    assert manifest["status"] == "passed" and manifest["float_layers"] == ["6"]
-    assert manifest["float_macs_share"] == pytest.approx(294912 / (221184 + 294912 + 294912 + 288), rel=1e-3)
-    assert manifest["op_counts"] == {"int8": 3, "dynamic": 0, "float": 1, "by_op": {}}
+    # "10", the logits layer, is float in every attempt (Int8Options.float_logits); "6" is the search's choice
+    assert manifest["status"] == "passed" and manifest["float_layers"] == ["10", "6"]
+    assert manifest["float_macs_share"] == pytest.approx((294912 + 288) / (221184 + 294912 + 294912 + 288), rel=1e-3)
+    assert manifest["op_counts"] == {"int8": 2, "dynamic": 0, "float": 2, "by_op": {}}
     fallback = manifest["fallback"]
     assert fallback["enabled"] and fallback["passed_tuning"] and fallback["criterion"]["images"] == "tuning"
-    assert [a["float_layers"] for a in fallback["attempts"] if a["source"] == "artifact"] == [[], ["6"]]
+    assert fallback["float_logits"]
+    assert [a["float_layers"] for a in fallback["attempts"] if a["source"] == "artifact"] == [["10"], ["10", "6"]]
+    assert "10" not in {row["layer"] for row in json.loads((tmp_path / fallback["sensitivity_report"]).read_text())["layers"]}
     assert (tmp_path / fallback["sensitivity_report"]).is_file()
     # calibration, tuning and gate: disjoint, all recorded
     calibration, tuning, gate = (set(plan_names) for plan_names in _sets(plan))
@@ -249,7 +248,25 @@ def test_no_fallback_keeps_plain_int8(fake_registry, tiny_checkpoint, synthetic_
     fake.BEHAVIOUR["layer_noise"] = SENSITIVE_6
     _, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, fallback=False)
     manifest = json.loads(outcome.artifact.manifest_file.read_text())
-    assert outcome.exit_code == 3 and manifest["float_layers"] == [] and not manifest["fallback"]["enabled"]
+    assert outcome.exit_code == 3 and manifest["float_layers"] == ["10"] and not manifest["fallback"]["enabled"]
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_int8_logits_quantizes_the_last_layer_too(fake_registry, tiny_checkpoint, synthetic_root, tmp_path, fallback):
+    """--int8-logits (float_logits=False): nothing is float unless the search asks; with the fallback off, nothing."""
+    fake.BEHAVIOUR["layer_noise"] = {"0": 0.001, "3": 0.001, "6": 0.001, "10": 0.001}
+    _, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, fallback=fallback, float_logits=False)
+    manifest = json.loads(outcome.artifact.manifest_file.read_text())
+    assert outcome.ok, outcome.error
+    assert manifest["float_layers"] == [] and manifest["op_counts"]["float"] == 0 and not manifest["fallback"]["float_logits"]
+
+
+def test_int8_without_tuning_images_still_keeps_the_logits_float(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+    """--tune-count 0: no search, but the logits layer rule holds all the same (one rule, exporter.run_plan)."""
+    fake.BEHAVIOUR["layer_noise"] = {"0": 0.001, "3": 0.001, "6": 0.001, "10": 0.001}
+    plan, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, tune_count=0)
+    assert plan.tuning is None and outcome.ok, outcome.error
+    assert json.loads(outcome.artifact.manifest_file.read_text())["float_layers"] == ["10"]
 
 
 def test_an_int8_artifact_that_is_silently_float_fails(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
@@ -266,8 +283,30 @@ def test_explain_writes_the_sensitivity_report(fake_registry, tiny_checkpoint, s
     stem = outcome.artifact.path.name + ".sensitivity"
     report = json.loads((tmp_path / f"{stem}.json").read_text())
     rows = {row["layer"]: row for row in report["layers"]}
-    assert set(rows) == {"0", "3", "6", "10"}
+    assert set(rows) == {"0", "3", "6"}  # "10", the logits layer, is always float: nothing to measure
     assert max(rows, key=lambda name: rows[name]["gain"]) == "3"
     assert rows["3"]["quantized_alone"]["mean_abs_logit"] > rows["0"]["quantized_alone"]["mean_abs_logit"]
     assert re.search(r"^\| 3 +\| conv ", (tmp_path / f"{stem}.md").read_text(), re.MULTILINE)
     assert (tmp_path / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_always_float_layers_are_in_every_attempt_and_out_of_the_ranking():
+    """The search adds to `always_float` (the logits layer in the exporter): plain int8 is built with it, the
+    ranking never offers it, and the kept set names it."""
+    attempt, simulate, tuning, criterion, calls = _problem({"stem": 0.002, "dw": 0.3, "pw": 0.002, "fc": 0.2})
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.25, always_float=frozenset({"fc"}))
+    assert calls == [frozenset({"fc"}), frozenset({"fc", "dw"})]
+    assert result.passed and result.float_layers == ["fc", "dw"]
+    assert result.float_macs_share == pytest.approx(15 / 415)
+    assert {row.layer for row in result.sensitivity} == {"stem", "dw", "pw"}
+    assert all("fc" in a.float_layers for a in result.attempts)
+
+
+@pytest.mark.parametrize("simulation", [True, False])
+def test_a_plain_int8_pass_keeps_the_always_float_layers(simulation):
+    """The early returns (plain int8 passes; no simulation to search with) keep the float set that was built."""
+    noise = {"dw": 0.001} if simulation else {"dw": 0.3}
+    attempt, simulate, tuning, criterion, calls = _problem(noise)
+    result = search(attempt, simulate if simulation else None, LAYERS, tuning, criterion, always_float=frozenset({"fc"}))
+    assert calls == [frozenset({"fc"})] and result.float_layers == ["fc"] and result.passed == simulation
+    assert result.float_macs_share == pytest.approx(5 / 415)

@@ -89,20 +89,33 @@ def test_export_load_and_parity(target, quantize, tiny_checkpoint, synthetic_roo
     # Counted in the file: tiny_cnn has 3 convolutions and 1 linear layer.
     counts = manifest.op_counts
     if quantize == "int8":
-        assert (counts["int8"], counts["float"], counts["dynamic"]) == (4, 0, 0) and manifest.float_layers == []
+        # the logits layer ("10", tiny_cnn's linear) stays float by default (Int8Options.float_logits)
+        assert (counts["int8"], counts["float"], counts["dynamic"]) == (3, 1, 0) and manifest.float_layers == ["10"]
     elif quantize == "none" and counts is not None:
         assert (counts["int8"], counts["float"]) == (0, 4)
 
 
-def test_tflite_int8_has_integer_io_with_scale(tiny_checkpoint, synthetic_root, tmp_path):
+@pytest.mark.parametrize("float_logits", [True, False])
+def test_tflite_int8_has_integer_io_with_scale(float_logits, tiny_checkpoint, synthetic_root, tmp_path):
+    """--int8-logits: a full-integer file, int8 input and output with their scales. By default the logits layer
+    stays float, the converter runs in strict QDQ mode (the only way to keep a layer float), and the file takes and
+    gives float32, quantizing the image inside."""
+    from dermmobile.quantization.options import Int8Options
+
     checkpoint = load_checkpoint(tiny_checkpoint)
-    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=synthetic_root, calib_count=18, layout="nhwc")
+    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=synthetic_root, calib_count=18, layout="nhwc",
+                       int8=Int8Options(float_logits=float_logits))  # fmt: skip
     (outcome,) = run_plan(checkpoint, plan)
     assert outcome.ok, outcome.error
     manifest = outcome.artifact.manifest
-    assert manifest.input.dtype == "int8" and manifest.input.layout == "NHWC" and manifest.input.shape == [1, 64, 64, 3]
-    assert manifest.input.scale > 0 and isinstance(manifest.input.zero_point, int)
-    assert manifest.output.dtype == "int8" and manifest.output.scale > 0
+    assert manifest.input.layout == "NHWC" and manifest.input.shape == [1, 64, 64, 3]
+    if float_logits:
+        assert manifest.input.dtype == manifest.output.dtype == "float32" and manifest.float_layers == ["10"]
+        assert "float32 input and float32 output" in manifest.notes["int8"]
+    else:
+        assert manifest.input.dtype == "int8" and manifest.input.scale > 0 and isinstance(manifest.input.zero_point, int)
+        assert manifest.output.dtype == "int8" and manifest.output.scale > 0 and manifest.float_layers == []
+        assert "int8 input and int8 output" in manifest.notes["int8"]
 
 
 # Plain int8 (no fallback) on the head-only fixture model (63.8 % top-1), measured with 64

@@ -23,6 +23,11 @@ def add_arguments(parser) -> None:
     defaults = Int8Options()
     int8.add_argument("--no-fallback", action="store_true", help="keep every layer int8 even when the gate fails")
     int8.add_argument(
+        "--int8-logits",
+        action="store_true",
+        help="quantize the last layer too; by default it stays float so near-tie logits are not rounded together",
+    )
+    int8.add_argument(
         "--no-bias-correction",
         action="store_true",
         help="do not correct the biases for int8 weight rounding (dermmobile/quantization/bias_correction.py)",
@@ -77,7 +82,8 @@ def run(args) -> int:
     out = check_output_dir(args.out or Path("export") / args.checkpoint.stem)
     checkpoint = load_checkpoint(args.checkpoint)
     int8 = Int8Options(fallback=not args.no_fallback, max_float_macs=args.max_float_macs, tune_count=args.tune_count,
-                       observer=args.observer, explain=args.explain, bias_correction=not args.no_bias_correction)  # fmt: skip
+                       observer=args.observer, explain=args.explain, bias_correction=not args.no_bias_correction,
+                       float_logits=not args.int8_logits)  # fmt: skip
     plan = plan_export(
         checkpoint, args.target, args.quantize, out, args.calib_data, args.calib_count, args.check_data, args.layout,
         args.timeout, int8=int8,

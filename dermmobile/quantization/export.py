@@ -29,8 +29,6 @@ class _LazySimulation:
 
 def export_int8(checkpoint, target, plan):
     """Export `target` int8 for `plan`, leaving layers in float where the tuning images need it; returns the Artifact."""
-    import torch
-
     from dermmobile.exporter import export_artifact, export_request
     from dermmobile.targets import get_target
 
@@ -38,7 +36,8 @@ def export_int8(checkpoint, target, plan):
     labels = list(checkpoint.meta.labels)
     reference = batched(TorchRuntime(checkpoint.model).predict, tuning.arrays, 16)
     criterion = Criterion(labels, options.tune_margin)
-    layers = model_layers(checkpoint.model, torch.from_numpy(np.ascontiguousarray(plan.calibration[:1])))
+    layers = plan_layers(checkpoint, plan)
+    base = logits_layer(layers) if options.float_logits else frozenset()  # always_float(), layers computed once
     built: dict = {}
 
     def attempt(float_layers: frozenset[str]):
@@ -53,22 +52,45 @@ def export_int8(checkpoint, target, plan):
     log = _logger(f"{target.name} int8")
     if options.fallback:
         result = search(attempt, simulate, layers, (tuning.arrays, reference, tuning.targets), criterion,
-                        options.max_float_macs, options.max_attempts, options.sensitivity_images, log)  # fmt: skip
+                        options.max_float_macs, options.max_attempts, options.sensitivity_images, log,
+                        base)  # fmt: skip
     else:
-        report = attempt(frozenset())
-        result = FallbackResult([], 0.0, report.passed, note="fallback off (--no-fallback): plain int8")
+        report = attempt(base)
+        result = FallbackResult(sorted(base), float_share(layers, base), report.passed,
+                                note="fallback off (--no-fallback): plain int8")  # fmt: skip
     if options.explain and simulate is not None and not (result.sensitivity and result.sensitivity[0].quantized_alone):
         log("measuring per-layer sensitivity for --explain")
         subset = spread(len(tuning.arrays), options.sensitivity_images)
         result.baseline, result.sensitivity = measure_sensitivity(
             simulate, layers, tuning.arrays[subset], reference[subset],
             None if tuning.targets is None else tuning.targets[subset], labels, quantized_alone=True, log=log,
+            always_float=base,
         )  # fmt: skip
     if built.get("float_layers") != frozenset(result.float_layers):  # the search kept an earlier attempt
         built["artifact"] = export_artifact(checkpoint, target, plan, frozenset(result.float_layers))
     artifact = built["artifact"]
     _record(artifact, result, layers, options, criterion, target)
     return artifact
+
+
+def plan_layers(checkpoint, plan):
+    """The checkpoint's quantizable layers for the plan's input shape (simulate.model_layers)."""
+    import torch
+
+    return model_layers(checkpoint.model, torch.from_numpy(np.ascontiguousarray(plan.calibration[:1])))
+
+
+def always_float(checkpoint, plan) -> frozenset[str]:
+    """The layers an int8 export of `plan` leaves in float whatever the search does: the logits layer, unless
+    --int8-logits (or a QAT checkpoint, which quantizes it in training)."""
+    if plan.quantize != "int8" or not plan.int8.float_logits or plan.calibration is None:
+        return frozenset()
+    return logits_layer(plan_layers(checkpoint, plan))
+
+
+def logits_layer(layers) -> frozenset[str]:
+    """The layer that computes the logits: the last quantizable layer in graph order (no layer reads its output)."""
+    return frozenset({layers[-1].name}) if layers else frozenset()
 
 
 def _record(artifact, result: FallbackResult, layers, options, criterion: Criterion, target) -> None:
@@ -91,6 +113,7 @@ def _record(artifact, result: FallbackResult, layers, options, criterion: Criter
             "max_accuracy_drop_points": TOLERANCES["int8"].max_accuracy_drop,
         },
         "max_float_macs": options.max_float_macs,
+        "float_logits": options.float_logits,
         "passed_tuning": result.passed,
         "note": result.note,
         "attempts": [vars(a) for a in result.attempts],

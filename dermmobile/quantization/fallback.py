@@ -3,15 +3,18 @@
 The loop of Intel Neural Compressor's and AIMET's accuracy-aware tuning, with our parity
 gate as the criterion:
 
-1. Build the plain int8 artifact and judge it on the tuning images. Passing: done.
+1. Build the plain int8 artifact (only the `always_float` layers in float: the logits
+   layer, see options.py) and judge it on the tuning images. Passing: done.
 2. Per-layer sensitivity on a simulation of the toolchain (simulate.py): for each layer,
    how much of the int8 logit error goes away when only that layer stays float.
-3. Rank layers by that gain and take the shortest prefix (within a cap on the float share
-   of MACs) that the simulation says passes; build that real artifact and judge it. A miss
-   grows the prefix by half; a file worse than plain int8 (a higher mean logit error, or no
-   file at all) shrinks it by half, and when the most sensitive layer alone makes the file
-   worse, that layer leaves the ranking. A pass with attempts left tries half the prefix.
-   Up to `max_attempts` real artifacts.
+3. Rank layers by that gain (within a cap on the float share of MACs) and build real
+   artifacts of growing prefixes, from the most sensitive layer alone: a miss doubles the
+   prefix, a pass bisects back for a cheaper one. A file worse than the shorter prefix before
+   it (a higher mean logit error, or no file at all) bisects back; when one layer made it
+   worse, that layer leaves the ranking. Up to `max_attempts` real artifacts. Why from the
+   cheap end and not from the prefix the simulation says passes: the simulation ranks well
+   but misjudges long prefixes (on Lite0 it passed 14 float layers that made the TFLite file
+   lose 4 points; the stem alone passed).
 4. The cheapest passing attempt is kept, else the one with the lowest logit error. Every
    decision is made on the tuning images; the gate images judge the result afterwards, once
    (the exporter does that), so the reported gate number is not the number the search
@@ -23,7 +26,6 @@ returns simulated logits; both take the set of layer names to leave in float.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -74,7 +76,7 @@ class Attempt:
     mean_abs_logit: float | None  # None: the conversion failed
     accuracy_drop: float | None  # top-1 points lost on the tuning images
     passed: bool
-    source: str  # "artifact": a real export judged by its runtime; "simulation"
+    source: str  # "artifact": a real export judged by its runtime ("simulation" in manifests before 2026-11-27)
     seconds: float = 0.0
     error: str | None = None  # why the converter could not build this float set
 
@@ -106,20 +108,23 @@ def measure_sensitivity(
     labels: list[str],
     quantized_alone: bool = False,
     log: Callable[[str], None] = lambda message: None,
+    always_float: frozenset[str] = frozenset(),
 ) -> tuple[dict, list[LayerSensitivity]]:
-    """Simulated metrics with everything quantized, then with each layer alone in float (and alone quantized)."""
+    """Simulated metrics with everything quantized (but `always_float`), then with each other layer alone in float
+    (and alone quantized)."""
     names = frozenset(layer.name for layer in layers)
     total = sum(layer.macs for layer in layers) or 1
+    candidates = [layer for layer in layers if layer.name not in always_float]
 
     def measure(float_layers: frozenset[str]) -> ParityReport:
-        return compare_logits(reference, simulate(images, float_layers), labels, None, targets)
+        return compare_logits(reference, simulate(images, float_layers | always_float), labels, None, targets)
 
     baseline = measure(frozenset())
     rows = []
-    log(f"per-layer sensitivity: {len(layers)} layers on {len(images)} simulated images")
-    for index, layer in enumerate(layers):
+    log(f"per-layer sensitivity: {len(candidates)} layers on {len(images)} simulated images")
+    for index, layer in enumerate(candidates):
         if index and index % 10 == 0:
-            log(f"per-layer sensitivity: {index} of {len(layers)} layers")
+            log(f"per-layer sensitivity: {index} of {len(candidates)} layers")
         alone = measure(frozenset({layer.name}))
         row = LayerSensitivity(layer.name, layer.kind, layer.macs, layer.macs / total, _metrics(alone),
                                baseline.mean_abs_logit - alone.mean_abs_logit)  # fmt: skip
@@ -151,46 +156,53 @@ def search(
     max_attempts: int = 4,
     sensitivity_images: int = 32,
     log: Callable[[str], None] = lambda message: None,
+    always_float: frozenset[str] = frozenset(),
 ) -> FallbackResult:
-    """Find the fewest float layers that make the real artifact meet `criterion` on `tuning` (images, reference, targets)."""
+    """Find the fewest float layers that make the real artifact meet `criterion` on `tuning` (images, reference, targets).
+
+    `always_float`: layers in float in every attempt, plain int8 included; the search adds to them."""
     images, reference, targets = tuning
-    run = _Search(attempt, layers, tuning, criterion, log)
+    run = _Search(attempt, layers, tuning, criterion, log, always_float)
     result = run.result
     if run.try_real([]).passed:
-        result.passed, result.note = True, "plain int8 meets the criterion on the tuning images: no layer left in float"
-        return result
+        kept = f"only {', '.join(sorted(always_float))} in float" if always_float else "no layer left in float"
+        result.note = f"plain int8 meets the criterion on the tuning images: {kept}"
+        return _keep_best(result)
     if simulate is None or not len(images):
         result.note = "no simulation or no tuning images for this target: plain int8 kept"
-        return result
+        return _keep_best(result)
     subset = spread(len(images), sensitivity_images)
     result.baseline, result.sensitivity = measure_sensitivity(
         simulate, layers, images[subset], reference[subset], None if targets is None else targets[subset], criterion.labels,
-        log=log,
+        log=log, always_float=always_float,
     )  # fmt: skip
     prefixes = ranked_prefixes(result.sensitivity, max_float_macs)
     if not prefixes:
         result.note = f"no layer fits under the cap of {max_float_macs:.0%} of MACs in float"
         return _keep_best(result)
-    run.walk(prefixes, run.first_prefix(simulate, prefixes), max_float_macs, max_attempts)
+    run.walk(prefixes, max_float_macs, max_attempts)
     return _keep_best(result)
 
 
 class _Search:
-    """The state of one search: every attempt made (real and simulated) and the real ones by float set."""
+    """The state of one search: every real attempt, by the float set added to the always-float layers."""
 
-    def __init__(self, attempt, layers: list[Layer], tuning, criterion: Criterion, log: Callable[[str], None]):
+    def __init__(self, attempt, layers: list[Layer], tuning, criterion: Criterion, log: Callable[[str], None],
+                 always_float: frozenset[str]):  # fmt: skip
         self.attempt, self.layers, self.criterion, self.log = attempt, layers, criterion, log
+        self.always = sorted(always_float)
         self.images, self.reference, self.targets = tuning
         self.result = FallbackResult([], 0.0, False)
         self.real: dict[tuple[str, ...], Attempt] = {}
 
-    def try_real(self, float_layers: list[str]) -> Attempt:
-        """Build and judge the real artifact with `float_layers` in float (once per set)."""
+    def try_real(self, added: list[str]) -> Attempt:
+        """Build and judge the real artifact with `added` (and the always-float layers) in float (once per set)."""
+        float_layers = self.always + list(added)
         started, share = time.perf_counter(), float_share(self.layers, float_layers)
         try:
             report = self.attempt(frozenset(float_layers))
-        except Exception as error:  # any converter's refusal; plain int8 (no float layer) still raises
-            if not float_layers:
+        except Exception as error:  # any converter's refusal; plain int8 (nothing added) still raises
+            if not added:
                 raise
             # A converter that cannot leave this set float (ExecuTorch's XNNPACK partitioner refuses a float
             # depthwise convolution fed by an int8 one on Lite0): an attempt worse than plain int8.
@@ -203,87 +215,64 @@ class _Search:
             self.log(f"{len(float_layers)} layers in float ({done.float_macs_share:.1%} of MACs): tuning agreement "
                      f"{done.agreement:.2%} {'passes' if done.passed else 'misses'}")  # fmt: skip
         self.result.attempts.append(done)
-        self.real[tuple(float_layers)] = done
+        self.real[tuple(added)] = done
         return done
 
-    def first_prefix(self, simulate, prefixes: list[list[str]]) -> int:
-        """The shortest prefix the simulation passes; 1 (the most sensitive layer) when none does."""
+    def walk(self, prefixes: list[list[str]], max_float_macs: float, max_attempts: int) -> None:
+        """Build real artifacts of growing prefixes of the ranking, from its most sensitive layer.
 
-        def simulated(float_layers: list[str]) -> bool:
-            logits = simulate(self.images, frozenset(float_layers))
-            report = self.criterion.judge(self.reference, logits, self.targets, "simulation")
-            self.result.attempts.append(Attempt(list(float_layers), float_share(self.layers, float_layers),
-                                                report.agreement, report.mean_abs_logit, _drop(report), report.passed,
-                                                "simulation"))  # fmt: skip
-            return report.passed
-
-        simulated([])  # beside the plain artifact's numbers: how far the simulation is from the real file
-        passes: dict[int, bool] = {}
-        k = _smallest_passing(len(prefixes), lambda k: passes.setdefault(k, simulated(prefixes[k - 1])))
-        return k if passes[k] else 1
-
-    def walk(self, prefixes: list[list[str]], k: int | None, max_float_macs: float, max_attempts: int) -> None:
-        """Build real artifacts from prefix `k` on: grow on a miss, shrink when worse than plain, halve on a pass."""
-        plain, banned = self.real[()], set()
-        while k is not None and len(self.real) < max_attempts + 1:
+        `shorter` is the longest prefix built that missed without being worse than the one before it, `passing`
+        the shortest that passed. A miss doubles the prefix (or bisects toward `passing`); a pass bisects back
+        toward `shorter` for a cheaper file; a file worse than `shorter`'s (a higher logit error, or no file)
+        bisects back too, and when it is one layer longer, that layer leaves the ranking and the next one is tried.
+        """
+        shorter, passing, banned = 0, None, set()
+        steps = 0
+        k: int | None = 1
+        while k is not None and len(self.real) < max_attempts + 1 and steps < 4 * max_attempts:
+            steps += 1
             done = self.real.get(tuple(prefixes[k - 1])) or self.try_real(prefixes[k - 1])
+            base = self.real[tuple(prefixes[shorter - 1])] if shorter else self.real[()]
             if done.passed:
-                # A pessimistic simulation overshoots (on Lite0, ExecuTorch passed with half the prefix it chose):
-                # while attempts are left, try half the float layers for a cheaper file; the cheapest pass is kept.
-                half = k // 2
-                k = None if half < 1 or tuple(prefixes[half - 1]) in self.real else half
+                passing = k
+            elif _worse(done, base) and k == shorter + 1:
+                # This one layer made the real file worse, or could not be converted float (on Lite0 a float
+                # projection convolution cost TFLite 4 points; XNNPACK refuses a float depthwise convolution fed
+                # by an int8 one): it leaves the ranking, and the prefix of the same length is tried again.
+                banned.add(prefixes[k - 1][-1])
+                self.log(f"dropped {prefixes[k - 1][-1]} from the ranking: worse in the real file than without it")
+                prefixes = ranked_prefixes([row for row in self.result.sensitivity if row.layer not in banned],
+                                           max_float_macs)  # fmt: skip
+                passing = None  # a pass so far held the dropped layer: none known in the new ranking
+                k = k if k <= len(prefixes) else None
                 continue
-            worse = _worse(done, plain)
-            if worse and k == 1:
-                # The layer the simulation ranked first made the real file worse on its own, or could not be
-                # converted float: no shorter prefix exists, so drop it from the ranking and start again.
-                banned.add(prefixes[0][0])
-                ranking = [row for row in self.result.sensitivity if row.layer not in banned]
-                prefixes = ranked_prefixes(ranking, max_float_macs)
-                self.log(f"dropped {', '.join(sorted(banned))} from the ranking: worse in the real file than plain int8")
-                k = 1 if prefixes and tuple(prefixes[0]) not in self.real else None
+            elif _worse(done, base):
+                k = (shorter + k) // 2  # more than one layer added since `shorter`: find the one that hurts
+                continue
             else:
-                tried = {len(p) for p in prefixes if tuple(p) in self.real}
-                k = _next_prefix(k, len(prefixes), worse, tried)
+                shorter = k
+            k = _next_prefix(shorter, passing, len(prefixes))
 
 
-def _worse(attempt: Attempt, plain: Attempt) -> bool:
-    """Did leaving these layers float make the file worse than plain int8? Judged by the mean logit error, not by
-    agreement: on 192 tuning photos agreement moves in steps of 0.5 % and two lucky images decide it (on Lite0, an
+def _worse(attempt: Attempt, base: Attempt) -> bool:
+    """Is this file worse than `base` (plain int8, or the shorter prefix it grew from)? Judged by the mean logit
+    error, not by agreement: on 192 tuning photos agreement moves in steps of 0.5 % and two lucky images decide it (on Lite0, an
     ONNX file with a higher logit error than plain int8 read 98.4 % against plain's 97.4 %, then lost 2 points on the
     gate). A conversion that failed is worse."""
     if attempt.error is not None or attempt.mean_abs_logit is None:
         return True
-    return plain.mean_abs_logit is not None and attempt.mean_abs_logit > plain.mean_abs_logit
+    return base.mean_abs_logit is not None and attempt.mean_abs_logit > base.mean_abs_logit
 
 
-def _next_prefix(k: int, count: int, worse: bool, tried: set[int]) -> int | None:
-    """The prefix length to build next after length `k` missed, or None.
-
-    Normally grow by half. If the file came out *worse* than plain int8, the simulation was wrong
-    about some layer just added (on Lite0, a float projection convolution cost 4 points in the
-    TFLite file while the simulation gained), so shrink by half toward the prefixes that helped.
-    `tried`: lengths of the current ranking's prefixes already built.
-    """
-    step = max(1, math.ceil(k / 2))
-    candidate = k - step if worse else min(count, k + step)
-    if candidate < 1 or candidate in tried:
-        return None
-    return candidate
-
-
-def _smallest_passing(count: int, passes: Callable[[int], bool]) -> int:
-    """Binary search for the shortest prefix that passes (prefixes nest, so passing is nearly monotone); all fail: the longest."""
-    if not passes(count):
-        return count
-    low, high = 1, count
-    while low < high:
-        middle = (low + high) // 2
-        if passes(middle):
-            high = middle
-        else:
-            low = middle + 1
-    return low
+def _next_prefix(shorter: int, passing: int | None, count: int) -> int | None:
+    """The prefix length to build next: halfway between the longest miss and the shortest pass, or double the
+    longest miss while nothing passed (a search from the cheap end: on Lite0 the most sensitive layer, the stem,
+    was the one that mattered on every target). None when no length is left between them."""
+    if passing is not None:
+        middle = (shorter + passing) // 2
+        return middle if middle > shorter else None
+    grown = min(count, max(1, 2 * shorter))
+    return grown if grown > shorter else None
 
 
 def _keep_best(result: FallbackResult) -> FallbackResult:

@@ -148,11 +148,14 @@ class TFLiteTarget:
             notes["fp16"] = "weights stored as float16, dequantized at load: x86 CPUs compute in float32"
         if request.quantize == "int8-dynamic":
             notes["int8"] = "int8 weights (per channel); float32 I/O, activations quantized per inference by the kernels"
-        if request.quantize == "int8":
-            notes["int8"] = "PT2E static int8 (per-channel weights), int8 input and output; see input/output scale"
+        image = _tensor_spec(interpreter.get_input_details()[0], "image", request.layout)
+        logits = _tensor_spec(interpreter.get_output_details()[0], "logits", "")
+        if request.quantize == "int8":  # float I/O when layers are left float (strict QDQ quantizes inside the file)
+            notes["int8"] = (f"PT2E static int8 (per-channel weights), {image['dtype']} input and {logits['dtype']} "
+                             "output; int8 I/O carries its scale")  # fmt: skip
         return ExportResult(
-            input=_tensor_spec(interpreter.get_input_details()[0], "image", request.layout),
-            output=_tensor_spec(interpreter.get_output_details()[0], "logits", ""),
+            input=image,
+            output=logits,
             toolchain={name: package_version(name) for name in TOOLCHAIN},
             notes=notes,
             op_counts=count_ops(out),
