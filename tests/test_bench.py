@@ -622,14 +622,16 @@ def test_quantize_rounds_half_to_even_clips_and_reuses_buffers():
 
 @pytest.fixture(scope="module")
 def tiny_exports(tmp_path_factory, tiny_checkpoint, synthetic_root) -> Path:
-    """The fixture model as TFLite int8 and fp32 in the Android layout (NHWC) and ONNX fp32."""
+    """The fixture model as TFLite int8 (full integer, --int8-logits: int8 I/O, the path that quantizes the input)
+    and fp32 in the Android layout (NHWC) and ONNX fp32."""
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("litert_torch")
     pytest.importorskip("onnxruntime")
     out = tmp_path_factory.mktemp("tiny-exports")
     for target, quantize, layout in (("tflite", "int8", "nhwc"), ("tflite", "none", "nhwc"), ("onnx", "none", "nchw")):
         args = ["export", "--checkpoint", str(tiny_checkpoint), "--target", target, "--quantize", quantize, "--out", str(out)]
-        assert main([*args, "--layout", layout, "--calib-data", str(synthetic_root)]) == 0
+        full_integer = ["--int8-logits"] if quantize == "int8" else []
+        assert main([*args, "--layout", layout, "--calib-data", str(synthetic_root), *full_integer]) == 0
     return out
 
 
@@ -650,12 +652,12 @@ def test_tflite_runtime_feeds_exactly_what_the_plain_formula_gives(tiny_exports)
         expected = []
         for image in images:
             value = image[None].transpose(0, 2, 3, 1)
-            if artifact.manifest.quantization == "int8":
+            if artifact.manifest.input.dtype == "int8":
                 value = np.clip(np.round(value / inp["quantization"][0]) + inp["quantization"][1], -128, 127).astype(np.int8)
             plain.set_tensor(inp["index"], np.ascontiguousarray(value))
             plain.invoke()
             logits = plain.get_tensor(out["index"]).astype(np.float32)
-            if artifact.manifest.quantization == "int8":
+            if artifact.manifest.output.dtype == "int8":
                 logits = (logits - out["quantization"][1]) * np.float32(out["quantization"][0])
             expected.append(logits)
         assert np.array_equal(runtime.predict(images[:1]), expected[0]), manifest.name

@@ -157,8 +157,8 @@ def test_plain_int8_gates_on_real_photos(target, lite0_checkpoint, real_data, tm
     assert (manifest.status == "passed") == should_pass == outcome.ok
     if not should_pass:
         assert outcome.exit_code == 3 and manifest.file in outcome.error and "gate" in outcome.error
-    counts = manifest.op_counts
-    assert counts["int8"] == 50 and counts["float"] == counts["dynamic"] == 0  # Lite0: 49 convolutions + 1 linear
+    counts = manifest.op_counts  # Lite0: 49 convolutions int8, the linear logits layer float (Int8Options.float_logits)
+    assert counts["int8"] == 49 and counts["float"] == 1 and counts["dynamic"] == 0 and manifest.float_layers == ["_fc"]
 
 
 @pytest.mark.realdata

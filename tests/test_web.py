@@ -254,7 +254,9 @@ def test_js_quantization_equals_numpy():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_checkpoint, synthetic_root) -> dict[str, Path]:
     """The fixture model exported to tflite and onnx, fp32 and int8 (int8 calibrated on the synthetic images),
-    and tflite int8 NHWC (what Android apps take)."""
+    and tflite int8 NHWC (what Android apps take). The TFLite int8 files quantize the logits layer too
+    (--int8-logits): full-integer files with int8 I/O, the case the uint8 twin exists for (by default the logits
+    layer stays float and the file takes and gives float32, which LiteRT.js runs as it is)."""
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("litert_torch")
     pytest.importorskip("onnxruntime")
@@ -264,7 +266,8 @@ def exported(tmp_path_factory, tiny_checkpoint, synthetic_root) -> dict[str, Pat
     for target, quantize, layout in (("tflite", "none", "nchw"), ("tflite", "int8", "nchw"), ("tflite", "int8", "nhwc"),
                                      ("onnx", "none", "nchw"), ("onnx", "int8", "nchw")):  # fmt: skip
         args = ["export", "--checkpoint", str(tiny_checkpoint), "--target", target, "--quantize", quantize, "--out", str(out)]
-        assert main([*args, "--layout", layout, "--calib-data", str(synthetic_root)]) == 0
+        full_integer = ["--int8-logits"] if (target, quantize) == ("tflite", "int8") else []
+        assert main([*args, "--layout", layout, "--calib-data", str(synthetic_root), *full_integer]) == 0
     return {path.stem.split("-", 1)[1]: path for path in out.glob("*") if path.suffix in (".tflite", ".onnx")}
 
 
@@ -380,15 +383,17 @@ def test_browser_gives_pythons_answers(chromium_run, case):
         assert browser["input_values_differing"] == 0, (case, browser["id"], browser["input_max_abs_diff"])
         assert browser["top1"] == python["top1"], (case, browser["id"])
         logits, expected = np.asarray(browser["logits"], np.float32), np.asarray(python["logits"], np.float32)
-        if "int8" in case:
-            # int8: equal after dequantization. TFLite: XNNPACK's kernels on both sides, equal by construction.
-            # ONNX: equal on this model, but not in general: on Lite0, onnxruntime-web's WebAssembly int8
-            # kernels gave logits up to 0.11 away from native x86 onnxruntime (benchmarks/results/browser-*).
+        if "int8" in case and not golden["manifest"].get("float_layers"):
+            # Full-integer int8: equal after dequantization. TFLite: XNNPACK's kernels on both sides, equal by
+            # construction. ONNX: equal on this model, but not in general: on Lite0, onnxruntime-web's WebAssembly
+            # int8 kernels gave logits up to 0.11 away from native x86 onnxruntime (benchmarks/results/browser-*).
             np.testing.assert_array_equal(logits, expected)
             if golden["manifest"]["input"]["dtype"] != "float32":
                 assert browser["quantized_input_equal"] is True
-        else:
+        else:  # float, or int8 with a float logits layer (ONNX int8 by default): float rounding differs
             assert float(np.max(np.abs(logits - expected))) <= FP32_TOLERANCE, case
+            if "int8" in case and golden["manifest"]["input"]["dtype"] != "float32":
+                assert browser["quantized_input_equal"] is True
 
 
 @pytest.mark.parametrize("case", CASES)
