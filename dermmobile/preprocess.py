@@ -175,9 +175,12 @@ class PreprocessSpec:
             values = ((self.pixels(rgb) / self.scale - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
             return values if layout == "NHWC" else np.ascontiguousarray(values.transpose(2, 0, 1))
         pixels = self.pixels(rgb)
-        if layout == "NHWC":
-            return self._table[pixels, np.arange(3)]
-        return np.stack([self._table[pixels[:, :, c], c] for c in range(3)])
+        # One 1-D take per channel: 3x faster than indexing the 256 x 3 table with (pixels, channel) arrays
+        # (0.31 against 0.85 ms per 224 x 224 image here), which made step 4 cost as much as steps 2-3.
+        planes = np.empty((3, *pixels.shape[:2]), np.float32)
+        for channel in range(3):
+            np.take(self._channel_tables[channel], pixels[:, :, channel], out=planes[channel])
+        return np.ascontiguousarray(planes.transpose(1, 2, 0)) if layout == "NHWC" else planes
 
     def load(self, path: Path, layout: str = "NCHW") -> np.ndarray:
         """decode + array: what every path that starts from a file calls."""
@@ -208,6 +211,11 @@ class PreprocessSpec:
         """256 x 3 float32: step 4's table, computed in float64 and rounded once."""
         levels = np.arange(256, dtype=np.float64)[:, None]
         return ((levels / self.scale - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
+
+    @cached_property
+    def _channel_tables(self) -> np.ndarray:
+        """3 x 256: `_table` per channel, contiguous for np.take."""
+        return np.ascontiguousarray(self._table.T)
 
 
 def _resize_crop(image: Image.Image, out_w: int, out_h: int, left: int, top: int, crop: int) -> Image.Image:
