@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
         "--observer",
         default="",
         help="activation calibration: tflite/executorch histogram, minmax, "
-        "moving-average; onnx minmax, entropy, percentile, distribution (default: each target's measured best)",
+        "moving-average; onnx minmax, entropy, percentile (default: each target's measured best)",
     )
     int8.add_argument(
         "--explain",
