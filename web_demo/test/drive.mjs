@@ -73,24 +73,7 @@ async function runPage(context, spec) {
     if (result.state !== "ready") return result;
     if (spec.golden_check) result.golden = await page.evaluate(() => window.dermmobile.goldenCheck());
     for (const [index, photo] of (spec.photos || []).entries()) {
-      await page.setInputFiles("#photo-input", photo);
-      await page.waitForFunction((name) => window.dermmobile.lastPhoto === name || document.body.dataset.state === "error" ||
-        !document.getElementById("error").hidden, path.basename(photo), { timeout: READY_TIMEOUT_MS });
-      const shown = await page.evaluate(() => ({
-        error: document.getElementById("error").hidden ? null : document.getElementById("error").innerText,
-        top1_label: document.getElementById("top1")?.dataset.label ?? null,
-        top_labels: Array.from(document.querySelectorAll("#top-list li"), (li) => li.dataset.label),
-        top_text: document.getElementById("top-list")?.innerText ?? null,
-        timing_text: document.getElementById("timing")?.innerText ?? null,
-        result: window.dermmobile.lastResult,
-      }));
-      if (index === 0 && spec.screenshot) {
-        await page.evaluate(() => document.getElementById("result").scrollIntoView({ block: "start" }));
-        await page.screenshot({ path: spec.screenshot, fullPage: false });
-        shown.screenshot = spec.screenshot;
-        shown.disclaimer = await disclaimer(page);
-      }
-      result.photos.push({ photo, ...shown });
+      result.photos.push({ photo, ...(await choosePhoto(page, photo, index === 0 ? spec.screenshot : null)) });
     }
     if (spec.bench) result.bench = await page.evaluate((options) => window.dermmobile.benchmark(options), spec.bench);
   } catch (error) {
@@ -99,6 +82,28 @@ async function runPage(context, spec) {
     await page.close();
   }
   return result;
+}
+
+// Choose `photo` in the page's file input and read what the page shows; `screenshot`: a path to capture the result.
+async function choosePhoto(page, photo, screenshot) {
+  await page.setInputFiles("#photo-input", photo);
+  await page.waitForFunction((name) => window.dermmobile.lastPhoto === name || document.body.dataset.state === "error" ||
+    !document.getElementById("error").hidden, path.basename(photo), { timeout: READY_TIMEOUT_MS });
+  const shown = await page.evaluate(() => ({
+    error: document.getElementById("error").hidden ? null : document.getElementById("error").innerText,
+    top1_label: document.getElementById("top1")?.dataset.label ?? null,
+    top_labels: Array.from(document.querySelectorAll("#top-list li"), (li) => li.dataset.label),
+    top_text: document.getElementById("top-list")?.innerText ?? null,
+    timing_text: document.getElementById("timing")?.innerText ?? null,
+    result: window.dermmobile.lastResult,
+  }));
+  if (screenshot) {
+    await page.evaluate(() => document.getElementById("result").scrollIntoView({ block: "start" }));
+    await page.screenshot({ path: screenshot, fullPage: false });
+    shown.screenshot = screenshot;
+    shown.disclaimer = await disclaimer(page);
+  }
+  return shown;
 }
 
 async function main() {
