@@ -23,6 +23,7 @@ from dermmobile.metrics import (
     per_class_recall,
     plot_confusions,
 )
+from dermmobile.tables import markdown_table
 
 
 def predict_logits(model, arrays: np.ndarray, device="cpu", batch_size: int = 64, amp_dtype=None) -> np.ndarray:
@@ -73,16 +74,10 @@ def report_markdown(title: str, matrix: np.ndarray, labels: list[str], facts: di
     lines = [f"# {title}", ""]
     lines += [f"- {key}: {value}" for key, value in facts.items()]
     lines += ["", f"**Top-1 accuracy: {accuracy(matrix):.1%}** ({int(np.trace(matrix))} of {int(matrix.sum())} images)", ""]
-    lines += [
-        "## Per-class accuracy (Table 3 form)",
-        "",
-        "| class | images | correct | accuracy (recall) | precision |",
-        "|---|---|---|---|---|",
-    ]
-    for row in class_table(matrix, labels):
-        lines.append(
-            f"| {row['class']} | {row['support']} | {row['correct']} | {_pct(row['recall'])} | {_pct(row['precision'])} |"
-        )
+    rows = [[row["class"], row["support"], row["correct"], _pct(row["recall"]), _pct(row["precision"])]
+            for row in class_table(matrix, labels)]  # fmt: skip
+    lines += ["## Per-class accuracy (Table 3 form)", ""]
+    lines += [markdown_table(rows, ["class", "images", "correct", "accuracy (recall)", "precision"])]
     lines += ["", "## Confusion matrix (Table 4 form; rows true, columns predicted)", "", markdown_confusion(matrix, labels), ""]
     return "\n".join(lines)
 
