@@ -88,7 +88,7 @@ class Manifest:
     # int8 only (None elsewhere): the images that chose and judged it, and what it computes in.
     tuning_images: dict | None = None  # chose the observer and the float layers (count, per_class, files_sha256)
     gate_images: dict | None = None  # judged the artifact once, disjoint from calibration and tuning
-    float_layers: Annotated[list[Name], Field(max_length=100_000)] | None = None  # left in float by the fallback
+    float_layers: Annotated[list[Name], Field(max_length=100_000)] | None = None  # left in float (logits layer, fallback)
     float_macs_share: Annotated[StrictFloat, Field(ge=0, le=1)] | None = None  # their share of the model's MACs
     op_counts: dict | None = None  # compute ops in the file by precision: int8, dynamic, float, by_op
     fallback: dict | None = None  # the search: criterion, attempts, sensitivity report file

@@ -39,8 +39,9 @@ def run(args) -> int:
     if manifest.float_layers is not None:
         share = manifest.float_macs_share or 0.0
         kept = ", ".join(manifest.float_layers) or "none"
-        print(f"layers left in float by the fallback: {len(manifest.float_layers)} ({share:.1%} of MACs): {kept}")
         fallback = manifest.fallback or {}
+        why = "the logits layer and the fallback's choice" if fallback.get("float_logits") else "the fallback's choice"
+        print(f"layers left in float ({why}): {len(manifest.float_layers)} ({share:.1%} of MACs): {kept}")
         if fallback:
             tried = [a for a in fallback.get("attempts", []) if a.get("source") == "artifact"]
             print(f"fallback: {fallback.get('note')} ({len(tried)} artifacts tried on the tuning images)")
