@@ -189,7 +189,9 @@ def _export_int8(checkpoint_path, synthetic_root, out, **options):
 SENSITIVE_6 = {"0": 0.02, "3": 0.02, "6": 12.0, "10": 0.02}
 
 
-def test_fallback_passes_the_gate_and_the_manifest_says_what_it_cost(fake_registry, tiny_checkpoint, synthetic_root, tmp_path):
+def test_fallback_passes_the_gate_and_the_manifest_says_what_it_cost(
+    fake_registry, tiny_checkpoint, synthetic_root, tmp_path, capsys
+):
     fake.BEHAVIOUR["layer_noise"] = SENSITIVE_6
     plan, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path, max_float_macs=0.5)
     assert outcome.ok, outcome.error
@@ -209,6 +211,13 @@ def test_fallback_passes_the_gate_and_the_manifest_says_what_it_cost(fake_regist
     assert not (calibration & tuning or calibration & gate or tuning & gate)
     assert manifest["calibration"]["count"] == 18 and manifest["tuning_images"]["count"] == len(tuning) == 36
     assert manifest["gate_images"]["count"] == manifest["parity"]["images"] == len(gate) == 90 - 18 - 36
+    # inspect says which layers are float and why
+    from dermmobile.cli import main
+
+    capsys.readouterr()
+    main(["inspect", str(outcome.artifact.path)])
+    shown = capsys.readouterr().out
+    assert "layers left in float (the logits layer and the fallback's choice): 2 (36.4% of MACs): 10, 6" in shown
 
 
 def _sets(plan):
