@@ -162,7 +162,7 @@ def search(
 
     `always_float`: layers in float in every attempt, plain int8 included; the search adds to them."""
     images, reference, targets = tuning
-    run = _Search(attempt, layers, tuning, criterion, log, always_float)
+    run = _Search(attempt, layers, log, always_float)
     result = run.result
     if run.try_real([]).passed:
         kept = f"only {', '.join(sorted(always_float))} in float" if always_float else "no layer left in float"
@@ -187,11 +187,9 @@ def search(
 class _Search:
     """The state of one search: every real attempt, by the float set added to the always-float layers."""
 
-    def __init__(self, attempt, layers: list[Layer], tuning, criterion: Criterion, log: Callable[[str], None],
-                 always_float: frozenset[str]):  # fmt: skip
-        self.attempt, self.layers, self.criterion, self.log = attempt, layers, criterion, log
+    def __init__(self, attempt, layers: list[Layer], log: Callable[[str], None], always_float: frozenset[str]):
+        self.attempt, self.layers, self.log = attempt, layers, log
         self.always = sorted(always_float)
-        self.images, self.reference, self.targets = tuning
         self.result = FallbackResult([], 0.0, False)
         self.real: dict[tuple[str, ...], Attempt] = {}
 
