@@ -12,8 +12,8 @@ class Int8Options:
     fallback: bool = True  # keep the most sensitive layers in float until the tuning images pass
     # The last layer (the logits) stays float in every int8 file, fallback or not: int8 logits sit on a grid
     # (0.066 on the reference Lite0) where near-ties round to equal values and argmax breaks the tie by class
-    # order. 2 of TFLite's 7, 4 of ONNX's 8 and 2 of ExecuTorch's 11 gate flips were such ties; the layer is
-    # 0.01 % of Lite0's MACs (benchmarks/results/int8-fallback/README.md).
+    # order. Gate flips that were such ties: TFLite 2 of 7 (default file) and 2 of 12 (plain), ONNX 4 of 8
+    # (default), ExecuTorch 2 of 11 (plain); the layer is 0.01 % of Lite0's MACs (results/int8-fallback).
     float_logits: bool = True
     max_float_macs: float = 0.25  # cap on the share of MACs left in float
     tune_count: int = 192  # tuning images (chose layers); disjoint from calibration and gate
