@@ -37,7 +37,7 @@ def export_int8(checkpoint, target, plan):
     reference = batched(TorchRuntime(checkpoint.model).predict, tuning.arrays, 16)
     criterion = Criterion(labels, options.tune_margin)
     layers = plan_layers(checkpoint, plan)
-    base = logits_layer(layers) if options.float_logits else frozenset()  # always_float(), layers computed once
+    base = always_float(checkpoint, plan, layers)
     built: dict = {}
 
     def attempt(float_layers: frozenset[str]):
@@ -80,12 +80,13 @@ def plan_layers(checkpoint, plan):
     return model_layers(checkpoint.model, torch.from_numpy(np.ascontiguousarray(plan.calibration[:1])))
 
 
-def always_float(checkpoint, plan) -> frozenset[str]:
+def always_float(checkpoint, plan, layers=None) -> frozenset[str]:
     """The layers an int8 export of `plan` leaves in float whatever the search does: the logits layer, unless
-    --int8-logits (or a QAT checkpoint, which quantizes it in training)."""
+    --int8-logits (or a QAT checkpoint, which quantizes it in training). `layers`: plan_layers, when already known
+    (computing them exports the model, so it is done only when the rule applies)."""
     if plan.quantize != "int8" or not plan.int8.float_logits or plan.calibration is None:
         return frozenset()
-    return logits_layer(plan_layers(checkpoint, plan))
+    return logits_layer(layers if layers is not None else plan_layers(checkpoint, plan))
 
 
 def logits_layer(layers) -> frozenset[str]:

@@ -231,9 +231,10 @@ class _Search:
             steps += 1
             done = self.real.get(tuple(prefixes[k - 1])) or self.try_real(prefixes[k - 1])
             base = self.real[tuple(prefixes[shorter - 1])] if shorter else self.real[()]
+            worse = not done.passed and _worse(done, base)
             if done.passed:
                 passing = k
-            elif _worse(done, base) and k == shorter + 1:
+            elif worse and k == shorter + 1:
                 # This one layer made the real file worse, or could not be converted float (on Lite0 a float
                 # projection convolution cost TFLite 4 points; XNNPACK refuses a float depthwise convolution fed
                 # by an int8 one): it leaves the ranking, and the prefix of the same length is tried again.
@@ -244,7 +245,7 @@ class _Search:
                 passing = None  # a pass so far held the dropped layer: none known in the new ranking
                 k = k if k <= len(prefixes) else None
                 continue
-            elif _worse(done, base):
+            elif worse:
                 k = (shorter + k) // 2  # more than one layer added since `shorter`: find the one that hurts
                 continue
             else:
