@@ -52,6 +52,21 @@ def test_every_target_refuses_bad_requests_before_converting(name, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("observer", ["distribution", "nope"])
+def test_onnx_int8_refuses_an_observer_it_does_not_offer(observer, tmp_path):
+    """'distribution' is onnxruntime's, but put Lite0 at 3.6 % agreement: refused like any unknown name, nothing written."""
+    from dermmobile.errors import BadInputError
+    from dermmobile.models import build_model
+    from dermmobile.targets.base import ExportRequest
+
+    request = ExportRequest(build_model("tiny_cnn", 3), "tiny_cnn", ["a", "b", "c"], {"resize": 36, "crop": 32},
+                            quantize="int8", out_file=tmp_path / "x.onnx", observer=observer,
+                            calibration=np.zeros((4, 3, 32, 32), np.float32))  # fmt: skip
+    with pytest.raises(BadInputError, match=f"unknown onnx observer '{observer}'; valid: minmax, entropy, percentile"):
+        get_target("onnx").export(request)
+    assert list(tmp_path.iterdir()) == []
+
+
 # tiny_cnn is 95 % convolution weights: onnxruntime's dynamic int8 would leave it float, so it is refused.
 REFUSED = {("onnx", "int8-dynamic"): "Use --quantize int8"}
 
