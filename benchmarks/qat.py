@@ -36,6 +36,7 @@ from dermmobile.data import held_out, load_images, scan_image_folder
 from dermmobile.exporter import CheckImages, plan_export, run_plan
 from dermmobile.parity import compare_logits
 from dermmobile.qat import QatConfig, qat_targets, train_qat
+from dermmobile.qat_config import LOSSES, cli_defaults
 from dermmobile.targets import get_target
 from dermmobile.targets.base import batched
 
@@ -85,7 +86,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, la
 
 def run_target(checkpoint, target: str, data: Path, work: Path, check: CheckImages, args) -> dict:
     labels = checkpoint.meta.labels
-    schedule = {k: getattr(args, k) for k in ("epochs", "lr", "freeze_bn_after", "freeze_observers_after")}
+    schedule = {k: getattr(args, k) for k in ("epochs", "lr", "loss", "freeze_bn_after", "freeze_observers_after")}
     started = time.perf_counter()
     qat = train_qat(QatConfig(checkpoint.path, target, work / f"qat-{target}", data=data, **schedule))
     qat_seconds = time.perf_counter() - started
@@ -105,6 +106,7 @@ def run_target(checkpoint, target: str, data: Path, work: Path, check: CheckImag
     logits = {
         "float": _torch(checkpoint.model, check.arrays),
         "fake_quant": _torch(qat_checkpoint.model, check.arrays),
+        "converted": _converted(qat_checkpoint.model, check.arrays),
         **{name: batched(runtime.predict, check.arrays, 16) for name, runtime in runtimes.items()},
     }
     accuracy = {name: float((values.argmax(1) == check.targets).mean()) for name, values in logits.items()}
@@ -120,6 +122,10 @@ def run_target(checkpoint, target: str, data: Path, work: Path, check: CheckImag
         "qat_int8_vs_fake_quant": compare(logits["fake_quant"], logits["qat_int8"], check, labels),
         "qat_int8_vs_float": compare(logits["float"], logits["qat_int8"], check, labels),
         "fake_quant_vs_float": compare(logits["float"], logits["fake_quant"], check, labels),
+        # Where the file parts from its fake-quant model: convert_pt2e (batch norm folded, integer grids, run by
+        # torch's reference quantize/dequantize ops) and then the runtime's integer kernels.
+        "converted_vs_fake_quant": compare(logits["fake_quant"], logits["converted"], check, labels),
+        "qat_int8_vs_converted": compare(logits["converted"], logits["qat_int8"], check, labels),
     }
     row["meets_issue"] = {
         "agreement_with_fake_quant_ge_99": row["qat_int8_vs_fake_quant"]["agreement"] >= 0.99,
@@ -129,6 +135,17 @@ def run_target(checkpoint, target: str, data: Path, work: Path, check: CheckImag
         row["default_int8_vs_float"] = compare(logits["float"], logits["default_int8"], check, labels)
         row["latency"] = latency_ratio(runtimes, check.arrays[:1], args.threads, args.rounds, args.iters)
     return row
+
+
+def _converted(model, arrays: np.ndarray) -> np.ndarray:
+    """The QAT graph as convert_pt2e makes it for the file, run in torch (one image at a time: the graph is batch 1)."""
+    import torch
+
+    from dermmobile.targets.pt2e import converted_qat
+
+    graph = converted_qat(model, fold_quantize=False)
+    with torch.no_grad():
+        return np.concatenate([graph(torch.from_numpy(image[None])).numpy() for image in arrays])
 
 
 def _default_record(outcome, seconds: float) -> dict:
@@ -187,6 +204,16 @@ def _float_share(record: dict) -> str:
     return f"{record['float_macs_share']:.1%} ({len(record['float_layers'])} layers, {record['attempts']} attempts)"
 
 
+def _gap_line(row: dict) -> str:
+    steps = [
+        ("convert_pt2e vs fake-quant", row["converted_vs_fake_quant"]),
+        ("file vs convert_pt2e", row["qat_int8_vs_converted"]),
+        ("file vs fake-quant", row["qat_int8_vs_fake_quant"]),
+    ]
+    parts = [f"{what} {part['mean_abs_logit']:.4f}, {part['agreement']:.1%}" for what, part in steps]
+    return f"- {row['target']}: " + "; ".join(parts)
+
+
 def _epoch_line(target: str, epoch: dict) -> str:
     val = epoch["val"]
     state = f"BN {'frozen' if epoch['bn_frozen'] else 'updating'}, observers {'on' if epoch['observers'] else 'frozen'}"
@@ -204,7 +231,8 @@ def markdown(report: dict) -> str:
         f"({machine['cores']}-core {machine['arch']})",
         "",
         f"{report['test_images']} held-out test photos, never used by QAT, calibration, tuning or the float training. "
-        f"QAT: {settings['epochs']} epoch(s) over {report['train_images']} training photos, lr {settings['lr']}, "
+        f"QAT: {settings['epochs']} epoch(s) over {report['train_images']} training photos, "
+        f"loss {settings.get('loss', 'labels')}, lr {settings['lr']}, "
         f"batch norm updating for {settings['freeze_bn_after']}, observers for {settings['freeze_observers_after']}. "
         f"Default int8: --calib-count {settings['calib_count']}, bias correction and fallback on.",
         "",
@@ -214,6 +242,10 @@ def markdown(report: dict) -> str:
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
         *["| " + " | ".join(_row(row)) + " |" for row in report["targets"]],
+        "",
+        "Where the QAT int8 file parts from its fake-quant model (mean |logit difference|, top-1 agreement):",
+        "",
+        *[_gap_line(row) for row in report["targets"] if "converted_vs_fake_quant" in row],
         "",
         "QAT per epoch (validation photos of the float checkpoint's own split):",
         "",
@@ -227,10 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a float checkpoint from `dermmobile train`")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--targets", nargs="+", default=None, help="default: every target QAT supports")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--freeze-bn-after", type=int, default=1)
-    parser.add_argument("--freeze-observers-after", type=int, default=2)
+    default = cli_defaults()  # `dermmobile qat`'s own defaults
+    parser.add_argument("--epochs", type=int, default=default["epochs"])
+    parser.add_argument("--lr", type=float, default=default["lr"])
+    parser.add_argument("--loss", choices=LOSSES, default=default["loss"])
+    parser.add_argument("--freeze-bn-after", type=int, default=default["freeze_bn_after"])
+    parser.add_argument("--freeze-observers-after", type=int, default=default["freeze_observers_after"])
     parser.add_argument("--calib-count", type=int, default=128, help="default int8: calibration photos (the CLI's default)")
     parser.add_argument("--threads", type=int, default=2, help="latency: runtime threads")
     parser.add_argument("--rounds", type=int, default=5, help="latency: alternating rounds")

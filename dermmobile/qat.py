@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from dermmobile.errors import BadInputError, MissingBackendError
+from dermmobile.qat_config import QatConfig
 
 QAT_FORMAT = "dermmobile-qat-v1"
 CHECKPOINT_NAME = "qat.safetensors"
@@ -81,8 +82,9 @@ def qat_targets() -> list[str]:
     return [name for name in target_names() if getattr(get_target(name), "pt2e_toolchain", None)]
 
 
-def qat_quantizer(target: str):
-    """The target's int8 quantizer in its QAT form, or a clear error where its converter is missing."""
+def qat_quantizer(target: str, float_layers=frozenset()):
+    """The target's int8 quantizer in its QAT form (`float_layers` left unannotated), or a clear error where its
+    converter is missing."""
     from dermmobile.targets import get_target
     from dermmobile.targets.pt2e import build_quantizer
 
@@ -92,18 +94,18 @@ def qat_quantizer(target: str):
         )
     chosen = get_target(target)
     try:
-        return build_quantizer(chosen.pt2e_toolchain, qat=True)
+        return build_quantizer(chosen.pt2e_toolchain, float_layers, qat=True)
     except ImportError as exc:
         raise MissingBackendError(
             f"{target} QAT needs its quantizer ({exc}). Install it with: pip install 'dermmobile[{chosen.extra}]'"
         ) from exc
 
 
-def prepare(model, target: str, crop: int):
-    """Capture `model` in training form (dynamic batch) and insert the target's fake quantizers."""
+def prepare(model, target: str, crop: int, float_layers=frozenset()):
+    """Capture `model` in training form (dynamic batch) and insert the target's fake quantizers, none on `float_layers`."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    quantizer = qat_quantizer(target)
+    quantizer = qat_quantizer(target, frozenset(float_layers))
     model = model.cpu().train()
     # Zeros, not an image: the capture then depends on nothing but the model and the crop.
     example = torch.zeros(2, 3, crop, crop)
@@ -155,7 +157,8 @@ def rebuild_qat_model(meta, state: dict, path: Path) -> FakeQuantModel:
     record = meta.qat
     if not isinstance(record, dict) or record.get("format") != QAT_FORMAT or not isinstance(record.get("target"), str):
         raise BadInputError(f"{path}: its qat metadata is not a {QAT_FORMAT} record; re-run `dermmobile qat`")
-    prepared = prepare(build_model(meta.arch, len(meta.labels), weights="none"), record["target"], meta.spec.crop)
+    prepared = prepare(build_model(meta.arch, len(meta.labels), weights="none"), record["target"], meta.spec.crop,
+                       recorded_float_layers(meta, path))  # fmt: skip
     # safetensors keeps no module versions; without them torchao's observers take the state
     # for their version 1 and reset each eps (XNNPACK's 2**-12 scale floor) to float32's.
     state = OrderedDict(state)
@@ -171,6 +174,14 @@ def rebuild_qat_model(meta, state: dict, path: Path) -> FakeQuantModel:
         ) from None
     set_mode(prepared, training=False)
     return FakeQuantModel(prepared)
+
+
+def recorded_float_layers(meta, path) -> frozenset[str]:
+    """The layers a QAT checkpoint trained in float (none in checkpoints made before float_layers was recorded)."""
+    layers = meta.qat.get("float_layers", [])
+    if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
+        raise BadInputError(f"{path}: its qat metadata's float_layers is not a list of layer names; re-run `dermmobile qat`")
+    return frozenset(layers)
 
 
 # -- which images QAT may train on --------------------------------------------------------------
@@ -199,38 +210,6 @@ def training_split(folder, meta) -> tuple[list[int], list[int]]:
     test = {s.path.relative_to(folder.root).as_posix() for s in held.samples}
     val = set(map(str, (meta.data or {}).get("val_files") or []))
     return [i for i, n in enumerate(names) if n not in test and n not in val], [i for i, n in enumerate(names) if n in val]
-
-
-@dataclass
-class QatConfig:
-    checkpoint: Path  # the fine-tuned float checkpoint to start from
-    target: str  # tflite | executorch: whose int8 quantizer to train with
-    out: Path
-    data: Path | None = None  # default: the data root the checkpoint records
-    epochs: int = 3
-    lr: float = 1e-3  # peak; cosine to 0 over the epochs
-    freeze_bn_after: int = 1  # epochs that still update BatchNorm statistics
-    freeze_observers_after: int = 2  # epochs whose batches still move the int8 ranges
-    device: str = "cpu"
-    workers: int = 0  # threads that decode images; 0 = one per core
-    threads: int = 0  # torch CPU threads; 0 = every core
-    seed: int = 0
-    progress: bool = True
-
-    def check(self) -> None:
-        if self.epochs < 1:
-            raise BadInputError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.freeze_bn_after < 0 or self.freeze_observers_after < 1:
-            raise BadInputError(
-                "--freeze-bn-after must be 0 or more and --freeze-observers-after 1 or more (epochs), "
-                f"got {self.freeze_bn_after} and {self.freeze_observers_after}"
-            )
-        if self.lr <= 0:
-            raise BadInputError(f"--lr must be above 0, got {self.lr}")
-        qat_quantizer(self.target)
-
-    def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -321,8 +300,10 @@ def train_qat(config: QatConfig) -> QatResult:
     val = (images.val_arrays(meta.spec.crop), images.labels[images.val])
     reference = _logits(source.model, val[0], device)
 
-    model = FakeQuantModel(prepare(copy.deepcopy(source.model), config.target, meta.spec.crop).to(device))
-    learner = _learner(model, images, config, train_config, len(meta.labels), device)
+    float_layers = _float_layers(source.model, meta.spec.crop) if config.float_logits else frozenset()
+    model = FakeQuantModel(prepare(copy.deepcopy(source.model), config.target, meta.spec.crop, float_layers).to(device))
+    learner = _learner(model, source.model if config.loss == "distill" else None, images, config, train_config,
+                       len(meta.labels), device)  # fmt: skip
     ensure_output_dir(config.out, "--out")
     history = _run_epochs(model, learner, images, config, train_config, meta.spec, dist, device, val, reference)
     model.bn_frozen, model.observing = True, False
@@ -342,22 +323,68 @@ def train_qat(config: QatConfig) -> QatResult:
         "threads": torch.get_num_threads(),
     }
     out_meta = CheckpointMeta(meta.arch, list(meta.labels), dict(meta.preprocess), args=config.to_dict(), metrics=metrics,
-                              data=dict(meta.data or {}), qat=_record(config, train_config, source, images))  # fmt: skip
+                              data=dict(meta.data or {}),
+                              qat=_record(config, train_config, source, images, float_layers))  # fmt: skip
     path = save_checkpoint(config.out / CHECKPOINT_NAME, model.prepared, out_meta)
     atomic_write_json(config.out / "metrics.json", metrics)
     return QatResult(path, metrics, model)
 
 
-def _learner(model, images: _Images, config: QatConfig, train_config, classes: int, device):
-    """The trainer's Learner around the fake-quantized model: SGD at the QAT lr, the float run's loss settings."""
+def _float_layers(model, crop: int) -> frozenset[str]:
+    """The logits layer of `model`, by the rule every int8 export uses (quantization/export.logits_layer)."""
+    from dermmobile.quantization.export import logits_layer
+    from dermmobile.quantization.simulate import model_layers
+
+    return logits_layer(model_layers(copy.deepcopy(model), torch.zeros(1, 3, crop, crop)))
+
+
+def _learner(model, teacher, images: _Images, config: QatConfig, train_config, classes: int, device):
+    """The trainer's Learner around the fake-quantized model: SGD at the QAT lr; the loss distils `teacher` (the
+    float model) or, without one, is the float run's own label loss."""
     from dermmobile.trainer import Learner, class_weights
 
-    counts = np.bincount(images.labels[images.train], minlength=classes)
-    weights = class_weights(counts).to(device) if train_config.balance == "loss" else None
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=train_config.momentum,
                                 weight_decay=train_config.weight_decay)  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    if teacher is not None:
+        forward = Distilled(model, copy.deepcopy(teacher).to(device))
+        return Learner(model, forward, model, optimizer, scaler, DistillLoss(forward), None, False)
+    counts = np.bincount(images.labels[images.train], minlength=classes)
+    weights = class_weights(counts).to(device) if train_config.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=train_config.label_smoothing)
-    return Learner(model, model, model, optimizer, torch.amp.GradScaler(device.type, enabled=False), criterion, None, False)
+    return Learner(model, model, model, optimizer, scaler, criterion, None, False)
+
+
+class Distilled(nn.Module):
+    """The student's forward, with the float teacher's logits of the same batch kept for DistillLoss."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module):
+        super().__init__()
+        self.student, self.teacher, self.teacher_logits = student, teacher.eval(), None
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.teacher_logits = self.teacher(x).float()
+        return self.student(x)
+
+    def train(self, mode: bool = True):
+        self.student.train(mode)  # the teacher stays in inference form: the logits the int8 file must agree with
+        self.training = mode
+        return self
+
+
+class DistillLoss(nn.Module):
+    """KL divergence from the teacher's class probabilities to the student's, on the batch `forward` just ran."""
+
+    weight = None  # validation losses (qat._scores) are plain cross-entropy
+
+    def __init__(self, forward: Distilled):
+        super().__init__()
+        self.source = [forward]  # a list: not a submodule, so the teacher is not part of this loss's state
+
+    def forward(self, logits, targets):
+        teacher = self.source[0].teacher_logits
+        return nn.functional.kl_div(logits.log_softmax(1), teacher.log_softmax(1), log_target=True, reduction="batchmean")
 
 
 def _run_epochs(model, learner, images: _Images, config: QatConfig, train_config, spec, dist, device, val,
@@ -401,7 +428,7 @@ def _run_epochs(model, learner, images: _Images, config: QatConfig, train_config
     return history
 
 
-def _record(config: QatConfig, train_config, source, images: _Images) -> dict:
+def _record(config: QatConfig, train_config, source, images: _Images, float_layers: frozenset[str]) -> dict:
     """CheckpointMeta.qat: what export needs to rebuild the graph and refuse other targets, and where it came from."""
     from dermmobile.data import calibration_record
     from dermmobile.targets.base import package_version
@@ -414,11 +441,12 @@ def _record(config: QatConfig, train_config, source, images: _Images) -> dict:
         "target": config.target,
         "quantization": "int8",
         "quantizer": _describe_quantizer(config.target),
+        "float_layers": sorted(float_layers),  # trained and exported in float (QatConfig.float_logits)
         "source_checkpoint": str(config.checkpoint),
         "source_checkpoint_sha256": source.file_sha256,
         "source_metrics": {k: meta.metrics[k] for k in ("val", "test") if k in (meta.metrics or {})},
         "capture": {"input": [2, 3, meta.spec.crop, meta.spec.crop], "dynamic_batch": True, "mode": "train"},
-        "schedule": {k: getattr(config, k) for k in ("epochs", "lr", "freeze_bn_after", "freeze_observers_after", "seed")}
+        "schedule": {k: getattr(config, k) for k in ("epochs", "lr", "freeze_bn_after", "freeze_observers_after", "seed", "loss")}
         | {"batch_size": train_config.batch_size, "augment": train_config.augment.to_dict(), "balance": train_config.balance},
         # Where the int8 ranges were learned: a QAT artifact's manifest gives this as its calibration.
         "calibration": learned_on | {"method": "quantization-aware training"},
@@ -433,7 +461,8 @@ def _logits(model, arrays: np.ndarray, device) -> np.ndarray:
 
 
 def _scores(logits: np.ndarray, targets: np.ndarray, reference: np.ndarray, criterion) -> dict:
-    """Validation loss (the training criterion's class weights), accuracy, and agreement with the float model's answers."""
+    """Validation cross-entropy (with the label loss's class weights, if it trains on labels), accuracy, and agreement
+    with the float model's answers."""
     if not len(targets):
         return {"images": 0}
     weight = None if criterion.weight is None else criterion.weight.cpu()
@@ -490,7 +519,8 @@ def export_options():
     with that model (>= 99 % is what QAT is for). No accuracy-aware fallback: a layer left
     float would run weights trained to be rounded without their rounding, and its neighbours'
     ranges were learned around an int8 layer, so the file would again be neither the QAT model
-    nor the float one (the same holds for the logits layer, quantized here). When a QAT
+    nor the float one. The layers QAT trained in float (the logits layer unless
+    `QatConfig.float_logits` is off) stay float: quantization/export.always_float. When a QAT
     artifact fails its gate, the remedy is more QAT epochs (or a lower --lr), or the fallback
     from the float checkpoint QAT started from; the manifest says so.
     """

@@ -41,7 +41,8 @@ def float_checkpoint(tmp_path_factory, tiny_checkpoint) -> Path:
 
 
 def _qat(checkpoint: Path, target: str, out: Path, *extra: str) -> Path:
-    argv = ["qat", "--checkpoint", str(checkpoint), "--target", target, "--epochs", "2", "--lr", "1e-3", "--out", str(out)]
+    argv = ["qat", "--checkpoint", str(checkpoint), "--target", target, "--epochs", "2", "--lr", "1e-3",
+            "--freeze-bn-after", "1", "--out", str(out)]  # fmt: skip
     assert main([*argv, *extra]) == 0
     return out / "qat.safetensors"
 
@@ -90,6 +91,62 @@ def test_qat_checkpoint_rebuilds_its_fake_quant_model(qat_checkpoint, qat_loaded
         assert not torch.allclose(first, float_model(images), atol=1e-3)
 
 
+def _weight_fake_quantized(model: FakeQuantModel, layer: str) -> bool:
+    """Does the prepared graph fake-quantize the weight of `layer` (a module path)?"""
+    from dermmobile.targets.pt2e import is_layer, layer_name
+
+    (node,) = [n for n in model.prepared.graph.nodes if is_layer(n) and layer_name(n) == layer]
+    return node.args[1].op == "call_module"  # a fake quantizer between the weight and the layer
+
+
+def test_qat_trains_the_logits_layer_float_unless_asked(qat_loaded, float_checkpoint, tmp_path):
+    assert not _weight_fake_quantized(qat_loaded.model, "10") and _weight_fake_quantized(qat_loaded.model, "0")
+    if qat_loaded.meta.qat["target"] != "executorch":
+        return  # one target is enough: both prepare through qat.prepare
+    quantized = load_checkpoint(_qat(float_checkpoint, "executorch", tmp_path / "int8-logits", "--int8-logits",
+                                     "--loss", "labels"))  # fmt: skip
+    assert quantized.meta.qat["float_layers"] == [] and _weight_fake_quantized(quantized.model, "10")
+    assert quantized.meta.qat["schedule"]["loss"] == "labels" and qat_loaded.meta.qat["schedule"]["loss"] == "distill"
+    plan = plan_export(quantized, "executorch", "int8", tmp_path / "export")
+    (outcome,) = run_plan(quantized, plan)
+    assert outcome.ok, outcome.error
+    assert outcome.artifact.manifest.float_layers == [] and outcome.artifact.manifest.op_counts["float"] == 0
+
+
+def test_distillation_fits_the_float_model_and_never_trains_it():
+    from torch import nn
+
+    from dermmobile.qat import Distilled, DistillLoss
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5))
+    student = nn.Sequential(nn.Linear(4, 3))
+    student[0].load_state_dict(teacher[0].state_dict())
+    forward = Distilled(student, teacher).train()
+    loss = DistillLoss(forward)
+    x, labels = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    assert not teacher.training  # dropout off: the teacher's logits are the ones int8 must agree with
+    assert loss(forward(x), labels).item() == pytest.approx(0, abs=1e-6)  # equal logits: nothing to fit, whatever the labels
+    with torch.no_grad():
+        student[0].bias += torch.tensor([1.0, 0.0, -1.0])
+    value = loss(forward(x), labels)
+    value.backward()
+    assert value.item() > 0.05 and student[0].bias.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert "teacher" not in dict(loss.named_modules())
+
+
+def test_qat_refuses_float_layers_that_are_not_layer_names(qat_checkpoint, qat_loaded, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    meta = replace(qat_loaded.meta, qat={**qat_loaded.meta.qat, "float_layers": "10"})
+    bad = tmp_path / "bad.safetensors"
+    state = load_file(str(qat_checkpoint))
+    save_file(state, str(bad), metadata={METADATA_KEY: json.dumps(asdict(replace(meta, weights_sha256=weights_digest(state))))})
+    with pytest.raises(BadInputError, match="float_layers is not a list of layer names"):
+        load_checkpoint(bad)
+
+
 def test_qat_is_deterministic_from_its_seed(float_checkpoint, qat_checkpoint, tmp_path):
     meta = read_meta(qat_checkpoint)
     if meta.qat["target"] != "executorch":
@@ -130,11 +187,26 @@ def test_export_converts_the_trained_graph(qat_loaded, tmp_path, monkeypatch):
     assert manifest.calibration["method"] == "quantization-aware training"
     assert manifest.qat["source_checkpoint_sha256"] == checkpoint.meta.qat["source_checkpoint_sha256"]
     assert manifest.qat["bias_correction"] is False and manifest.qat["fallback"] is False
-    assert manifest.float_layers == [] and manifest.op_counts["int8"] > 0 and manifest.op_counts["float"] == 0
+    # The logits layer trained in float and stays float; everything else is the trained int8.
+    assert manifest.float_layers == checkpoint.meta.qat["float_layers"] == ["10"]
+    assert manifest.op_counts["int8"] > 0 and manifest.op_counts["float"] == 1
     assert manifest.gate_images["count"] == manifest.parity["images"] == len(plan.check.names)
     if target == "tflite":
-        # The int8 input of a TFLite artifact carries the scale QAT learned, not a new calibration.
-        assert manifest.input.scale == pytest.approx(float(_input_observer(checkpoint.model).scale), rel=1e-6)
+        # The file quantizes its float32 input with the scale QAT learned, not a new calibration.
+        assert manifest.input.dtype == "float32"
+        learned = float(_input_observer(checkpoint.model).scale)
+        assert _tflite_input_scale(outcome.artifact.path) == pytest.approx(learned, rel=1e-6)
+
+
+def _tflite_input_scale(path: Path) -> float:
+    """The scale of the QUANTIZE op that reads a TFLite file's float input."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    image = interpreter.get_input_details()[0]["index"]
+    (op,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "QUANTIZE" and image in op["inputs"]]
+    (scale,) = interpreter.get_tensor_details()[op["outputs"][0]]["quantization_parameters"]["scales"]
+    return float(scale)
 
 
 def test_conversion_follows_the_saved_ranges(qat_checkpoint, qat_loaded, tmp_path):

@@ -15,21 +15,38 @@ EPILOG = (
 
 
 def add_arguments(parser) -> None:
+    from dermmobile.qat_config import LOSSES, cli_defaults
+
+    default = cli_defaults()
     parser.epilog = EPILOG
     parser.add_argument("--checkpoint", required=True, type=Path, help="the fine-tuned float checkpoint to start from")
     parser.add_argument("--target", required=True, help="tflite or executorch: whose int8 quantizer to train against")
     parser.add_argument("--data", type=Path, help="ImageFolder it was trained on. Default: the folder the checkpoint records")
-    parser.add_argument("--epochs", type=int, default=3,
-                        help="QAT epochs over the checkpoint's training split, with its recorded batch size, "
-                             "augmentation and loss. Default: 3")  # fmt: skip
-    parser.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate, cosine to 0 over the epochs. Default: 1e-3")
-    bn_help = "epochs that update BatchNorm statistics; later ones use the running statistics. Default: 1"
-    parser.add_argument("--freeze-bn-after", type=int, default=1, help=bn_help)
-    observer_help = "epochs whose batches move the int8 ranges; later ones train against fixed ranges. Default: 2"
-    parser.add_argument("--freeze-observers-after", type=int, default=2, help=observer_help)
-    parser.add_argument("--seed", type=int, default=0, help="seed for shuffling, augmentation and dropout. Default: 0")
-    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="cpu", help="Default: cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads. Default: every core")
+    parser.add_argument("--epochs", type=int, default=default["epochs"],
+                        help="QAT epochs over the checkpoint's training split, with its recorded batch size and "
+                             f"augmentation. Default: {default['epochs']}")  # fmt: skip
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=default["lr"],
+        help=f"SGD learning rate, cosine to 0 over the epochs. Default: {default['lr']:g}",
+    )
+    parser.add_argument("--loss", choices=LOSSES, default=default["loss"],
+                        help="distill: fit the float checkpoint's logits on each batch (what int8 must agree with); "
+                             f"labels: the float run's own label loss. Default: {default['loss']}")  # fmt: skip
+    bn_help = ("epochs that update BatchNorm statistics; later ones use the running statistics. "
+               f"Default: {default['freeze_bn_after']}")  # fmt: skip
+    parser.add_argument("--freeze-bn-after", type=int, default=default["freeze_bn_after"], help=bn_help)
+    observer_help = ("epochs whose batches move the int8 ranges; later ones train against fixed ranges. "
+                     f"Default: {default['freeze_observers_after']}")  # fmt: skip
+    parser.add_argument("--freeze-observers-after", type=int, default=default["freeze_observers_after"], help=observer_help)
+    logits_help = "train and export the last layer int8 too; by default it stays float, as in every int8 export"
+    parser.add_argument("--int8-logits", action="store_true", help=logits_help)
+    seed_help = f"seed for shuffling, augmentation and dropout. Default: {default['seed']}"
+    parser.add_argument("--seed", type=int, default=default["seed"], help=seed_help)
+    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default=default["device"],
+                        help=f"Default: {default['device']}")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=default["threads"], help="torch CPU threads. Default: every core")
     parser.add_argument("--out", type=Path, help="run folder. Default: runs/<checkpoint folder>-qat-<target>")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -42,13 +59,14 @@ def run(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from dermmobile.fsutil import check_output_dir
-    from dermmobile.qat import QatConfig, train_qat
+    from dermmobile.qat import train_qat
+    from dermmobile.qat_config import QatConfig
 
     out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-qat-{args.target}"
     config = QatConfig(
         checkpoint=args.checkpoint, target=args.target, out=out, data=args.data, epochs=args.epochs,
         lr=args.lr, freeze_bn_after=args.freeze_bn_after, freeze_observers_after=args.freeze_observers_after, seed=args.seed,
-        device=args.device, threads=args.threads,
+        device=args.device, threads=args.threads, float_logits=not args.int8_logits, loss=args.loss,
     )  # fmt: skip
     check_output_dir(out)  # a file or a link there: say so before decoding and training
     result = train_qat(config)

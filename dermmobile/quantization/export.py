@@ -82,8 +82,12 @@ def plan_layers(checkpoint, plan):
 
 def always_float(checkpoint, plan, layers=None) -> frozenset[str]:
     """The layers an int8 export of `plan` leaves in float whatever the search does: the logits layer, unless
-    --int8-logits (or a QAT checkpoint, which quantizes it in training). `layers`: plan_layers, when already known
-    (computing them exports the model, so it is done only when the rule applies)."""
+    --int8-logits; for a QAT checkpoint, the layers it trained in float (qat.py). `layers`: plan_layers, when
+    already known (computing them exports the model, so it is done only when the rule applies)."""
+    if plan.quantize == "int8" and checkpoint.meta.qat:
+        from dermmobile.qat import recorded_float_layers
+
+        return recorded_float_layers(checkpoint.meta, checkpoint.path)
     if plan.quantize != "int8" or not plan.int8.float_logits or plan.calibration is None:
         return frozenset()
     return logits_layer(layers if layers is not None else plan_layers(checkpoint, plan))

@@ -123,7 +123,7 @@ class TFLiteTarget:
             from dermmobile.targets.pt2e import build_quantizer, converted_qat
 
             base = converted_qat(base, fold_quantize=False)
-            quant_config = QuantConfig(pt2e_quantizer=build_quantizer(self.pt2e_toolchain, qat=True))
+            quant_config = QuantConfig(pt2e_quantizer=build_quantizer(self.pt2e_toolchain, request.float_layers, qat=True))
         model = _with_names(base).eval()
         if request.layout == "NHWC":
             model = litert_torch.to_channel_last_io(model, args=[0]).eval()
