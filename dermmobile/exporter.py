@@ -140,9 +140,10 @@ def export_artifact(checkpoint, target: Target, plan: ExportPlan, float_layers=f
     )
     if plan.quantize == "int8":
         if meta.qat:
-            from dermmobile.qat import manifest_record
+            from dermmobile.qat import manifest_record, recorded_float_macs_share
 
             manifest.qat = manifest_record(meta, plan.int8)
+            manifest.float_macs_share = recorded_float_macs_share(meta)
         manifest.tuning_images = plan.image_records.get("tuning")
         manifest.gate_images = plan.image_records.get("gate")
         manifest.float_layers = sorted(request.float_layers)

@@ -184,6 +184,12 @@ def recorded_float_layers(meta, path) -> frozenset[str]:
     return frozenset(layers)
 
 
+def recorded_float_macs_share(meta) -> float | None:
+    """The MAC share of those layers, measured on the float model QAT started from (None: not recorded or not a share)."""
+    share = meta.qat.get("float_macs_share")
+    return float(share) if isinstance(share, int | float) and not isinstance(share, bool) and 0 <= share <= 1 else None
+
+
 # -- which images QAT may train on --------------------------------------------------------------
 
 
@@ -300,7 +306,7 @@ def train_qat(config: QatConfig) -> QatResult:
     val = (images.val_arrays(meta.spec.crop), images.labels[images.val])
     reference = _logits(source.model, val[0], device)
 
-    float_layers = _float_layers(source.model, meta.spec.crop) if config.float_logits else frozenset()
+    float_layers, float_macs_share = _float_layers(source.model, meta.spec.crop, config.float_logits)
     model = FakeQuantModel(prepare(copy.deepcopy(source.model), config.target, meta.spec.crop, float_layers).to(device))
     learner = _learner(model, source.model if config.loss == "distill" else None, images, config, train_config,
                        len(meta.labels), device)  # fmt: skip
@@ -324,18 +330,24 @@ def train_qat(config: QatConfig) -> QatResult:
     }
     out_meta = CheckpointMeta(meta.arch, list(meta.labels), dict(meta.preprocess), args=config.to_dict(), metrics=metrics,
                               data=dict(meta.data or {}),
-                              qat=_record(config, train_config, source, images, float_layers))  # fmt: skip
+                              qat=_record(config, train_config, source, images)
+                              | {"float_layers": sorted(float_layers), "float_macs_share": float_macs_share})  # fmt: skip
     path = save_checkpoint(config.out / CHECKPOINT_NAME, model.prepared, out_meta)
     atomic_write_json(config.out / "metrics.json", metrics)
     return QatResult(path, metrics, model)
 
 
-def _float_layers(model, crop: int) -> frozenset[str]:
-    """The logits layer of `model`, by the rule every int8 export uses (quantization/export.logits_layer)."""
+def _float_layers(model, crop: int, float_logits: bool) -> tuple[frozenset[str], float]:
+    """The layers QAT leaves float (the logits layer, by the rule every int8 export uses:
+    quantization/export.logits_layer) and their share of the model's MACs."""
     from dermmobile.quantization.export import logits_layer
-    from dermmobile.quantization.simulate import model_layers
+    from dermmobile.quantization.simulate import float_share, model_layers
 
-    return logits_layer(model_layers(copy.deepcopy(model), torch.zeros(1, 3, crop, crop)))
+    if not float_logits:
+        return frozenset(), 0.0
+    layers = model_layers(copy.deepcopy(model), torch.zeros(1, 3, crop, crop))
+    chosen = logits_layer(layers)
+    return chosen, round(float_share(layers, chosen), 6)
 
 
 def _learner(model, teacher, images: _Images, config: QatConfig, train_config, classes: int, device):
@@ -428,7 +440,7 @@ def _run_epochs(model, learner, images: _Images, config: QatConfig, train_config
     return history
 
 
-def _record(config: QatConfig, train_config, source, images: _Images, float_layers: frozenset[str]) -> dict:
+def _record(config: QatConfig, train_config, source, images: _Images) -> dict:
     """CheckpointMeta.qat: what export needs to rebuild the graph and refuse other targets, and where it came from."""
     from dermmobile.data import calibration_record
     from dermmobile.targets.base import package_version
@@ -441,7 +453,6 @@ def _record(config: QatConfig, train_config, source, images: _Images, float_laye
         "target": config.target,
         "quantization": "int8",
         "quantizer": _describe_quantizer(config.target),
-        "float_layers": sorted(float_layers),  # trained and exported in float (QatConfig.float_logits)
         "source_checkpoint": str(config.checkpoint),
         "source_checkpoint_sha256": source.file_sha256,
         "source_metrics": {k: meta.metrics[k] for k in ("val", "test") if k in (meta.metrics or {})},

@@ -165,7 +165,7 @@ def _input_observer(model: FakeQuantModel):
     return observer
 
 
-def test_export_converts_the_trained_graph(qat_loaded, tmp_path, monkeypatch):
+def test_export_converts_the_trained_graph(qat_loaded, tmp_path, monkeypatch, capsys):
     """The QAT graph converted as it is: no calibration, no bias correction, no fallback search (qat.export_options)."""
     import dermmobile.quantization.bias_correction as bias_correction
     import dermmobile.quantization.export as int8_export
@@ -189,6 +189,10 @@ def test_export_converts_the_trained_graph(qat_loaded, tmp_path, monkeypatch):
     assert manifest.qat["bias_correction"] is False and manifest.qat["fallback"] is False
     # The logits layer trained in float and stays float; everything else is the trained int8.
     assert manifest.float_layers == checkpoint.meta.qat["float_layers"] == ["10"]
+    assert 0 < manifest.float_macs_share == checkpoint.meta.qat["float_macs_share"] < 0.1
+    capsys.readouterr()
+    assert main(["inspect", str(outcome.artifact.path)]) == 0
+    assert "layers left in float (as quantization-aware training left them): 1 (" in capsys.readouterr().out
     assert manifest.op_counts["int8"] > 0 and manifest.op_counts["float"] == 1
     assert manifest.gate_images["count"] == manifest.parity["images"] == len(plan.check.names)
     if target == "tflite":

@@ -40,7 +40,11 @@ def run(args) -> int:
         share = manifest.float_macs_share or 0.0
         kept = ", ".join(manifest.float_layers) or "none"
         fallback = manifest.fallback or {}
-        why = "the logits layer and the fallback's choice" if fallback.get("float_logits") else "the fallback's choice"
+        why = "the fallback's choice"
+        if manifest.qat:
+            why = "as quantization-aware training left them"
+        elif fallback.get("float_logits"):
+            why = "the logits layer and the fallback's choice"
         print(f"layers left in float ({why}): {len(manifest.float_layers)} ({share:.1%} of MACs): {kept}")
         if fallback:
             tried = [a for a in fallback.get("attempts", []) if a.get("source") == "artifact"]
