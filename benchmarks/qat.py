@@ -10,13 +10,16 @@ accuracy-aware fallback choosing float layers on tuning images: all training pho
 Then, on the checkpoint's held-out test photos (never used by QAT, calibration, tuning or
 the float training), it compares:
 
-- the QAT artifact with its own fake-quantize model (the issue's line: >= 99 % agreement),
+- the QAT artifact with its own fake-quantize model (the issue's line: >= 99 % agreement), and
+  where they part: convert_pt2e's graph run in torch against the fake-quantize model, then the file against it,
 - the QAT and default int8 artifacts with the float checkpoint (agreement, flips with margins),
 - top-1 accuracy of float, fake-quantize, QAT int8 and default int8 (QAT: <= 1 point lost),
 - single-image latency of the two int8 artifacts, in alternating rounds.
 
-Writes `qat-<arch>-<data>-<machine>.json/.md` into benchmarks/results. About 10 minutes
-per QAT epoch and target for efficientnet_lite0 on an idle 2-core CPU (3 epochs by default).
+Writes `qat-<arch>-<data>-<machine>.json/.md` into benchmarks/results. The QAT schedule
+defaults to `dermmobile qat`'s own (dermmobile/qat_config.py). About 3 minutes per QAT
+epoch (distillation runs the float model too) and 5 for the default int8 export, per target,
+for efficientnet_lite0 on an idle 2-core CPU.
 """
 
 from __future__ import annotations
