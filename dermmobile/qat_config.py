@@ -15,6 +15,8 @@ LOSSES = ("distill", "labels")  # QatConfig.loss
 
 @dataclass
 class QatConfig:
+    """One `dermmobile qat` run: which checkpoint, for which target's int8, and the QAT schedule."""
+
     checkpoint: Path  # the fine-tuned float checkpoint to start from
     target: str  # tflite | executorch: whose int8 quantizer to train with
     out: Path
@@ -30,9 +32,9 @@ class QatConfig:
     threads: int = 0  # torch CPU threads; 0 = every core
     seed: int = 0
     progress: bool = True
-    # The logits layer trains and exports in float, as in every post-training int8 file (quantization/options.py):
-    # a QAT TFLite file with int8 logits disagreed with its own fake-quant model on 5 of 143 photos, each flip a
-    # near-tie one int8 output step (0.06) wide.
+    # The logits layer trains and exports in float, as in every post-training int8 file (quantization/options.py:
+    # int8 logits sit on a grid where near-ties round to equal values). It did not bring the TFLite file closer to
+    # its fake-quant model: 5 flips of 143 with int8 logits (lr 1e-3, 1 epoch), 5 with float logits (lr 1e-4, 2).
     float_logits: bool = True
     # What the QAT epochs fit: "distill" the float checkpoint's logits on each augmented batch, or the "labels".
     # QAT exists to make int8 agree with the float model; fitting the labels again moved a converged Lite0 away from
