@@ -136,6 +136,14 @@ def test_distillation_fits_the_float_model_and_never_trains_it():
     assert "teacher" not in dict(loss.named_modules())
 
 
+def test_qat_refuses_an_unknown_loss_before_any_work(tmp_path):
+    from dermmobile.qat_config import QatConfig
+
+    with pytest.raises(BadInputError, match="--loss must be one of distill, labels, got 'kl'"):
+        QatConfig(tmp_path / "missing.safetensors", "tflite", tmp_path / "out", loss="kl").check()
+    assert not (tmp_path / "out").exists()
+
+
 def test_qat_refuses_float_layers_that_are_not_layer_names(qat_checkpoint, qat_loaded, tmp_path):
     from safetensors.torch import load_file, save_file
 
