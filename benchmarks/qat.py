@@ -17,9 +17,9 @@ the float training), it compares:
 - single-image latency of the two int8 artifacts, in alternating rounds.
 
 Writes `qat-<arch>-<data>-<machine>.json/.md` into benchmarks/results. The QAT schedule
-defaults to `dermmobile qat`'s own (dermmobile/qat_config.py). About 3 minutes per QAT
-epoch (distillation runs the float model too) and 5 for the default int8 export, per target,
-for efficientnet_lite0 on an idle 2-core CPU.
+defaults to `dermmobile qat`'s own (dermmobile/qat_config.py). For efficientnet_lite0 on an
+idle 2-core CPU, per target: about 1.5 minutes per QAT epoch (distillation runs the float
+model too) and 5 for the default int8 export.
 """
 
 from __future__ import annotations
