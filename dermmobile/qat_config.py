@@ -38,7 +38,8 @@ class QatConfig:
     float_logits: bool = True
     # What the QAT epochs fit: "distill" the float checkpoint's logits on each augmented batch, or the "labels".
     # QAT exists to make int8 agree with the float model; fitting the labels again moved a converged Lite0 away from
-    # it (1 epoch at lr 1e-3: 5.6 points of held-out top-1 lost, 64.8 % validation agreement).
+    # it: with this schedule the fake-quant model agreed with the float one on 84.6 % of the 143 held-out photos
+    # (distilled: 90.9 %), and at lr 1e-3 it lost 5.6 points of top-1 in one epoch.
     loss: str = "distill"
 
     def check(self) -> None:
