@@ -104,7 +104,7 @@ def test_qat_trains_the_logits_layer_float_unless_asked(qat_loaded, float_checkp
     if qat_loaded.meta.qat["target"] != "executorch":
         return  # one target is enough: both prepare through qat.prepare
     quantized = load_checkpoint(_qat(float_checkpoint, "executorch", tmp_path / "int8-logits", "--int8-logits",
-                                     "--loss", "labels"))  # fmt: skip
+                                     "--loss", "labels", "--epochs", "1"))  # fmt: skip
     assert quantized.meta.qat["float_layers"] == [] and _weight_fake_quantized(quantized.model, "10")
     assert quantized.meta.qat["schedule"]["loss"] == "labels" and qat_loaded.meta.qat["schedule"]["loss"] == "distill"
     plan = plan_export(quantized, "executorch", "int8", tmp_path / "export")
