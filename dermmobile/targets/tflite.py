@@ -120,10 +120,12 @@ class TFLiteTarget:
         if request.qat:  # int8 of a QAT checkpoint: its trained graph converted, the same quantizer's QAT form
             from litert_torch.quantize.quant_config import QuantConfig
 
-            from dermmobile.targets.pt2e import build_quantizer, converted_qat
+            from dermmobile.qat import qat_quantizer
+            from dermmobile.targets.pt2e import converted_qat
 
             base = converted_qat(base, fold_quantize=False)
-            quant_config = QuantConfig(pt2e_quantizer=build_quantizer(self.pt2e_toolchain, request.float_layers, qat=True))
+            # The quantizer QAT trained with (the same float layers), so the converter reads its annotations.
+            quant_config = QuantConfig(pt2e_quantizer=qat_quantizer(self.name, request.float_layers))
         model = _with_names(base).eval()
         if request.layout == "NHWC":
             model = litert_torch.to_channel_last_io(model, args=[0]).eval()
