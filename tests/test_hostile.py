@@ -711,7 +711,7 @@ def test_a_killed_converter_leaves_no_temporary_folders(tiny_checkpoint, tmp_pat
     record = tmp_path / "made.txt"
     monkeypatch.setenv("DERMMOBILE_FAKE_TARGET", json.dumps({"hang": 600.0, "tempdir": str(record)}))
     checkpoint = load_checkpoint(tiny_checkpoint)
-    (outcome,) = run_plan(checkpoint, plan_export(checkpoint, "fake", "none", tmp_path / "out", timeout=60))
+    (outcome,) = run_plan(checkpoint, plan_export(checkpoint, "fake", "none", tmp_path / "out", timeout=20))
     assert "exceeded --timeout" in outcome.error
     made = Path(record.read_text())  # the folder the converter made before it was killed
     assert made.name.startswith("fake-converter-") and not made.exists() and not made.parent.exists()

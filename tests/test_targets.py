@@ -182,11 +182,18 @@ def test_int8_fallback_on_real_photos_chooses_on_tuning_and_reports_the_gate_hon
     file holds exactly the float layers it names, and the gate verdict on photos that chose nothing is what the
     numbers say. (On the full-recipe reference model this export passes: benchmarks/results/int8-fallback. On this
     head-only fixture, trained in minutes for CI, it measured 97.2 % on the gate: not asserted as a pass.)"""
+    from dermmobile.quantization.options import Int8Options
+
     checkpoint = load_checkpoint(lite0_checkpoint)
-    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=real_data, calib_count=64)
+    # CI size: the ranking on 8 simulated photos, not 32 (3 s per layer and 32 photos, 49 layers), and two real
+    # attempts after the plain file, not four. What this test holds is the choice among attempts and the verdict,
+    # not the ranking's quality; with the defaults it took 6.5 of CI's 28 minutes.
+    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=real_data, calib_count=64,
+                       int8=Int8Options(max_attempts=2, sensitivity_images=8))  # fmt: skip
     (outcome,) = run_plan(checkpoint, plan)
     manifest = outcome.artifact.manifest
     assert manifest.float_macs_share <= 0.25 and manifest.fallback["enabled"]
+    assert len([a for a in manifest.fallback["attempts"] if a["source"] == "artifact"]) <= 3
     assert manifest.op_counts["float"] == len(manifest.float_layers) and manifest.op_counts["int8"] == 50 - len(
         manifest.float_layers
     )
