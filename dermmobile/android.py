@@ -22,9 +22,7 @@ Golden folder layout (schema "dermmobile-golden" version 1):
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +232,7 @@ def install_into_app(artifact_path: Path, images: Sequence[Path], app_dir: Path,
     artifact's own LiteRT runtime (the tflite target); tests pass another.
     """
     from dermmobile.artifact import load_artifact
+    from dermmobile.fsutil import staged_folder
 
     app_dir = Path(app_dir)
     if not (app_dir / "app" / "src" / "main" / "AndroidManifest.xml").is_file():
@@ -253,28 +252,10 @@ def install_into_app(artifact_path: Path, images: Sequence[Path], app_dir: Path,
     for part in [app_dir / Path(*ASSETS_DIR.parts[:i]) for i in range(1, len(ASSETS_DIR.parts))]:
         if part.is_symlink():  # a planted link would put the new set (and the removal of the old) elsewhere
             raise UnsafeFileError(f"{part} is a symbolic link inside the app project; dermmobile writes only into real folders")
-    assets.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{assets.name}.", suffix=".partial", dir=assets.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary project folder
-    old = None
-    try:
+    with staged_folder(assets) as staging:
         shutil.copy2(artifact.path, staging / artifact.path.name)
         shutil.copy2(artifact.manifest_file, staging / MANIFEST_ASSET)
         write_golden_samples(images, manifest, runtime, staging / GOLDEN_ASSET_DIR)
-        if assets.exists():
-            old = assets.parent / f".{assets.name}.old-{os.getpid()}"
-            os.replace(assets, old)
-        os.replace(staging, assets)
-    except BaseException:
-        if old is not None and old.exists() and not assets.exists():
-            os.replace(old, assets)  # put the previous set back
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if old is not None:
-        if old.is_symlink():  # a link planted where the assets folder was: drop the link, never what it points to
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
     return Installed(
         assets=assets,
         artifact=assets / artifact.path.name,

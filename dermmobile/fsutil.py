@@ -112,6 +112,38 @@ def _replace(tmp: Path, final: Path, staging: Path) -> None:
 
 
 @contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Yield a new, empty folder beside `final` to fill; when the block ends well it replaces `final` whole.
+
+    For what is written as a set (the web site, the Android app's assets): a failure or an
+    interruption removes the new folder and leaves the previous `final` as it was, which is
+    kept until the new one is in place. A link planted where `final` was is dropped, never
+    what it points to. The caller checks `final` and its parents beforehand; this only swaps.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary folder
+    old = None
+    try:
+        yield staging
+        if os.path.lexists(final):
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(staging, final)
+    except BaseException:
+        if old is not None and os.path.lexists(old) and not os.path.lexists(final):
+            os.replace(old, final)  # put the previous set back
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[BinaryIO]:
     """A binary file to write `final`'s content into; created O_EXCL|O_NOFOLLOW, fsynced, renamed into place."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -212,26 +211,21 @@ def build_site(artifact_path: Path, images: Sequence[Path], out: Path, demo: Pat
     failed build leaves the previous one whole. `runtime` (a Runtime for golden logits)
     defaults to the artifact's own.
     """
+    from dermmobile.fsutil import staged_folder
+
     out, demo = Path(out), Path(demo)
     artifact = _web_artifact(Path(artifact_path))
     page = _page_files(demo)
     runtime_sources = runtime_files(artifact.manifest.format, demo)
     _check_out(out)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary folder to serve
-    try:
+    with staged_folder(out) as staging:
         for source in page:
             _copy(source, staging / source.name)
         for dest, source in runtime_sources.items():
             _copy(source, staging / dest)
         model_file, golden, twin = _write_model(staging, artifact, images, runtime)
         _write_index(staging, artifact, model_file, golden, twin, demo)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _swap_into_place(staging, out)
     return Site(
         folder=out,
         model=out / MODEL_DIR / model_file.name,
@@ -323,23 +317,6 @@ def _write_index(staging: Path, artifact, model_file: Path, golden: Path | None,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished site to `out`; the previous build is kept until the new one is in place."""
-    old = None
-    try:
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(staging, out)
-    except BaseException:
-        if old is not None and old.exists() and not out.exists():
-            os.replace(old, out)  # put the previous build back
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- serving ----------------------------------------------------------------------------------

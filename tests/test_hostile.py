@@ -487,6 +487,29 @@ def test_atomic_writes_replace_a_planted_link_instead_of_following_it(tmp_path, 
     assert (out / "b.png").read_bytes() == b"png"
 
 
+def test_a_staged_folder_replaces_the_old_set_whole_or_not_at_all(tmp_path, outside):
+    """The web site's and the Android assets' swap: a failed fill keeps the previous set, a success replaces it, and a
+    link planted where the set was is dropped, never followed."""
+    from dermmobile.fsutil import staged_folder
+
+    final = tmp_path / "site"
+    with staged_folder(final) as staging:
+        (staging / "index.html").write_text("first")
+    with pytest.raises(RuntimeError), staged_folder(final) as staging:
+        (staging / "index.html").write_text("half")
+        raise RuntimeError("the build failed half way")
+    assert (final / "index.html").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["outside", "site"]
+    with staged_folder(final) as staging:
+        (staging / "index.html").write_text("second")
+    assert [p.name for p in final.iterdir()] == ["index.html"] and (final / "index.html").read_text() == "second"
+    planted = tmp_path / "planted"
+    os.symlink(outside.parent, planted)
+    with staged_folder(planted) as staging:
+        (staging / "index.html").write_text("third")
+    assert planted.is_dir() and not planted.is_symlink() and sorted(p.name for p in outside.parent.iterdir()) == [outside.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "planted", "site"]
+
+
 def test_writes_into_a_planted_folder_link_are_refused(tmp_path, outside):
     from dermmobile.fsutil import atomic_write_bytes
 
