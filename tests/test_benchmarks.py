@@ -32,3 +32,17 @@ def test_export_matrix_and_bench_pipeline(lite0_checkpoint, real_data, tmp_path)
     assert eager["latency_ms"]["p50"] > 0 and onnx["latency_ms"]["p50"] > 0 and onnx["threads"] == 1
     for name in ("bench.md", "accuracy-latency.png"):
         assert (tmp_path / report["bench"]).with_name(name).is_file()
+
+
+@pytest.mark.realdata
+def test_decode_floor_splits_file_to_tensor_into_its_steps(real_data, tmp_path):
+    stem = tmp_path / "floor"
+    command = [sys.executable, str(ROOT / "benchmarks" / "decode_floor.py"), "--data", str(real_data), "--images", "3",
+               "--rounds", "1", "--out", str(stem)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    report = json.loads(stem.with_suffix(".json").read_text())
+    rows = {row["photos"]: row for row in report["rows"]}
+    assert rows["images"]["files"] == 3 and rows["phone_12mp"]["decoded_size_p50"] == [504, 378]  # 4032 x 3024 at 1/8
+    steps = ("decode_at_spec_factor", "decode_at_1_8_floor", "spec_decode_file", "horizontal_pass", "vertical_pass", "table")
+    assert all(row[f"{step}_ms"] > 0 for row in rows.values() for step in steps)
+    assert "entropy-decode floor" in stem.with_suffix(".md").read_text()
