@@ -33,7 +33,7 @@ from dermmobile.validation import (
     NonNegative,
     Sha256,
     ShortText,
-    labels_problem,
+    checked_labels_and_spec,
     validate,
 )
 
@@ -101,15 +101,7 @@ class Manifest:
     @model_validator(mode="after")
     def _consistent(self):
         """Labels, tensor shapes and the preprocessing spec must describe one model."""
-        from dermmobile.preprocess import PreprocessSpec
-
-        problem = labels_problem(self.labels)
-        if problem:
-            raise ValueError(problem)
-        try:
-            crop = PreprocessSpec.from_dict(self.preprocess).crop  # refuses bad types and ranges itself
-        except BadInputError as exc:
-            raise ValueError(f"preprocess: {exc}") from None
+        crop = checked_labels_and_spec(self.labels, self.preprocess).crop
         layout = self.input.layout or "NCHW"
         expected = [3, crop, crop] if layout == "NCHW" else [crop, crop, 3]
         if len(self.input.shape) != 4 or self.input.shape[1:] != expected:

@@ -26,7 +26,7 @@ from pydantic.dataclasses import dataclass
 from dermmobile.errors import BadInputError, UnsafeFileError
 from dermmobile.preprocess import PreprocessSpec
 from dermmobile.readers import MAX_CHECKPOINT_HEADER_BYTES, open_regular, parse_json, read_bytes
-from dermmobile.validation import SCHEMA_CONFIG, Labels, Sha256, ShortText, labels_problem, validate
+from dermmobile.validation import SCHEMA_CONFIG, Labels, Sha256, ShortText, checked_labels_and_spec, validate
 
 FORMAT = "dermmobile-checkpoint"
 FORMAT_VERSION = 1
@@ -63,13 +63,7 @@ class CheckpointMeta:
 
     @model_validator(mode="after")
     def _meaningful(self):
-        problem = labels_problem(self.labels)
-        if problem:
-            raise ValueError(problem)
-        try:
-            PreprocessSpec.from_dict(self.preprocess)
-        except BadInputError as exc:
-            raise ValueError(f"preprocess: {exc}") from None
+        checked_labels_and_spec(self.labels, self.preprocess)
         try:
             validate(DataRecord, self.data, "data")
         except BadInputError as exc:

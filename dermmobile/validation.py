@@ -60,6 +60,21 @@ def labels_problem(labels: list[str]) -> str | None:
     return None
 
 
+def checked_labels_and_spec(labels: list[str], preprocess: dict):
+    """What a checkpoint's and an artifact's metadata must both hold: usable labels and a preprocessing spec that
+    reads (PreprocessSpec refuses bad types and ranges itself). Returns the spec; raises ValueError, as a pydantic
+    validator must."""
+    from dermmobile.preprocess import PreprocessSpec
+
+    problem = labels_problem(labels)
+    if problem:
+        raise ValueError(problem)
+    try:
+        return PreprocessSpec.from_dict(preprocess)
+    except BadInputError as exc:
+        raise ValueError(f"preprocess: {exc}") from None
+
+
 Labels = Annotated[list[Label], Field(min_length=2, max_length=MAX_LABELS)]
 
 
