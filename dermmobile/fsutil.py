@@ -137,7 +137,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if old is not None:
-        if old.is_symlink():
+        if old.is_symlink() or not old.is_dir():  # a link: drop it, never what it points to
             old.unlink()
         else:
             shutil.rmtree(old, ignore_errors=True)

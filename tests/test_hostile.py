@@ -508,6 +508,10 @@ def test_a_staged_folder_replaces_the_old_set_whole_or_not_at_all(tmp_path, outs
         (staging / "index.html").write_text("third")
     assert planted.is_dir() and not planted.is_symlink() and sorted(p.name for p in outside.parent.iterdir()) == [outside.name]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "planted", "site"]
+    (tmp_path / "was-a-file").write_text("x")
+    with staged_folder(tmp_path / "was-a-file") as staging:
+        (staging / "index.html").write_text("fourth")
+    assert (tmp_path / "was-a-file").is_dir() and len(list(tmp_path.iterdir())) == 4  # nothing .old left behind
 
 
 def test_writes_into_a_planted_folder_link_are_refused(tmp_path, outside):
