@@ -319,3 +319,25 @@ def test_a_plain_int8_pass_keeps_the_always_float_layers(simulation):
     result = search(attempt, simulate if simulation else None, LAYERS, tuning, criterion, always_float=frozenset({"fc"}))
     assert calls == [frozenset({"fc"})] and result.float_layers == ["fc"] and result.passed == simulation
     assert result.float_macs_share == pytest.approx(5 / 415)
+
+
+@pytest.mark.parametrize("zero_point, quant_min", [(-128, -128), (3, -128), (0, -127), (-7, -128)])
+def test_simulated_fake_quantize_gives_torchs_values(zero_point, quant_min):
+    """The simulation's per-tensor fake-quantize (in-place passes, for speed) equals torch's kernel value for value,
+    ties, saturation and the float32 inverse scale included."""
+    import torch
+    from torch.ao.quantization.observer import MinMaxObserver
+
+    from dermmobile.quantization.simulate import _SwitchableFakeQuant
+
+    generator = torch.Generator().manual_seed(zero_point)
+    x = torch.randn(4, 8, 32, 32, generator=generator) * 3
+    observer = MinMaxObserver(dtype=torch.qint8, quant_min=quant_min, quant_max=127)
+    for scale in (0.0235, 0.05, 1 / 3, 0.0117):
+        observer.calculate_qparams = lambda s=scale: (torch.tensor([s]), torch.tensor([zero_point]))
+        switch = _SwitchableFakeQuant.make(observer)
+        s = float(switch.scale[0])
+        ties = (torch.arange(-300, 300, dtype=torch.float32) + 0.5) * s  # exactly halfway between grid points
+        for values in (x, ties):
+            expected = torch.fake_quantize_per_tensor_affine(values, s, zero_point, quant_min, 127)
+            assert torch.equal(switch(values), expected), (scale, zero_point)

@@ -185,9 +185,9 @@ def test_int8_fallback_on_real_photos_chooses_on_tuning_and_reports_the_gate_hon
     from dermmobile.quantization.options import Int8Options
 
     checkpoint = load_checkpoint(lite0_checkpoint)
-    # CI size: the ranking on 8 simulated photos, not 32 (3 s per layer and 32 photos, 49 layers), and two real
+    # CI size: the ranking on 8 simulated photos, not 32 (1.5 s per layer on 32 photos, 49 layers), and two real
     # attempts after the plain file, not four. What this test holds is the choice among attempts and the verdict,
-    # not the ranking's quality; with the defaults it took 6.5 of CI's 28 minutes.
+    # not the ranking's quality; with the defaults (and the slower simulation then) it took 6.5 of CI's 28 minutes.
     plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=real_data, calib_count=64,
                        int8=Int8Options(max_attempts=2, sensitivity_images=8))  # fmt: skip
     (outcome,) = run_plan(checkpoint, plan)

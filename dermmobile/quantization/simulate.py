@@ -82,6 +82,9 @@ class _SwitchableFakeQuant:
                 self.per_channel = observer.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
                 self.axis = int(getattr(observer, "ch_axis", 0))
                 self.quant_min, self.quant_max = int(observer.quant_min), int(observer.quant_max)
+                self.scale_value, self.zero_point_value = float(self.scale[0]), int(self.zero_point[0])
+                # 1.0f / scale in float32, as torch's fake-quantize kernel computes it
+                self.inverse_scale = float(torch.tensor(1.0) / self.scale[0])
                 self.enabled = True
                 self.constant: tuple | None = None  # (float input, its fake-quantized value): weights, computed once
 
@@ -100,8 +103,17 @@ class _SwitchableFakeQuant:
                     return torch.fake_quantize_per_channel_affine(
                         x, self.scale, self.zero_point, self.axis, self.quant_min, self.quant_max
                     )
-                return torch.fake_quantize_per_tensor_affine(
-                    x, float(self.scale[0]), int(self.zero_point[0]), self.quant_min, self.quant_max
+                # torch.fake_quantize_per_tensor_affine's arithmetic (x times the float32 inverse scale, rounded half
+                # to even, clamped, times the scale), as five in-place passes: the same values (tested), 5-9x
+                # faster on activations here. Torch's kernel also builds a gradient mask; it took two thirds of
+                # the per-layer sensitivity time.
+                y = torch.mul(x, self.inverse_scale)
+                return (
+                    y.round_()
+                    .add_(self.zero_point_value)
+                    .clamp_(self.quant_min, self.quant_max)
+                    .sub_(self.zero_point_value)
+                    .mul_(self.scale_value)
                 )
 
         return SwitchableFakeQuant()
