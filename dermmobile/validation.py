@@ -14,7 +14,7 @@ the manifest and checkpoint models call it, so files and command line share that
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -29,6 +29,9 @@ from pydantic import (
 )
 
 from dermmobile.errors import BadInputError
+
+if TYPE_CHECKING:
+    from dermmobile.preprocess import PreprocessSpec
 
 # Objects refuse unknown keys; floats must be finite (1e400 and NaN are not numbers we use).
 SCHEMA_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
@@ -60,7 +63,7 @@ def labels_problem(labels: list[str]) -> str | None:
     return None
 
 
-def checked_labels_and_spec(labels: list[str], preprocess: dict):
+def checked_labels_and_spec(labels: list[str], preprocess: dict) -> PreprocessSpec:
     """What a checkpoint's and an artifact's metadata must both hold: usable labels and a preprocessing spec that
     reads (PreprocessSpec refuses bad types and ranges itself). Returns the spec; raises ValueError, as a pydantic
     validator must."""
