@@ -226,6 +226,34 @@ def test_int8_leaves_the_named_layer_float_and_the_file_shows_it(target, tiny_ch
     assert (runtime.predict(batch).argmax(1) == TorchRuntime(checkpoint.model).predict(batch).argmax(1)).all()
 
 
+def test_onnx_float_layer_stays_float_when_onnxruntime_optimizes(tiny_checkpoint, synthetic_root, tmp_path):
+    """onnxruntime's WeightBiasQuantization (on by default) quantizes, per tensor, the float weights of a convolution
+    fed by a per-tensor DequantizeLinear: layer "3" in float would run with int8 weights. The file gives it an input
+    that optimizer leaves alone, so every session computes the layer in float."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime
+
+    from dermmobile.exporter import export_artifact
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    plan = plan_export(checkpoint, "onnx", "int8", tmp_path, calib_data=synthetic_root, calib_count=18)
+    artifact = export_artifact(checkpoint, get_target("onnx"), plan, frozenset({"3"}))
+    batch = plan.check.arrays[:4]
+
+    def run(disabled: list[str]):
+        options = onnxruntime.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"optimized-{len(disabled)}.onnx")
+        session = onnxruntime.InferenceSession(str(artifact.path), options, providers=["CPUExecutionProvider"],
+                                               disabled_optimizers=disabled)  # fmt: skip
+        return session.run(None, {"image": batch})[0]
+
+    np.testing.assert_array_equal(run([]), run(["WeightBiasQuantization"]))
+    optimized = onnx.load(str(tmp_path / "optimized-0.onnx"))
+    added = [tensor.name for tensor in optimized.graph.initializer if "_weight_q" in tensor.name]
+    assert added == [], f"onnxruntime quantized a float layer's weights: {added}"
+
+
 def test_onnx_int8_weight_grid_follows_the_cpu(tmp_path):
     """x86 without VNNI: onnxruntime's uint8 x int8 kernels can saturate, so 7-bit weights; VNNI or ARM: full range."""
     from dermmobile.targets.onnx import int8_saturates
