@@ -20,8 +20,12 @@ RESULTS = HERE / "results"
 README = HERE.parent / "README.md"
 
 
-def _newest(pattern: str) -> Path | None:
+def _newest(pattern: str, key: str | None = None) -> Path | None:
+    """The newest full result matching `pattern`; with `key`, only JSON reports that have it (an export-matrix
+    report with its bench, not the exports of a rerun saved beside it)."""
     files = [p for p in RESULTS.glob(pattern) if "-quick" not in p.name]
+    if key is not None:
+        files = [p for p in files if key in json.loads(p.read_text())]
     return max(files, key=lambda p: p.stat().st_mtime) if files else None
 
 
@@ -118,11 +122,12 @@ def scaling_section(path: Path) -> list[str]:
 
 def main() -> int:
     sections: list[str] = []
-    for pattern, render in (("paper-protocol-*.json", training_section), ("export-matrix-*.json", export_section)):
-        path = _newest(pattern)
+    for pattern, key, render in (("paper-protocol-*.json", None, training_section),
+                                 ("export-matrix-*.json", "bench", export_section)):  # fmt: skip
+        path = _newest(pattern, key)
         if path:
             sections += [*render(path), ""]
-    int8 = _newest("int8-fallback/export-matrix-*.json")
+    int8 = _newest("int8-fallback/export-matrix-*.json", "bench")
     if int8:
         sections += [*export_section(int8, "int8 by default: bias correction and the fallback, every target"), ""]
     scaling = _newest("scaling-*.md")
