@@ -268,7 +268,25 @@ def exported(tmp_path_factory, tiny_checkpoint, synthetic_root) -> dict[str, Pat
         args = ["export", "--checkpoint", str(tiny_checkpoint), "--target", target, "--quantize", quantize, "--out", str(out)]
         full_integer = ["--int8-logits"] if (target, quantize) == ("tflite", "int8") else []
         assert main([*args, "--layout", layout, "--calib-data", str(synthetic_root), *full_integer]) == 0
-    return {path.stem.split("-", 1)[1]: path for path in out.glob("*") if path.suffix in (".tflite", ".onnx")}
+    files = {path.stem.split("-", 1)[1]: path for path in out.glob("*") if path.suffix in (".tflite", ".onnx")}
+    return files | {"onnx-int8-float-layer": _onnx_with_a_float_layer(tiny_checkpoint, synthetic_root, out)}
+
+
+def _onnx_with_a_float_layer(checkpoint_path: Path, synthetic_root: Path, out: Path) -> Path:
+    """ONNX int8 with a middle layer float, as the fallback leaves real models: that layer reads its input through a
+    per-channel DequantizeLinear (targets/onnx.keep_float), which onnxruntime-web has to run as well."""
+    import onnx
+
+    from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.exporter import export_artifact, plan_export
+    from dermmobile.targets import get_target
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    plan = plan_export(checkpoint, "onnx", "int8", out, calib_data=synthetic_root, calib_count=18)
+    plan.variant = "float-layer"  # tiny_cnn-onnx-int8-float-layer.onnx
+    artifact = export_artifact(checkpoint, get_target("onnx"), plan, frozenset({"3", "10"}))
+    assert [node for node in onnx.load(str(artifact.path)).graph.node if node.name.endswith("_float_input")]
+    return artifact.path
 
 
 def test_uint8_twin_gives_the_int8_logits(exported, tmp_path):
@@ -313,7 +331,7 @@ def test_uint8_twin_refuses_what_it_cannot_twin(exported):
 
 # -- in Chromium ----------------------------------------------------------------------------------
 
-CASES = ["tflite-none", "tflite-int8", "tflite-int8-nhwc", "onnx-none", "onnx-int8"]
+CASES = ["tflite-none", "tflite-int8", "tflite-int8-nhwc", "onnx-none", "onnx-int8", "onnx-int8-float-layer"]
 # Each bad site is a good tflite site with one thing broken, and the text the page must show.
 BROKEN = {
     "manifest-not-json": ("model/manifest.json", lambda path: path.write_text("{not json"), "is damaged"),
