@@ -254,6 +254,52 @@ def test_onnx_float_layer_stays_float_when_onnxruntime_optimizes(tiny_checkpoint
     assert added == [], f"onnxruntime quantized a float layer's weights: {added}"
 
 
+@pytest.mark.parametrize("trans_a", [0, 1])
+def test_onnx_keep_float_copies_a_gemms_input_per_channel_with_the_same_values(trans_a, tmp_path):
+    """The per-channel copy that keeps a float layer float (see the test above) is exact: a float Gemm behind a
+    per-tensor DequantizeLinear computes the same values with it, optimizations off. A Gemm with a transposed input
+    (its axis 1 is not its channels) is left as it was."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dermmobile.targets.onnx import keep_float
+
+    generator = np.random.default_rng(0)
+    shape = [4, 2] if trans_a else [2, 4]
+    weights = numpy_helper.from_array(generator.normal(size=(3, 4)).astype(np.float32), "w")
+    scale, zero = numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(3, np.int8), "z")
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq"),
+         helper.make_node("Gemm", ["dq", "w"], ["y"], name="gemm", transA=trans_a, transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [weights, scale, zero],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    x = generator.normal(size=shape).astype(np.float32)
+
+    def run(model) -> np.ndarray:
+        path = tmp_path / "gemm.onnx"
+        onnx.save_model(model, str(path))
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run(model)
+    keep_float(model, ["gemm"])
+    onnx.checker.check_model(model, full_check=True)
+    (copy,) = [node for node in model.graph.node if node.op_type == "DequantizeLinear" and node.name != "dq"] or [None]
+    if trans_a:
+        assert copy is None
+    else:
+        assert [a.i for a in copy.attribute if a.name == "axis"] == [1] and model.graph.node[-1].input[0] == copy.output[0]
+        scales = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}[copy.input[1]]
+        np.testing.assert_array_equal(scales, np.full(4, 0.05, np.float32))
+    np.testing.assert_array_equal(run(model), before)
+
+
 def test_onnx_int8_weight_grid_follows_the_cpu(tmp_path):
     """x86 without VNNI: onnxruntime's uint8 x int8 kernels can saturate, so 7-bit weights; VNNI or ARM: full range."""
     from dermmobile.targets.onnx import int8_saturates

@@ -209,6 +209,8 @@ def keep_float(model, nodes: list[str]) -> None:
         if scale.size != 1:
             continue  # already per-channel: the optimizer leaves it alone
         channels = _input_channels(node, numpy_helper.to_array(initializers[node.input[1]]).shape)
+        if channels is None:
+            continue
         inputs = [source.input[0]]
         for index, suffix in ((1, "scale"), (2, "zero_point")):
             if len(source.input) > index and source.input[index]:
@@ -223,10 +225,13 @@ def keep_float(model, nodes: list[str]) -> None:
         node.input[0] = copy.output[0]
 
 
-def _input_channels(node, weight_shape) -> int:
-    """The channel count of a compute node's input (axis 1), from its weight's shape."""
+def _input_channels(node, weight_shape) -> int | None:
+    """The channel count of a compute node's input along axis 1, from its weight's shape (None: a Gemm whose input is
+    transposed, whose axis 1 is not its channels; torch.onnx never writes one)."""
     attributes = {attribute.name: attribute for attribute in node.attribute}
     if node.op_type == "Gemm":
+        if "transA" in attributes and attributes["transA"].i:
+            return None
         transposed = "transB" in attributes and attributes["transB"].i
         return int(weight_shape[1] if transposed else weight_shape[0])
     groups = attributes["group"].i if "group" in attributes else 1
