@@ -199,7 +199,8 @@ def keep_float(model, nodes: list[str]) -> None:
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     producers = {output: node for node in model.graph.node for output in node.output}
     wanted = set(nodes)
-    for node in model.graph.node:
+    # From the end, so that inserting a copy before a node never moves a node still to be visited.
+    for position, node in reversed(list(enumerate(model.graph.node))):
         if node.name not in wanted or node.op_type not in _REQUANTIZED or node.input[1] not in initializers:
             continue
         source = producers.get(node.input[0])
@@ -208,7 +209,7 @@ def keep_float(model, nodes: list[str]) -> None:
         scale = numpy_helper.to_array(initializers[source.input[1]])
         if scale.size != 1:
             continue  # already per-channel: the optimizer leaves it alone
-        channels = _input_channels(node, numpy_helper.to_array(initializers[node.input[1]]).shape)
+        channels = _input_channels(node, initializers[node.input[1]].dims)
         if channels is None:
             continue
         inputs = [source.input[0]]
@@ -220,7 +221,6 @@ def keep_float(model, nodes: list[str]) -> None:
                 inputs.append(tiled.name)
         copy = helper.make_node("DequantizeLinear", inputs, [f"{node.name}_float_input"], name=f"{node.name}_float_input",
                                 axis=1)  # fmt: skip
-        position = list(model.graph.node).index(node)
         model.graph.node.insert(position, copy)
         node.input[0] = copy.output[0]
 
