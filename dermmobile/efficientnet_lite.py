@@ -65,7 +65,8 @@ class SameConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
         super().__init__(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` padded as TensorFlow would (quantization/gptq.py reads a layer's patches through this)."""
         height, width = x.shape[-2:]
         stride = self.stride[0]
         kernel = self.kernel_size[0]
@@ -73,8 +74,11 @@ class SameConv2d(nn.Conv2d):
         pad_w = max((-(-width // stride) - 1) * stride + kernel - width, 0)
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # bias is None as built; batch-norm folding (quantization/bias_correction.py) gives it one.
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(self.pad_input(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class MBConv(nn.Module):

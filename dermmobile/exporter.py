@@ -88,15 +88,27 @@ def base_toolchain() -> dict:
     }
 
 
+def prepare_int8_weights(model, plan: ExportPlan, weight_range: tuple[int, int], float_layers: frozenset[str]):
+    """The float model the toolchain quantizes: batch norm folded, weights rounded by GPTQ on the toolchain's grid
+    (Int8Options.weight_rounding) and/or biases corrected for the rounding (Int8Options.bias_correction)."""
+    int8 = plan.int8
+    if int8.weight_rounding == "gptq":
+        from dermmobile.quantization.gptq import round_weights
+
+        return round_weights(model, plan.calibration, weight_range, float_layers, correct_mean=int8.bias_correction)[0]
+    if int8.bias_correction:
+        from dermmobile.quantization.bias_correction import correct_biases
+
+        return correct_biases(model, plan.calibration, weight_range, float_layers)
+    return model
+
+
 def export_request(checkpoint, target: Target, plan: ExportPlan, float_layers=frozenset()) -> ExportRequest:
     meta = checkpoint.meta
     model = checkpoint.model
-    if plan.quantize == "int8" and plan.int8.bias_correction and plan.calibration is not None:
-        from dermmobile.quantization.bias_correction import correct_biases
-
-        weight_range = getattr(target, "weight_range", None)
-        if weight_range is not None:
-            model = correct_biases(model, plan.calibration, weight_range(), frozenset(float_layers))
+    weight_range = getattr(target, "weight_range", None)
+    if plan.quantize == "int8" and plan.calibration is not None and weight_range is not None:
+        model = prepare_int8_weights(model, plan, weight_range(), frozenset(float_layers))
     return ExportRequest(
         model=model,
         arch=meta.arch,
@@ -330,6 +342,7 @@ def _load_int8_images(plan: ExportPlan, meta, calib_data: Path, calib_count: int
     plan.calibration_record = plan.image_records["calibration"] | {
         "observer": plan.int8.observer or "target default",
         "bias_correction": plan.int8.bias_correction,
+        "weight_rounding": plan.int8.weight_rounding,
     }
 
 

@@ -524,8 +524,8 @@ def check_export(meta, targets: list, quantize: str, calib_data: Path | None, in
 def export_options():
     """The int8 options of a QAT checkpoint's export: the trained graph converted as it is.
 
-    No bias correction: QAT trained every weight through its int8 rounding (the fake-quantize
-    forward), so there is no rounding shift left to give back; a corrected bias would make the
+    No bias correction and no GPTQ rounding: QAT trained every weight through its nearest int8
+    rounding (the fake-quantize forward), so there is no rounding shift left to give back; a corrected bias would make the
     int8 file compute something the QAT model never did, and the file is judged by agreement
     with that model (>= 99 % is what QAT is for). No accuracy-aware fallback: a layer left
     float would run weights trained to be rounded without their rounding, and its neighbours'
@@ -537,7 +537,7 @@ def export_options():
     """
     from dermmobile.quantization.options import Int8Options
 
-    return Int8Options(fallback=False, bias_correction=False, tune_count=0, float_logits=False)
+    return Int8Options(fallback=False, bias_correction=False, weight_rounding="nearest", tune_count=0, float_logits=False)
 
 
 def manifest_record(meta, int8) -> dict:
@@ -550,6 +550,7 @@ def manifest_record(meta, int8) -> dict:
         "schedule": record.get("schedule"),
         "quantizer": record.get("quantizer"),
         "bias_correction": int8.bias_correction,
+        "weight_rounding": int8.weight_rounding,
         "fallback": int8.fallback,
         "parity_reference": "the QAT fake-quantize model (compare with the source float checkpoint: benchmarks/qat.py)",
     }

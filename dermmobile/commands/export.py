@@ -33,6 +33,13 @@ def add_arguments(parser) -> None:
         help="do not correct the biases for int8 weight rounding (dermmobile/quantization/bias_correction.py)",
     )
     int8.add_argument(
+        "--weight-rounding",
+        choices=["gptq", "nearest"],
+        default=defaults.weight_rounding,
+        help="gptq: round each layer's weights so its output on the calibration images moves least "
+        f"(dermmobile/quantization/gptq.py); nearest: as the toolchains do (default {defaults.weight_rounding})",
+    )
+    int8.add_argument(
         "--max-float-macs",
         type=float,
         default=defaults.max_float_macs,
@@ -83,7 +90,7 @@ def run(args) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     int8 = Int8Options(fallback=not args.no_fallback, max_float_macs=args.max_float_macs, tune_count=args.tune_count,
                        observer=args.observer, explain=args.explain, bias_correction=not args.no_bias_correction,
-                       float_logits=not args.int8_logits)  # fmt: skip
+                       weight_rounding=args.weight_rounding, float_logits=not args.int8_logits)  # fmt: skip
     plan = plan_export(
         checkpoint, args.target, args.quantize, out, args.calib_data, args.calib_count, args.check_data, args.layout,
         args.timeout, int8=int8,

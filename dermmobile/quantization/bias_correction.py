@@ -14,6 +14,9 @@ every convolution and linear layer that will be quantized, `E[layer(x; W_int8 - 
 calibration images (float activations, padding included) is subtracted from its bias. The
 weight rounding is the toolchains' own: symmetric per output channel, `scale = 2 max|W| /
 (qmax - qmin)`, round half to even. Layers left in float keep their weights and bias.
+
+This is the correction for nearest rounding (`--weight-rounding nearest`); GPTQ rounding (gptq.py,
+the default) folds and corrects the same way, from its own rounding, with the pieces here.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ class Int8Options:
     # the near-ties of held-out ones (sd198-27), so they read higher than the gate set will.
     tune_margin: float = 0.01
     bias_correction: bool = True  # give back in each bias the mean shift of int8 weight rounding (bias_correction.py)
+    # "gptq": each layer's weights rounded so its output on the calibration images moves least (gptq.py);
+    # "nearest": each weight to its nearest grid point, as the toolchains do by themselves.
+    weight_rounding: str = "gptq"
     observer: str = ""  # activation calibration method; "" = each target's measured default
     explain: bool = False  # write the per-layer sensitivity report even when plain int8 passes
     sensitivity_images: int = 32  # tuning images the per-layer simulation runs on (a ranking needs few)
