@@ -129,7 +129,7 @@ def main() -> int:
             sections += [*render(path), ""]
     int8 = _newest("int8-fallback/export-matrix-*.json", "bench")
     if int8:
-        sections += [*export_section(int8, "int8 by default: bias correction and the fallback, every target"), ""]
+        sections += [*export_section(int8, "int8 by default: GPTQ rounding, bias correction and the fallback, every target"), ""]
     scaling = _newest("scaling-*.md")
     if scaling:
         sections += [*scaling_section(scaling), ""]
