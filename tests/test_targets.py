@@ -133,14 +133,13 @@ def test_tflite_int8_has_integer_io_with_scale(float_logits, tiny_checkpoint, sy
         assert "int8 input and int8 output" in manifest.notes["int8"]
 
 
-# Plain int8 (no fallback) on the head-only fixture model (63.8 % top-1), measured with 64
-# calibration photos on the 649 others: TFLite 93.4 % agreement, top-1 +1.4 points; ExecuTorch
-# 93.5 %, +1.4; ONNX static QDQ 83.1 %, -2.2. The gate images are now the held-out photos plus
-# the training photos that neither calibration nor tuning took.
+# Plain int8 (no fallback; GPTQ rounding, logits layer float) of the reference model of the fixture's recipe, on the
+# 393 gate photos: TFLite 99.24 %, ExecuTorch 98.47 %, ONNX 98.22 % agreement (README, int8). The floors leave room
+# for a model trained on another CPU, and ONNX's for its 7-bit weights on x86 CPUs without VNNI (targets/onnx.py).
 INT8_FLOORS = {
-    "tflite": {"agreement": 0.88, "top1_drop": 0.02},
-    "executorch": {"agreement": 0.88, "top1_drop": 0.02},
-    "onnx": {"agreement": 0.78, "top1_drop": 0.05},
+    "tflite": {"agreement": 0.95, "top1_drop": 0.02},
+    "executorch": {"agreement": 0.95, "top1_drop": 0.02},
+    "onnx": {"agreement": 0.90, "top1_drop": 0.03},
 }
 
 
@@ -177,34 +176,36 @@ def test_plain_int8_gates_on_real_photos(target, lite0_checkpoint, real_data, tm
 
 
 @pytest.mark.realdata
-def test_int8_fallback_on_real_photos_chooses_on_tuning_and_reports_the_gate_honestly(lite0_checkpoint, real_data, tmp_path):
-    """`--quantize int8` with its fallback (a CI-sized search, below) on a real model: the search keeps its best
-    real attempt within the MAC cap, the file holds exactly the float layers it names, and the gate verdict on photos
-    that chose nothing is what the numbers say. (On the full-recipe reference model the default export passes:
-    benchmarks/results/int8-fallback. On this head-only fixture, trained in minutes for CI, the default options
-    measured 97.2-97.8 % on the gate: not asserted as a pass.)"""
+def test_default_int8_export_of_a_real_model_passes_its_gate(lite0_checkpoint, real_data, tmp_path):
+    """The command this tool exists for, on a model trained as a user would (conftest.lite0_run, the default recipe):
+    `export --target tflite --quantize int8 --calib-data sd198-27` passes its gate on photos that chose nothing, the
+    143 held-out ones among them, and the manifest says what it cost. The reference model of the same recipe passed
+    plain (GPTQ rounding, logits float) with 3 flips of 393 where 7 are allowed (README, int8)."""
     from dermmobile.quantization.options import Int8Options
 
     checkpoint = load_checkpoint(lite0_checkpoint)
-    # CI size: the ranking on 8 simulated photos, not 32 (1.5 s per layer on 32 photos, 49 layers), and two real
-    # attempts after the plain file, not four. What this test holds is the choice among attempts and the verdict,
-    # not the ranking's quality; with the defaults (and the slower simulation then) it took 6.5 of CI's 28 minutes.
-    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=real_data, calib_count=64,
+    # CI size where the fallback has to search: the ranking on 8 simulated photos, not 32, and two real attempts
+    # after the plain file, not four; the calibration, tuning and gate sets are the defaults.
+    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=real_data,
                        int8=Int8Options(max_attempts=2, sensitivity_images=8))  # fmt: skip
     (outcome,) = run_plan(checkpoint, plan)
     manifest = outcome.artifact.manifest
+    parity = manifest.parity
+    assert manifest.calibration["count"] == 128 and manifest.calibration["weight_rounding"] == "gptq"
+    assert parity["images"] == 713 - 128 - 192 and parity["unseen_by_training"]["images"] == 143
+    assert outcome.ok and manifest.status == "passed", outcome.error
+    assert parity["agreement"] >= 0.98 and parity["accuracy"] >= parity["reference_accuracy"] - 0.01 - 1e-9, parity
+    # What it cost, as the manifest records it: the float layers are the ones the file computes in float.
     assert manifest.float_macs_share <= 0.25 and manifest.fallback["enabled"]
-    assert len([a for a in manifest.fallback["attempts"] if a["source"] == "artifact"]) <= 3
     assert manifest.op_counts["float"] == len(manifest.float_layers) and manifest.op_counts["int8"] == 50 - len(
         manifest.float_layers
     )
     real = [a for a in manifest.fallback["attempts"] if a["source"] == "artifact"]
+    assert 1 <= len(real) <= 3
     kept = next(a for a in real if sorted(a["float_layers"]) == sorted(manifest.float_layers))
-    assert kept["passed"] or kept["agreement"] == max(a["agreement"] for a in real)
-    passes = manifest.parity["agreement"] >= 0.98 and manifest.parity["accuracy"] >= manifest.parity["reference_accuracy"] - 0.01
-    assert (manifest.status == "passed") == passes == outcome.ok, outcome.error
-    if not passes:
-        assert "below the 98% gate" in outcome.error or "points below" in outcome.error
+    passing = [a for a in real if a["passed"]]  # on the tuning photos: the cheapest of those, else the most exact
+    best = min(passing, key=lambda a: a["float_macs_share"]) if passing else min(real, key=lambda a: a["mean_abs_logit"])
+    assert kept == best
 
 
 @pytest.mark.parametrize("target", ["tflite", "executorch", "onnx"])

@@ -378,13 +378,14 @@ def test_cli_train_then_evaluate(data, tmp_path, capsys):
     assert main(["train", "--data", str(data), "--arch", "no_such_net", "--out", str(tmp_path / "x")]) == 2
 
 
-# Measured on the 2-core CPU (benchmarks/results/train-efficientnet_lite0-sd198-27-cpu2.md).
-REAL_FLOOR = 0.30
+# The default recipe reached 60-62 % held-out top-1 on sd198-27 (train_config.RECIPE_HELP); the floor leaves room
+# for another CPU's arithmetic.
+REAL_FLOOR = 0.50
 
 
 @pytest.mark.realdata
 def test_efficientnet_lite0_on_real_photos_beats_a_floor(lite0_run):
-    result = lite0_run  # conftest.LITE0_RECIPE: the measured head-only run
+    result = lite0_run  # conftest.lite0_run: the default recipe
     assert result.metrics["split_sizes"]["test"] >= 100
     # 27 classes: chance is 3.7 %.
     assert result.metrics["test"]["accuracy"] >= REAL_FLOOR, result.metrics["test"]
