@@ -67,6 +67,30 @@ def _replace(model, dotted: str, module) -> None:
     setattr(parent, child, module)
 
 
+def quantized_layers(model, float_layers=frozenset()) -> dict:
+    """The convolutions and linear layers a toolchain quantizes (every one not left float), by module name."""
+    import torch
+
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and name not in float_layers
+    }
+
+
+def run_hooked(model, calibration: np.ndarray, handles: list, batch: int = 16) -> None:
+    """Run the calibration images through `model` for the forward hooks `handles` (no gradients), then remove them."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            for start in range(0, len(calibration), batch):
+                model(torch.from_numpy(np.ascontiguousarray(calibration[start : start + batch], dtype=np.float32)))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def quantize_weight(weight, qmin: int, qmax: int):
     """`weight` rounded to int8 per output channel (axis 0), symmetric, and back to float."""
     import torch
@@ -81,11 +105,7 @@ def correct_biases(model, calibration: np.ndarray, weight_range: tuple[int, int]
     import torch
 
     model = fold_batch_norms(model, torch.from_numpy(np.ascontiguousarray(calibration[:1], dtype=np.float32)))
-    layers = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and name not in float_layers
-    }
+    layers = quantized_layers(model, float_layers)
     shifts: dict[str, torch.Tensor] = {}
     seen: dict[str, int] = {}
     busy: set[str] = set()
@@ -112,13 +132,7 @@ def correct_biases(model, calibration: np.ndarray, weight_range: tuple[int, int]
     for name, module in layers.items():
         error = quantize_weight(module.weight, *weight_range) - module.weight.detach()
         handles.append(module.register_forward_hook(recorder(name, module, error)))
-    try:
-        with torch.no_grad():
-            for start in range(0, len(calibration), batch):
-                model(torch.from_numpy(np.ascontiguousarray(calibration[start : start + batch], dtype=np.float32)))
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, calibration, handles, batch)
     with torch.no_grad():
         for name, module in layers.items():
             if name not in seen:

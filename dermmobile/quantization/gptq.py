@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dermmobile.quantization.bias_correction import fold_batch_norms, quantize_weight
+from dermmobile.quantization.bias_correction import fold_batch_norms, quantize_weight, quantized_layers, run_hooked
 
 DAMPING = 0.01  # share of the mean diagonal of H added to it (GPTQ's default): keeps its inverse stable
 
@@ -37,20 +37,10 @@ def round_weights(model, calibration: np.ndarray, weight_range: tuple[int, int],
     import torch
 
     model = fold_batch_norms(model, torch.from_numpy(np.ascontiguousarray(calibration[:1], dtype=np.float32)))
-    layers = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and name not in float_layers
-    }
+    layers = quantized_layers(model, float_layers)
     stats = {name: _InputStats() for name in layers}
-    handles = [module.register_forward_hook(_gather(module, stats[name])) for name, module in layers.items()]
-    try:
-        with torch.no_grad():
-            for start in range(0, len(calibration), batch):
-                model(torch.from_numpy(np.ascontiguousarray(calibration[start : start + batch], dtype=np.float32)))
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, calibration, [module.register_forward_hook(_gather(module, stats[name]))
+                                    for name, module in layers.items()], batch)  # fmt: skip
     record = {"layers": 0, "nearest_channels": 0, "skipped": []}
     with torch.no_grad():
         for name, module in layers.items():
