@@ -320,7 +320,8 @@ def test_onnx_int8_weight_grid_follows_the_cpu(tmp_path):
 @pytest.mark.parametrize("saturates", [True, False])
 def test_onnx_int8_file_bias_correction_and_simulation_share_one_weight_grid(saturates, tiny_checkpoint, synthetic_root,
                                                                              tmp_path):  # fmt: skip
-    """The grid the file's weights use is the one bias correction rounded to and the simulation stands in with."""
+    """The grid the file's weights use is the one GPTQ rounded to (the default; bias correction shares its
+    quantize_weight) and the simulation stands in with."""
     pytest.importorskip("onnxruntime")
     import onnx
     from onnx import numpy_helper
@@ -334,7 +335,7 @@ def test_onnx_int8_file_bias_correction_and_simulation_share_one_weight_grid(sat
         assert target.weight_range() == expected
         checkpoint = load_checkpoint(tiny_checkpoint)
         plan = plan_export(checkpoint, "onnx", "int8", tmp_path, calib_data=synthetic_root, calib_count=18)
-        with mock.patch("dermmobile.quantization.bias_correction.quantize_weight", wraps=quantize_weight) as rounding:
+        with mock.patch("dermmobile.quantization.gptq.quantize_weight", wraps=quantize_weight) as rounding:
             artifact = export_artifact(checkpoint, target, plan, frozenset())
         assert {call.args[1:] for call in rounding.call_args_list} == {expected}
         stop = mock.patch("dermmobile.quantization.simulate.build_quantizer", side_effect=RuntimeError("stop"))
