@@ -20,7 +20,7 @@ from dermmobile.chatter import to_log
 from dermmobile.errors import BadInputError, DermmobileError, ExportFailedError, GateFailedError, MissingBackendError
 from dermmobile.fsutil import atomic_path, exclusive_lock
 from dermmobile.parity import apply_gate, compare_logits
-from dermmobile.quantization.options import Int8Options
+from dermmobile.quantization.options import WEIGHT_ROUNDINGS, Int8Options
 from dermmobile.targets import resolve
 from dermmobile.targets.base import ExportRequest, Target, TorchRuntime, batched, package_version
 
@@ -301,6 +301,8 @@ def plan_export(
 
         check_export(meta, chosen, quantize, calib_data, int8 or Int8Options())
         int8 = export_options()
+    if int8 is not None and int8.weight_rounding not in WEIGHT_ROUNDINGS:
+        raise BadInputError(f"weight rounding {int8.weight_rounding!r} is not known; choose one of {', '.join(WEIGHT_ROUNDINGS)}")
     layout = layout.upper()
     if layout not in ("NCHW", "NHWC"):
         raise BadInputError(f"--layout must be nchw or nhwc, got {layout.lower()}")

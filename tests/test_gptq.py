@@ -161,3 +161,16 @@ def test_onnx_file_holds_exactly_the_weights_chosen(rounding, tiny_checkpoint, s
         np.testing.assert_allclose(dequantized[node.input[1]], expected, rtol=1e-6, atol=1e-9)
         if rounding == "gptq":
             np.testing.assert_allclose(expected, weight.numpy(), rtol=1e-6, atol=1e-9)  # already on the grid
+
+
+def test_an_unknown_weight_rounding_is_refused_before_any_work(tiny_checkpoint, synthetic_root, tmp_path):
+    from dermmobile.checkpoint import load_checkpoint
+    from dermmobile.errors import BadInputError
+    from dermmobile.exporter import plan_export
+    from dermmobile.quantization.options import Int8Options
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    with pytest.raises(BadInputError, match="weight rounding 'gptq8' is not known; choose one of gptq, nearest"):
+        plan_export(checkpoint, "onnx", "int8", tmp_path / "out", calib_data=synthetic_root,
+                    int8=Int8Options(weight_rounding="gptq8"))  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ HELP = "export a checkpoint to mobile formats (with quantization), checking pari
 
 
 def add_arguments(parser) -> None:
-    from dermmobile.quantization.options import Int8Options
+    from dermmobile.quantization.options import WEIGHT_ROUNDINGS, Int8Options
 
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors checkpoint from `dermmobile train`")
     parser.add_argument("--target", default="all", help="torchscript, onnx, tflite, coreml, executorch or all (default)")
@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     )
     int8.add_argument(
         "--weight-rounding",
-        choices=["gptq", "nearest"],
+        choices=WEIGHT_ROUNDINGS,
         default=defaults.weight_rounding,
         help="gptq: round each layer's weights so its output on the calibration images moves least "
         f"(dermmobile/quantization/gptq.py); nearest: as the toolchains do (default {defaults.weight_rounding})",

@@ -56,7 +56,8 @@ def round_weights(model, calibration: np.ndarray, weight_range: tuple[int, int],
             rounded = rounded.reshape(original.shape)
             # The toolchain rounds again what we write: a channel whose grid it would not find is rounded to nearest.
             again = quantize_weight(rounded, *weight_range)
-            lost = (again - rounded).abs().flatten(1).amax(1) > 1e-9 * (1 + original.abs().flatten(1).amax(1))
+            step = 2 * original.abs().flatten(1).amax(1) / (weight_range[1] - weight_range[0])
+            lost = (again - rounded).abs().flatten(1).amax(1) > 1e-6 * step  # float64: equal but for rounding noise
             if lost.any():
                 rounded[lost] = quantize_weight(original[lost], *weight_range)
             record["nearest_channels"] += int(nearest.sum()) + int(lost.sum())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+WEIGHT_ROUNDINGS = ("gptq", "nearest")  # Int8Options.weight_rounding
+
 
 @dataclass
 class Int8Options:
