@@ -88,9 +88,10 @@ def base_toolchain() -> dict:
     }
 
 
-def prepare_int8_weights(model, plan: ExportPlan, weight_range: tuple[int, int], float_layers: frozenset[str]):
+def prepare_int8_weights(model, plan: ExportPlan, weight_range, float_layers: frozenset[str]):
     """The float model the toolchain quantizes: batch norm folded, weights rounded by GPTQ on the toolchain's grid
-    (Int8Options.weight_rounding) and/or biases corrected for the rounding (Int8Options.bias_correction)."""
+    (Int8Options.weight_rounding) and/or biases corrected for the rounding (Int8Options.bias_correction).
+    `weight_range`: the target's, a grid per layer (or one for all, bias_correction.WeightRange)."""
     int8 = plan.int8
     if int8.weight_rounding == "gptq":
         from dermmobile.quantization.gptq import round_weights
@@ -108,7 +109,7 @@ def export_request(checkpoint, target: Target, plan: ExportPlan, float_layers=fr
     model = checkpoint.model
     weight_range = getattr(target, "weight_range", None)
     if plan.quantize == "int8" and plan.calibration is not None and weight_range is not None:
-        model = prepare_int8_weights(model, plan, weight_range(), frozenset(float_layers))
+        model = prepare_int8_weights(model, plan, weight_range, frozenset(float_layers))
     return ExportRequest(
         model=model,
         arch=meta.arch,

@@ -144,7 +144,7 @@ def test_onnx_file_holds_exactly_the_weights_chosen(rounding, tiny_checkpoint, s
     plan = plan_export(checkpoint, "onnx", "int8", tmp_path / "plan", calib_data=synthetic_root, calib_count=18,
                        int8=Int8Options(weight_rounding=rounding))  # fmt: skip
     target = get_target("onnx")
-    chosen = prepare_int8_weights(checkpoint.model, plan, target.weight_range(), frozenset(manifest["float_layers"]))
+    chosen = prepare_int8_weights(checkpoint.model, plan, target.weight_range, frozenset(manifest["float_layers"]))
     graph = onnx.load(path).graph
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     dequantized = {}
@@ -154,10 +154,11 @@ def test_onnx_file_holds_exactly_the_weights_chosen(rounding, tiny_checkpoint, s
             if q.dtype == np.int8 and q.ndim == 4:
                 dequantized[node.output[0]] = q.astype(np.float32) * scale.reshape(-1, 1, 1, 1)
     convolutions = [node for node in graph.node if node.op_type == "Conv" and node.input[1] in dequantized]
-    ours = [m.weight.detach() for m in chosen.modules() if isinstance(m, torch.nn.Conv2d)]
+    ours = [m for m in chosen.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convolutions) == len(ours) == 3
-    for node, weight in zip(convolutions, ours, strict=True):
-        expected = quantize_weight(weight, *target.weight_range()).numpy()
+    for node, layer in zip(convolutions, ours, strict=True):
+        weight = layer.weight.detach()
+        expected = quantize_weight(weight, *target.weight_range(layer)).numpy()
         np.testing.assert_allclose(dequantized[node.input[1]], expected, rtol=1e-6, atol=1e-9)
         if rounding == "gptq":
             np.testing.assert_allclose(expected, weight.numpy(), rtol=1e-6, atol=1e-9)  # already on the grid

@@ -317,6 +317,108 @@ def test_onnx_int8_weight_grid_follows_the_cpu(tmp_path):
         assert not int8_saturates(cpuinfo)
 
 
+def _onnxruntime_int8_error(tmp_path, groups: int, kernel: int, reduce_range: bool) -> float:
+    """onnxruntime's static int8 error on a convolution whose weights and inputs all sit at their grid's maximum
+    (the case where uint8 x int8 pair sums overflow int16 on x86 without VNNI), relative to the float output."""
+    import torch
+    from onnxruntime import InferenceSession
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from dermmobile.targets.onnx import _Calibration
+
+    channels = 32
+    model = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=groups, bias=False),
+                                torch.nn.ReLU()).eval()  # fmt: skip
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    images = np.random.default_rng(0).uniform(0, 6, (4, channels, 6, 6)).astype(np.float32)
+    images[0] = 6.0
+    torch.onnx.export(model, (torch.from_numpy(images[:1]),), tmp_path / "f.onnx", input_names=["image"],
+                      dynamic_axes={"image": {0: "batch"}}, dynamo=False)  # fmt: skip
+    quantize_static(tmp_path / "f.onnx", tmp_path / "q.onnx", _Calibration(images), quant_format=QuantFormat.QDQ,
+                    per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+    session = InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": images[:1]})[0]
+    with torch.no_grad():
+        want = model(torch.from_numpy(images[:1])).numpy()
+    return float(np.abs(got - want).max() / want.max())
+
+
+def test_onnxruntime_saturates_where_the_weight_grid_says_and_never_in_depthwise_kernels(tmp_path):
+    """The rule behind OnnxTarget.weight_range, measured on the machine running the tests: full-range weights
+    saturate onnxruntime's int8 GEMM exactly where int8_saturates() says (AMD EPYC, AVX2 only: off by half the
+    output), 7 bits never do, and its depthwise kernel is exact with full-range weights on every CPU."""
+    pytest.importorskip("onnxruntime")
+    from dermmobile.targets.onnx import int8_saturates
+
+    full = _onnxruntime_int8_error(tmp_path, groups=1, kernel=1, reduce_range=False)
+    assert (full > 0.1) == int8_saturates(), full
+    assert _onnxruntime_int8_error(tmp_path, groups=1, kernel=1, reduce_range=True) < 0.01
+    for kernel in (3, 5):
+        assert _onnxruntime_int8_error(tmp_path, groups=32, kernel=kernel, reduce_range=False) < 0.01
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_onnx_depthwise_weights_keep_the_full_grid_where_the_gemm_gets_seven_bits(saturates, tmp_path):
+    """Where onnxruntime's GEMM can saturate, its layers get 7-bit weights and the depthwise convolution keeps 8:
+    in GPTQ's rounding, in the file onnxruntime's quantizer writes, and in the simulation that ranks layers."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from dermmobile.quantization.gptq import round_weights
+    from dermmobile.targets.base import ExportRequest
+    from dermmobile.targets.onnx import REDUCED_RANGE
+    from tests.test_bias_correction import _images, _model
+
+    target, images = get_target("onnx"), _images()
+    usual = REDUCED_RANGE if saturates else (-127, 127)
+    with mock.patch("dermmobile.targets.onnx.int8_saturates", return_value=saturates):
+        model, record = round_weights(_model(), images, target.weight_range)
+        assert record["layers"] == 3 and record["nearest_channels"] == 0  # GPTQ found every channel's grid
+        request = ExportRequest(model, "test", list("abcd"), {"resize": 16, "crop": 16}, quantize="int8",
+                                calibration=images, out_file=tmp_path / "model.onnx")  # fmt: skip
+        target.export(request)
+        stop = mock.patch("dermmobile.quantization.simulate.build_quantizer", side_effect=RuntimeError("stop"))
+        with stop as build, pytest.raises(RuntimeError, match="stop"):
+            target.simulation(request)(images[:2], frozenset())
+    assert build.call_args.kwargs["weight_range"] == usual
+    assert build.call_args.kwargs["layer_ranges"] == ({"3": (-127, 127)} if saturates else {})
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    widest = {}
+    for node in graph.node:  # each convolution's weight: its DequantizeLinear's int8 input
+        if node.op_type == "DequantizeLinear" and values.get(node.input[0]) is not None and values[node.input[0]].ndim == 4:
+            consumer = next(n for n in graph.node if node.output[0] in n.input)
+            widest[consumer.input[1]] = int(np.abs(values[node.input[0]].astype(np.int32)).max())
+    assert sorted(widest.values()) == sorted([usual[1], 127]), widest
+    for name, module in model.named_modules():  # GPTQ rounded each layer onto that layer's grid
+        if hasattr(module, "weight") and name != "1" and name != "4":  # not the (folded) batch norms
+            grid = (-127, 127) if name == "3" else usual
+            weight = module.weight.detach()
+            np.testing.assert_allclose(quantize_weight(weight, *grid).numpy(), weight.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_a_layer_grid_reaches_the_pt2e_weight_observer():
+    """build_quantizer's layer_ranges: that layer's weight spec gets its own grid, the others keep weight_range."""
+    pytest.importorskip("executorch")
+    import torch
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    from dermmobile.targets.onnx import REDUCED_RANGE
+    from dermmobile.targets.pt2e import build_quantizer, is_layer, layer_name
+    from tests.test_bias_correction import _images, _model
+
+    graph = torch.export.export(_model(), (torch.from_numpy(_images(2)),), strict=False).module()
+    quantizer = build_quantizer("xnnpack", observer="minmax", weight_range=REDUCED_RANGE, layer_ranges={"3": (-127, 127)})
+    quantizer.annotate(quantizer.transform_for_annotation(graph))
+    grids = {layer_name(node): node.meta[Q_ANNOTATION_KEY].input_qspec_map[node.args[1]]
+             for node in graph.graph.nodes if is_layer(node)}  # fmt: skip
+    assert {name: (spec.quant_min, spec.quant_max) for name, spec in grids.items()} == {
+        "0": REDUCED_RANGE, "3": (-127, 127), "8": REDUCED_RANGE}  # fmt: skip
+
+
 @pytest.mark.parametrize("saturates", [True, False])
 def test_onnx_int8_file_bias_correction_and_simulation_share_one_weight_grid(saturates, tiny_checkpoint, synthetic_root,
                                                                              tmp_path):  # fmt: skip

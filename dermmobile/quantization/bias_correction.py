@@ -22,6 +22,7 @@ the default) folds and corrects the same way, from its own rounding, with the pi
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 
@@ -100,7 +101,16 @@ def quantize_weight(weight, qmin: int, qmax: int):
     return torch.clamp(torch.round(weight / scale), qmin, qmax) * scale
 
 
-def correct_biases(model, calibration: np.ndarray, weight_range: tuple[int, int], float_layers=frozenset(), batch=16):
+# One grid (qmin, qmax) for every layer, or a function of the layer: a target's `weight_range` (targets/base.py).
+WeightRange = tuple[int, int] | Callable[[object], tuple[int, int]]
+
+
+def grid_of(weight_range: WeightRange, layer) -> tuple[int, int]:
+    """The (qmin, qmax) int8 weight grid of `layer` under `weight_range`."""
+    return weight_range(layer) if callable(weight_range) else weight_range
+
+
+def correct_biases(model, calibration: np.ndarray, weight_range: WeightRange, float_layers=frozenset(), batch=16):
     """A copy of `model` with batch norms folded and each quantized layer's bias corrected; see the module docstring."""
     import torch
 
@@ -130,7 +140,7 @@ def correct_biases(model, calibration: np.ndarray, weight_range: tuple[int, int]
 
     handles = []
     for name, module in layers.items():
-        error = quantize_weight(module.weight, *weight_range) - module.weight.detach()
+        error = quantize_weight(module.weight, *grid_of(weight_range, module)) - module.weight.detach()
         handles.append(module.register_forward_hook(recorder(name, module, error)))
     run_hooked(model, calibration, handles, batch)
     with torch.no_grad():

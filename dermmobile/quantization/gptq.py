@@ -23,14 +23,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from dermmobile.quantization.bias_correction import fold_batch_norms, quantize_weight, quantized_layers, run_hooked
+from dermmobile.quantization.bias_correction import (
+    WeightRange,
+    fold_batch_norms,
+    grid_of,
+    quantize_weight,
+    quantized_layers,
+    run_hooked,
+)
 
 DAMPING = 0.01  # share of the mean diagonal of H added to it (GPTQ's default): keeps its inverse stable
 
 
-def round_weights(model, calibration: np.ndarray, weight_range: tuple[int, int], float_layers=frozenset(),
+def round_weights(model, calibration: np.ndarray, weight_range: WeightRange, float_layers=frozenset(),
                   correct_mean: bool = True, batch: int = 16):  # fmt: skip
-    """A copy of `model` with batch norms folded and every quantized layer's weights on their int8 grid by GPTQ.
+    """A copy of `model` with batch norms folded and every quantized layer's weights on their int8 grid by GPTQ
+    (`weight_range`: one grid, or each layer's, bias_correction.WeightRange).
 
     Returns (model, record): record counts the layers rounded by GPTQ, and the channels (if any) that fell
     back to nearest rounding."""
@@ -50,16 +58,17 @@ def round_weights(model, calibration: np.ndarray, weight_range: tuple[int, int],
                     record["skipped"].append(name)  # left to the toolchain's nearest rounding
                 continue
             original = module.weight.detach().to(torch.float64)
+            grid = grid_of(weight_range, module)
             groups = stat.hessian.shape[0]
             rows = original.reshape(groups, original.shape[0] // groups, -1)
-            rounded, nearest = _gptq(rows.clone(), stat.hessian / stat.count, weight_range)
+            rounded, nearest = _gptq(rows.clone(), stat.hessian / stat.count, grid)
             rounded = rounded.reshape(original.shape)
             # The toolchain rounds again what we write: a channel whose grid it would not find is rounded to nearest.
-            again = quantize_weight(rounded, *weight_range)
-            step = 2 * original.abs().flatten(1).amax(1) / (weight_range[1] - weight_range[0])
+            again = quantize_weight(rounded, *grid)
+            step = 2 * original.abs().flatten(1).amax(1) / (grid[1] - grid[0])
             lost = (again - rounded).abs().flatten(1).amax(1) > 1e-6 * step  # float64: equal but for rounding noise
             if lost.any():
-                rounded[lost] = quantize_weight(original[lost], *weight_range)
+                rounded[lost] = quantize_weight(original[lost], *grid)
             record["nearest_channels"] += int(nearest.sum()) + int(lost.sum())
             if correct_mean:
                 mean_patch = stat.patch_sum / stat.count  # [groups, inputs]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dermmobile.quantization.bias_correction import WeightRange, grid_of
 from dermmobile.targets.base import FULL_WEIGHT_RANGE
 from dermmobile.targets.pt2e import build_quantizer, is_layer, layer_name, leave_float
 
@@ -138,7 +139,7 @@ class Simulation:
     """The calibrated, switchable fake-quant graph of one toolchain's quantizer."""
 
     def __init__(self, model, toolchain: str, calibration: np.ndarray, observer: str = "histogram", batch: int = 16,
-                 clamp: bool | None = None, weight_range: tuple[int, int] = FULL_WEIGHT_RANGE):  # fmt: skip
+                 clamp: bool | None = None, weight_range: WeightRange = FULL_WEIGHT_RANGE):  # fmt: skip
         import torch
         from torch.export import Dim
         from torchao.quantization.pt2e.observer import ObserverBase
@@ -156,7 +157,12 @@ class Simulation:
         self._annotated = copy.deepcopy(exported)
         _fuse_conv_bn_(self._annotated)
         _fuse_linear_bn_(self._annotated)
-        quantizer = build_quantizer(toolchain, observer=observer, clamp=clamp, weight_range=weight_range)
+        # The grid of most layers, and the layers whose grid differs (onnxruntime's depthwise ones, targets/onnx.py).
+        usual = grid_of(weight_range, None)
+        kinds = (torch.nn.Conv2d, torch.nn.Linear)
+        own = {name: grid_of(weight_range, module) for name, module in model.named_modules() if isinstance(module, kinds)}
+        grids = {"weight_range": usual, "layer_ranges": {name: grid for name, grid in own.items() if grid != usual}}
+        quantizer = build_quantizer(toolchain, observer=observer, clamp=clamp, **grids)
         self._annotated = quantizer.transform_for_annotation(self._annotated)
         self.graph = prepare_pt2e(exported, quantizer)
         self._run(self.graph, calibration)
@@ -175,7 +181,7 @@ class Simulation:
         # each float set by removing annotations the way the quantizer's leave_float step would.
         from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-        build_quantizer(toolchain, observer=observer, clamp=clamp, weight_range=weight_range).annotate(self._annotated)
+        build_quantizer(toolchain, observer=observer, clamp=clamp, **grids).annotate(self._annotated)
         self._full = {node: node.meta.get(Q_ANNOTATION_KEY) for node in self._annotated.graph.nodes}
         full = self.quantized_tensors(frozenset())
         unknown = set(self.switches) - full

@@ -123,8 +123,9 @@ class Target(Protocol):
         """Open the file with its runtime; raises MissingBackendError where it cannot run (Core ML off macOS)."""
         ...
 
-    # Optional: `weight_range() -> (qmin, qmax)`, the symmetric per-channel int8 weight grid of its int8
-    # (bias correction rounds to it, dermmobile/quantization/bias_correction.py); without it no bias correction.
+    # Optional: `weight_range(layer=None) -> (qmin, qmax)`, the symmetric per-channel int8 weight grid its int8 gives
+    # `layer` (a torch conv or linear module; None: an ordinary one). GPTQ and bias correction round to it
+    # (dermmobile/quantization/); without it neither runs.
     # Optional: targets whose int8 is PT2E also name `pt2e_toolchain` ("litert", "xnnpack"), the key of
     # targets/pt2e.build_quantizer their int8 uses; `dermmobile qat` trains with its qat form (dermmobile/qat.py).
 

@@ -57,7 +57,7 @@ class ExecuTorchTarget:
     pt2e_toolchain = "xnnpack"  # int8 (and QAT) quantizer: targets/pt2e.build_quantizer
 
     @staticmethod
-    def weight_range() -> tuple[int, int]:
+    def weight_range(layer=None) -> tuple[int, int]:
         return FULL_WEIGHT_RANGE
 
     # Measured: 2 of 30 bit-flipped .pte files made XNNPACK's loader abort the process (SIGABRT):

@@ -37,6 +37,14 @@ REDUCED_RANGE = (-64, 64)  # onnxruntime's symmetric int8 weight grid with reduc
 # So static int8 uses full-range weights where the exporting CPU cannot saturate (VNNI, or not
 # x86: ARM phones) and 7-bit weights elsewhere, and says which in the manifest; the parity gate
 # measures the file on the exporting machine. Dynamic uses uint8 weights, its best here.
+# Depthwise convolutions keep full-range weights there all the same: onnxruntime runs them in its
+# own kernel, which widens to 32 bits before adding (tests/test_targets.py measures both kernels on
+# the machine that runs the tests: a 1x1 convolution with every weight and input at its maximum is
+# off by half its output on AMD EPYC, a depthwise one by 0.1 %).
+# Tried and dropped: 8-bit weights for 1x1 convolutions with |q[2j]| + |q[2j+1]| <= 128 along the
+# input channels (VPMADDUBSW adds exactly those pairs in int16, and 255 x 128 fits; measured so on
+# that EPYC). On Lite0 4.4 % of such pairs exceed it, and GPTQ rounding within it left a mean logit
+# error of 0.52 on the tuning photos (weights alone, in torch) against 0.054 with 7 bits.
 
 
 class OnnxRuntime:
@@ -84,6 +92,7 @@ class OnnxTarget:
         onnx = require("onnx", "onnx")
         request.check(self.name)
         out = Path(request.out_file)
+        full_range: dict = {}  # int8: which layers kept 8-bit weights where the rest got 7
         with tempfile.TemporaryDirectory(prefix="dermmobile-onnx-") as tmp:
             fp32 = out if request.quantize == "none" else Path(tmp) / "fp32.onnx"
             program = torch.onnx.export(
@@ -113,21 +122,22 @@ class OnnxTarget:
                 quantize_dynamic(fp32, out, op_types_to_quantize=list(DYNAMIC_OPS), per_channel=True,
                                  weight_type=QuantType.QUInt8)  # fmt: skip
             elif request.quantize == "int8":
-                _quantize_static(fp32, out, request, onnx.load(str(fp32)))
+                full_range = _quantize_static(fp32, out, request, onnx.load(str(fp32)))
         onnx.checker.check_model(str(out), full_check=True)
         model = onnx.load(str(out), load_external_data=False)
         return ExportResult(
             input={"name": "image", "shape": request.input_shape, "dtype": "float32", "layout": "NCHW"},
             output={"name": "logits", "shape": [1, len(request.labels)], "dtype": "float32", "layout": ""},
             toolchain={name: package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime")},
-            notes={"dynamic_batch": True, "opset": _opset(model), **_weight_note(request.quantize)},
+            notes={"dynamic_batch": True, "opset": _opset(model), **_weight_note(request.quantize, full_range)},
             op_counts=count_ops(model),
         )
 
     @staticmethod
-    def weight_range() -> tuple[int, int]:
-        """The int8 weight grid for this machine (see REDUCED_RANGE above): what bias correction and the simulation use."""
-        return REDUCED_RANGE if int8_saturates() else FULL_WEIGHT_RANGE
+    def weight_range(layer=None) -> tuple[int, int]:
+        """The int8 weight grid of `layer` (None: a layer onnxruntime multiplies in its int8 GEMM) on this machine,
+        see REDUCED_RANGE above: what GPTQ rounds to and the simulation stands in with."""
+        return FULL_WEIGHT_RANGE if is_depthwise(layer) or not int8_saturates() else REDUCED_RANGE
 
     def load(self, path: Path, manifest, threads: int | None = None) -> OnnxRuntime:
         check_external_data(Path(path))
@@ -140,7 +150,7 @@ class OnnxTarget:
         """
         from dermmobile.quantization.simulate import Simulation
 
-        return Simulation(request.model, "xnnpack", request.calibration, "minmax", weight_range=self.weight_range()).logits
+        return Simulation(request.model, "xnnpack", request.calibration, "minmax", weight_range=self.weight_range).logits
 
 
 # onnxruntime's calibration methods by the names users pick (`--observer`). Not offered: "distribution", whose
@@ -155,7 +165,7 @@ _COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _REQUANTIZED = ("Conv", "ConvTranspose", "Gemm")  # the float layers onnxruntime's WeightBiasQuantization would quantize
 
 
-def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> None:
+def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> dict:
     """Static QDQ int8, per-channel weights; the layers in request.float_layers stay float (nodes_to_exclude)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -163,17 +173,23 @@ def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> No
     if observer not in OBSERVERS:
         raise BadInputError(f"unknown onnx observer {observer!r}; valid: {', '.join(OBSERVERS)}")
     excluded = layer_nodes(model, request.float_layers)
+    reduce_range = OnnxTarget.weight_range() == REDUCED_RANGE
+    full_range, note = _full_range_layers(request.model, request.float_layers) if reduce_range else ([], {})
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    overrides = {f"{name}.weight": [{"axis": 0, "reduce_range": False}] for name in full_range
+                 if f"{name}.weight" in initializers}  # fmt: skip
     quantize_static(
         fp32,
         out,
         _Calibration(np.ascontiguousarray(request.calibration, dtype=np.float32)),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        reduce_range=OnnxTarget.weight_range() == REDUCED_RANGE,
+        reduce_range=reduce_range,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
         calibrate_method=getattr(CalibrationMethod, OBSERVERS[observer]),
+        extra_options={"TensorQuantOverrides": overrides} if overrides else {},
     )
     if excluded:
         import onnx
@@ -181,6 +197,20 @@ def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> No
         quantized = onnx.load(str(out))
         keep_float(quantized, excluded)
         onnx.save_model(quantized, str(out))
+    return note
+
+
+def _full_range_layers(torch_model, float_layers) -> tuple[list[str], dict]:
+    """The quantized layers whose weights keep the full grid on a CPU where the others get 7 bits (see REDUCED_RANGE),
+    and the manifest's count of them: the depthwise convolutions."""
+    names = [name for name, module in torch_model.named_modules() if is_depthwise(module) and name not in float_layers]
+    return names, {"depthwise_layers": len(names)}
+
+
+def is_depthwise(layer) -> bool:
+    """A depthwise convolution (one input and one output channel per group): onnxruntime's depthwise kernel runs it."""
+    groups = getattr(layer, "groups", 1)
+    return groups > 1 and layer.in_channels == groups and layer.out_channels == groups
 
 
 def keep_float(model, nodes: list[str]) -> None:
@@ -240,13 +270,15 @@ def _input_channels(node, weight_shape) -> int | None:
     return int(weight_shape[1] * groups)
 
 
-def _weight_note(quantize: str) -> dict:
+def _weight_note(quantize: str, full_range: dict) -> dict:
+    """The manifest's account of the weight grid; `full_range`: _full_range_layers's count of 8-bit layers."""
     if quantize != "int8":
         return {}
     bits = 7 if OnnxTarget.weight_range() == REDUCED_RANGE else 8
-    why = ("this x86 CPU has no VNNI: full-range weights would saturate onnxruntime's kernels" if bits == 7 else
+    why = ("this x86 CPU has no VNNI: full-range weights can saturate onnxruntime's int8 GEMM; the layers in "
+           "weight_bits_8 keep 8 bits (its depthwise kernel cannot saturate)" if bits == 7 else
            "full range: on an x86 CPU without VNNI onnxruntime may saturate; re-export there and check its gate")  # fmt: skip
-    return {"weight_bits": bits, "weight_bits_why": why}
+    return {"weight_bits": bits, "weight_bits_why": why, **({"weight_bits_8": full_range} if bits == 7 else {})}
 
 
 def int8_saturates(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

@@ -81,6 +81,24 @@ def is_layer(node) -> bool:
     return node.op == "call_function" and node.target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
 
 
+def set_weight_grids(graph_module, layer_ranges: dict[str, tuple[int, int]]) -> int:
+    """Give the weights of the layers named in `layer_ranges` their own (qmin, qmax) grid; return how many changed."""
+    import dataclasses
+
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    changed = 0
+    for node in graph_module.graph.nodes:
+        if not is_layer(node) or layer_name(node) not in layer_ranges or Q_ANNOTATION_KEY not in node.meta:
+            continue
+        specs, weight = node.meta[Q_ANNOTATION_KEY].input_qspec_map, node.args[1]
+        if specs.get(weight) is not None:
+            qmin, qmax = layer_ranges[layer_name(node)]
+            specs[weight] = dataclasses.replace(specs[weight], quant_min=qmin, quant_max=qmax)
+            changed += 1
+    return changed
+
+
 def leave_float(graph_module, float_layers: frozenset[str]) -> int:
     """Drop the annotations of the layers named in `float_layers` and of their activations; return how many layers.
 
@@ -109,10 +127,11 @@ def leave_float(graph_module, float_layers: frozenset[str]) -> int:
 
 def build_quantizer(
     toolchain: str, float_layers=frozenset(), observer: str = "histogram", qat: bool = False, clamp: bool | None = None,
-    weight_range: tuple[int, int] = FULL_WEIGHT_RANGE,
+    weight_range: tuple[int, int] = FULL_WEIGHT_RANGE, layer_ranges: dict[str, tuple[int, int]] | None = None,
 ):  # fmt: skip
     """The PT2E quantizer of `toolchain` ("xnnpack": ExecuTorch, "litert": TFLite): symmetric per-channel
     int8 weights, per-tensor int8 activations observed by `observer`, `float_layers` left unannotated.
+    Weights use the grid `weight_range`, but the layers (module names) in `layer_ranges` use their own.
 
     clamp: observe ReLU6 outputs after the clamp (None: the toolchain's choice, see the module docstring).
     qat: the same annotation with fake-quantize observers for `dermmobile qat` (moving-average
@@ -154,6 +173,7 @@ def build_quantizer(
             model = super().annotate(model)
             if clamp:
                 observe_after_clamps(model)
+            set_weight_grids(model, layer_ranges or {})
             leave_float(model, float_layers)
             return model
 

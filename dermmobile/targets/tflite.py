@@ -106,7 +106,7 @@ class TFLiteTarget:
     pt2e_toolchain = "litert"  # int8 (and QAT) quantizer: targets/pt2e.build_quantizer
 
     @staticmethod
-    def weight_range() -> tuple[int, int]:
+    def weight_range(layer=None) -> tuple[int, int]:
         return FULL_WEIGHT_RANGE
 
     def export(self, request: ExportRequest) -> ExportResult:
