@@ -66,6 +66,9 @@ class ExportPlan:
     int8: Int8Options = field(default_factory=Int8Options)
     image_records: dict = field(default_factory=dict)  # int8: calibration/tuning/gate records for the manifest
     variant: str = ""  # appended to artifact names, so two variants of one export can sit side by side
+    # int8: GPTQ's per-layer input statistics on `calibration` (gptq.round_weights), gathered once for every
+    # target and fallback attempt of this plan
+    layer_statistics: dict = field(default_factory=dict)
 
 
 def artifact_name(arch: str, target: Target, quantize: str, layout: str = "NCHW", variant: str = "") -> str:
@@ -96,7 +99,8 @@ def prepare_int8_weights(model, plan: ExportPlan, weight_range, float_layers: fr
     if int8.weight_rounding == "gptq":
         from dermmobile.quantization.gptq import round_weights
 
-        return round_weights(model, plan.calibration, weight_range, float_layers, correct_mean=int8.bias_correction)[0]
+        return round_weights(model, plan.calibration, weight_range, float_layers, correct_mean=int8.bias_correction,
+                             statistics=plan.layer_statistics)[0]  # fmt: skip
     if int8.bias_correction:
         from dermmobile.quantization.bias_correction import correct_biases
 

@@ -98,6 +98,25 @@ def test_layers_left_float_and_paddings_im2col_cannot_read_are_left_alone():
     assert torch.allclose(quantize_weight(rounded[2].weight.detach(), -127, 127), rounded[2].weight.detach(), rtol=1e-6)
 
 
+def test_statistics_kept_between_calls_give_the_same_weights_without_running_the_images_again():
+    """The exporter keeps each layer's input statistics per plan: a later call with other float layers (the next
+    fallback attempt, or the next target) rounds exactly as a fresh call would, and runs no image through the model."""
+    from unittest import mock
+
+    import dermmobile.quantization.gptq as gptq
+
+    images, kept = _images(), {}
+    first, _ = round_weights(_model(), images, (-127, 127), float_layers=frozenset({"3"}), statistics=kept)
+    assert set(kept) == {"0", "3", "8"}  # every layer, the float one too
+    with mock.patch.object(gptq, "run_hooked", wraps=gptq.run_hooked) as passes:
+        again, _ = round_weights(_model(), images, (-127, 127), float_layers=frozenset({"8"}), statistics=kept)
+    assert passes.call_count == 0
+    fresh, _ = round_weights(_model(), images, (-127, 127), float_layers=frozenset({"8"}))
+    for layer in ("0", "3", "8"):
+        assert torch.equal(again[int(layer)].weight, fresh[int(layer)].weight), layer
+    assert not torch.equal(first[3].weight, again[3].weight)  # "3" was float in the first call, rounded now
+
+
 def test_efficientnet_lite_same_padding_is_read_through_its_own_pad():
     """Lite0's convolutions pad in their forward; GPTQ reads their patches through SameConv2d.pad_input (stride 2,
     odd padding), so the mean shift it removes is the one the real layer sees."""
