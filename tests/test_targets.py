@@ -180,14 +180,13 @@ def test_default_int8_export_of_a_real_model_passes_its_gate(lite0_checkpoint, r
     """The command this tool exists for, on a model trained as a user would (conftest.lite0_run, the default recipe):
     `export --target tflite --quantize int8 --calib-data sd198-27` passes its gate on photos that chose nothing, the
     143 held-out ones among them, and the manifest says what it cost. The reference model of the same recipe passed
-    plain (GPTQ rounding, logits float) with 3 flips of 393 where 7 are allowed (README, int8)."""
-    from dermmobile.quantization.options import Int8Options
-
+    plain (GPTQ rounding, logits float) with 3 flips of 393 where 7 are allowed (README, int8).
+    Every option is the default: a smaller search (the ranking on 8 simulated photos and two real attempts) made
+    the model this recipe trains on a 2-core AMD EPYC fail by one photo of top-1 (2 float layers, 98.73 %, 1.02
+    points), where the default search passes (5 float layers, 99.24 %, 3 flips); its plain file misses the tuning
+    photos there (98.96 %), so the search runs, about 7 minutes on 2 cores. On a Xeon the plain file passed."""
     checkpoint = load_checkpoint(lite0_checkpoint)
-    # CI size where the fallback has to search: the ranking on 8 simulated photos, not 32, and two real attempts
-    # after the plain file, not four; the calibration, tuning and gate sets are the defaults.
-    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=real_data,
-                       int8=Int8Options(max_attempts=2, sensitivity_images=8))  # fmt: skip
+    plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=real_data)
     (outcome,) = run_plan(checkpoint, plan)
     manifest = outcome.artifact.manifest
     parity = manifest.parity
@@ -201,7 +200,7 @@ def test_default_int8_export_of_a_real_model_passes_its_gate(lite0_checkpoint, r
         manifest.float_layers
     )
     real = [a for a in manifest.fallback["attempts"] if a["source"] == "artifact"]
-    assert 1 <= len(real) <= 3
+    assert 1 <= len(real) <= 1 + plan.int8.max_attempts
     kept = next(a for a in real if sorted(a["float_layers"]) == sorted(manifest.float_layers))
     passing = [a for a in real if a["passed"]]  # on the tuning photos: the cheapest of those, else the most exact
     best = min(passing, key=lambda a: a["float_macs_share"]) if passing else min(real, key=lambda a: a["mean_abs_logit"])
