@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         runtime = target.load(artifact.path, artifact.manifest)
         seconds = round(time.perf_counter() - started, 1)
         tuning, gate = judge(checkpoint, runtime, plan.tuning), judge(checkpoint, runtime, plan.check)
-        rows.append({"variant": name, "export_seconds": seconds, "weight_bits": artifact.manifest.notes.get("weight_bits"),
-                     "weight_bits_8": artifact.manifest.notes.get("weight_bits_8"), "tuning": tuning, "gate": gate})  # fmt: skip
+        notes = artifact.manifest.notes
+        rows.append({"variant": name, "export_seconds": seconds, "weight_bits": notes.get("weight_bits"),
+                     "weight_bits_8_layers": notes.get("weight_bits_8_layers"), "tuning": tuning, "gate": gate})  # fmt: skip
         print(rows[-1], flush=True)
     machine = machine_info()
     report = {"checkpoint": str(args.checkpoint), "data": str(args.data), "saturating_cpu": int8_saturates(),

@@ -378,12 +378,14 @@ def test_onnx_depthwise_weights_keep_the_full_grid_where_the_gemm_gets_seven_bit
         assert record["layers"] == 3 and record["nearest_channels"] == 0  # GPTQ found every channel's grid
         request = ExportRequest(model, "test", list("abcd"), {"resize": 16, "crop": 16}, quantize="int8",
                                 calibration=images, out_file=tmp_path / "model.onnx")  # fmt: skip
-        target.export(request)
+        result = target.export(request)
         stop = mock.patch("dermmobile.quantization.simulate.build_quantizer", side_effect=RuntimeError("stop"))
         with stop as build, pytest.raises(RuntimeError, match="stop"):
             target.simulation(request)(images[:2], frozenset())
     assert build.call_args.kwargs["weight_range"] == usual
     assert build.call_args.kwargs["layer_ranges"] == ({"3": (-127, 127)} if saturates else {})
+    assert result.notes["weight_bits"] == (7 if saturates else 8)
+    assert result.notes.get("weight_bits_8_layers") == (1 if saturates else None)  # the manifest counts the exception
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     widest = {}

@@ -92,7 +92,7 @@ class OnnxTarget:
         onnx = require("onnx", "onnx")
         request.check(self.name)
         out = Path(request.out_file)
-        full_range: dict = {}  # int8: which layers kept 8-bit weights where the rest got 7
+        full_range = 0  # int8: how many layers kept 8-bit weights where the rest got 7
         with tempfile.TemporaryDirectory(prefix="dermmobile-onnx-") as tmp:
             fp32 = out if request.quantize == "none" else Path(tmp) / "fp32.onnx"
             program = torch.onnx.export(
@@ -165,8 +165,9 @@ _COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _REQUANTIZED = ("Conv", "ConvTranspose", "Gemm")  # the float layers onnxruntime's WeightBiasQuantization would quantize
 
 
-def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> dict:
-    """Static QDQ int8, per-channel weights; the layers in request.float_layers stay float (nodes_to_exclude)."""
+def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> int:
+    """Static QDQ int8, per-channel weights; the layers in request.float_layers stay float (nodes_to_exclude).
+    Returns how many layers kept 8-bit weights where the usual grid is 7 bits."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     observer = request.observer or OBSERVER
@@ -174,10 +175,13 @@ def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> di
         raise BadInputError(f"unknown onnx observer {observer!r}; valid: {', '.join(OBSERVERS)}")
     excluded = layer_nodes(model, request.float_layers)
     reduce_range = OnnxTarget.weight_range() == REDUCED_RANGE
-    full_range, note = _full_range_layers(request.model, request.float_layers) if reduce_range else ([], {})
+    # Where the usual grid is 7 bits, the quantized layers whose own grid is the full one (OnnxTarget.weight_range)
+    # get reduce_range turned off for their weight (`<layer>.weight`, see layer_nodes).
     initializers = {tensor.name for tensor in model.graph.initializer}
-    overrides = {f"{name}.weight": [{"axis": 0, "reduce_range": False}] for name in full_range
-                 if f"{name}.weight" in initializers}  # fmt: skip
+    full_range = [name for name, module in request.model.named_modules()
+                  if reduce_range and f"{name}.weight" in initializers and name not in request.float_layers
+                  and OnnxTarget.weight_range(module) == FULL_WEIGHT_RANGE]  # fmt: skip
+    overrides = {f"{name}.weight": [{"axis": 0, "reduce_range": False}] for name in full_range}
     quantize_static(
         fp32,
         out,
@@ -197,14 +201,7 @@ def _quantize_static(fp32: Path, out: Path, request: ExportRequest, model) -> di
         quantized = onnx.load(str(out))
         keep_float(quantized, excluded)
         onnx.save_model(quantized, str(out))
-    return note
-
-
-def _full_range_layers(torch_model, float_layers) -> tuple[list[str], dict]:
-    """The quantized layers whose weights keep the full grid on a CPU where the others get 7 bits (see REDUCED_RANGE),
-    and the manifest's count of them: the depthwise convolutions."""
-    names = [name for name, module in torch_model.named_modules() if is_depthwise(module) and name not in float_layers]
-    return names, {"depthwise_layers": len(names)}
+    return len(full_range)
 
 
 def is_depthwise(layer) -> bool:
@@ -270,15 +267,15 @@ def _input_channels(node, weight_shape) -> int | None:
     return int(weight_shape[1] * groups)
 
 
-def _weight_note(quantize: str, full_range: dict) -> dict:
-    """The manifest's account of the weight grid; `full_range`: _full_range_layers's count of 8-bit layers."""
+def _weight_note(quantize: str, full_range: int) -> dict:
+    """The manifest's account of the weight grid; `full_range`: how many layers kept 8 bits where the rest got 7."""
     if quantize != "int8":
         return {}
     bits = 7 if OnnxTarget.weight_range() == REDUCED_RANGE else 8
-    why = ("this x86 CPU has no VNNI: full-range weights can saturate onnxruntime's int8 GEMM; the layers in "
-           "weight_bits_8 keep 8 bits (its depthwise kernel cannot saturate)" if bits == 7 else
+    why = ("this x86 CPU has no VNNI: full-range weights can saturate onnxruntime's int8 GEMM, so its layers get 7 "
+           "bits; the depthwise convolutions (weight_bits_8_layers) keep 8: their kernel cannot saturate" if bits == 7 else
            "full range: on an x86 CPU without VNNI onnxruntime may saturate; re-export there and check its gate")  # fmt: skip
-    return {"weight_bits": bits, "weight_bits_why": why, **({"weight_bits_8": full_range} if bits == 7 else {})}
+    return {"weight_bits": bits, "weight_bits_why": why, **({"weight_bits_8_layers": full_range} if bits == 7 else {})}
 
 
 def int8_saturates(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
