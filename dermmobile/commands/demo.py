@@ -10,7 +10,7 @@ HELP = "run the whole pipeline on built-in SYNTHETIC data (train, export to ever
 def add_arguments(parser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     parser.add_argument("--arch", default="tiny_cnn", help="model to train (default tiny_cnn: seconds per epoch)")
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30, as DemoConfig)")
     parser.add_argument("--targets", default="all", help="comma-separated targets, or all (default)")
 
 
