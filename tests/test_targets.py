@@ -347,7 +347,7 @@ def _onnxruntime_int8_error(tmp_path, groups: int, kernel: int, reduce_range: bo
 def test_onnxruntime_saturates_where_the_weight_grid_says_and_never_in_depthwise_kernels(tmp_path):
     """The rule behind OnnxTarget.weight_range, measured on the machine running the tests: full-range weights
     saturate onnxruntime's int8 GEMM exactly where int8_saturates() says (AMD EPYC, AVX2 only: off by half the
-    output), 7 bits never do, and its depthwise kernel is exact with full-range weights on every CPU."""
+    output), 7 bits never do, and its depthwise kernel stays within 1 % with full-range weights on every CPU."""
     pytest.importorskip("onnxruntime")
     from dermmobile.targets.onnx import int8_saturates
 
