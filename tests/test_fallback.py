@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tests.fake_target as fake
-from dermmobile.quantization.fallback import Criterion, ranked_prefixes, search
+from dermmobile.quantization.fallback import Criterion, forecast_agreement, ranked_prefixes, search
 from dermmobile.quantization.simulate import Layer
 
 LABELS = [f"c{i}" for i in range(5)]
@@ -84,6 +84,36 @@ def test_the_search_grows_from_the_most_sensitive_layer():
     assert [passed for _, passed in real] == [False, False, False, True]
     assert [len(layers) for layers, _ in real] == [0, 1, 2, 3] and real[1][0] == ["dw"]  # 1, 2, then the cap's 3
     assert result.passed and set(result.float_layers) == {"dw", "stem", "fc"}
+
+
+def test_the_forecast_is_the_share_of_margins_an_error_the_photos_share_would_not_break():
+    """Every photo's int8 error takes 0.3 off its top class: the photos whose float margin is below 0.3 flip, and
+    the forecast is their share, whichever photos the error was measured on."""
+    margins = np.array([0.05, 0.2, 0.29, 0.31, 0.5, 1.0, 2.0, 4.0])
+    reference = np.stack([np.array([m, 0.0, -1.0]) for m in margins])[:, [2, 0, 1]]  # top class not first
+    error = np.where(reference == reference.max(axis=1, keepdims=True), -0.3, 0.0)
+    assert forecast_agreement(reference, reference + error) == pytest.approx(5 / 8)
+    assert forecast_agreement(reference, reference) == 1.0
+
+
+def test_the_forecast_sees_near_ties_that_the_sample_did_not_break():
+    """One photo's large error lands on a confident photo, so nothing flips and the agreement reads 100 %; applied to
+    the near-tie photos, that error would flip them, and the forecast says so."""
+    reference = np.array([[0.1, 0.0, -1.0]] * 9 + [[5.0, 0.0, -1.0]])
+    logits = reference.copy()
+    logits[9] = [4.0, 0.5, -1.0]  # the confident photo's error: -1 on its top class, +0.5 on the runner-up
+    criterion = Criterion(["a", "b", "c"], margin=0.0)
+    report = criterion.judge(reference, logits, None, "artifact")
+    assert report.agreement == 1.0 and not report.passed
+    assert report.forecast_agreement == pytest.approx(1 - 9 / 90)  # 9 near-ties x the one error, of 10 x 9 pairs
+    assert "forecast agreement 90.00% is below the search target 98.0%" in report.failures[0]
+
+
+def test_a_file_with_a_nonfinite_output_is_forecast_to_agree_nowhere():
+    reference = np.random.default_rng(0).normal(0, 1, (6, 4))
+    logits = reference.copy()
+    logits[2, 1] = np.nan
+    assert forecast_agreement(reference, logits) == 0.0
 
 
 def _hurting_problem(noise: dict, simulated_noise: dict, hurts: str, harm: float, fails: bool = False):

@@ -114,8 +114,9 @@ def _record(artifact, result: FallbackResult, layers, options, criterion: Criter
         "enabled": options.fallback,
         "criterion": {
             "images": "tuning",
-            "min_agreement": criterion.min_agreement,
+            "min_agreement": TOLERANCES["int8"].min_agreement,
             "max_accuracy_drop_points": TOLERANCES["int8"].max_accuracy_drop,
+            "min_forecast_agreement": criterion.min_agreement,  # fallback.forecast_agreement
         },
         "max_float_macs": options.max_float_macs,
         "float_logits": options.float_logits,
