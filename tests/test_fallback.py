@@ -116,6 +116,13 @@ def test_a_file_with_a_nonfinite_output_is_forecast_to_agree_nowhere():
     assert forecast_agreement(reference, logits) == 0.0
 
 
+def test_with_one_photo_the_forecast_is_its_observed_agreement():
+    reference = np.array([[1.0, 0.0]])
+    assert forecast_agreement(reference, reference) == 1.0
+    assert forecast_agreement(reference, np.array([[0.0, 1.0]])) == 0.0
+    assert forecast_agreement(np.zeros((0, 2)), np.zeros((0, 2))) == 1.0
+
+
 def _hurting_problem(noise: dict, simulated_noise: dict, hurts: str, harm: float, fails: bool = False):
     """Like _problem, but leaving layer `hurts` float adds `harm` x a fixed error to the real file (or, with `fails`,
     its conversion raises); the simulation sees `simulated_noise` instead of `noise`."""

@@ -72,14 +72,18 @@ def forecast_agreement(reference: np.ndarray, logits: np.ndarray, chunk: int = 6
     rank (its error on the top class, on the runner-up, ...), added to every other photo's float logits.
 
     Why not the agreement itself: on 192 tuning photos it moves in steps of 0.5 % and a lucky sample decides it.
-    On Lite0 (AMD EPYC, five int8 files) the tuning photos flipped 0.9 % and the gate photos 1.4 %, while this
-    forecast read 1.6 % on either set for each file: it sees every near-tie a photo's error would break, not only
-    the few this sample happens to hold. A file with a NaN or Inf output is forecast to agree nowhere."""
+    For four Lite0 int8 files (benchmarks/forecast_agreement.py, AMD EPYC) the tuning photos flipped 0.8 % and the
+    gate photos 1.3 %, while this forecast read the same on either set within 0.05 points for each file: it sees
+    every near-tie a photo's error would break, not only the few this sample happens to hold. A file with a NaN or
+    Inf output is forecast to agree nowhere; with fewer than two photos there is nothing to borrow from, and the
+    forecast is the observed agreement."""
     reference = np.asarray(reference, dtype=np.float64)
     logits = np.asarray(logits, dtype=np.float64)
     count = len(reference)
-    if count < 2 or not np.isfinite(logits).all():
-        return 0.0 if count else 1.0
+    if not np.isfinite(logits).all():
+        return 0.0
+    if count < 2:
+        return float((reference.argmax(axis=1) == logits.argmax(axis=1)).all())
     order = np.argsort(-reference, axis=1)
     ranked = np.take_along_axis(reference, order, axis=1)  # each photo's float logits, top class first
     errors = np.take_along_axis(logits - reference, order, axis=1)  # its int8 error on them, by the same rank
@@ -115,7 +119,7 @@ class Attempt:
     source: str  # "artifact": a real export judged by its runtime ("simulation" in manifests before 2026-11-27)
     seconds: float = 0.0
     error: str | None = None  # why the converter could not build this float set
-    forecast_agreement: float | None = None  # on the tuning images (forecast_agreement; absent before 2026-11-28)
+    forecast_agreement: float | None = None  # on the tuning images (forecast_agreement); None in older manifests
 
 
 @dataclass

@@ -20,8 +20,8 @@ class Int8Options:
     max_float_macs: float = 0.25  # cap on the share of MACs left in float
     tune_count: int = 192  # tuning images (chose layers); disjoint from calibration and gate
     # The tuning images must pass the gate, and the agreement forecast from their logit errors
-    # (fallback.forecast_agreement) must reach the 98 % gate plus this margin: a file forecast at the
-    # gate itself fails it about half the time.
+    # (fallback.forecast_agreement) must reach the 98 % gate plus this margin: a file forecast right at
+    # the gate is as likely to miss it as to pass.
     tune_margin: float = 0.01
     bias_correction: bool = True  # give back in each bias the mean shift of int8 weight rounding (bias_correction.py)
     # "gptq": each layer's weights rounded so its output on the calibration images moves least (gptq.py);
