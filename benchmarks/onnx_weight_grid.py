@@ -22,6 +22,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import write_result
+from forecast_agreement import judge as judge_logits
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sd198-27"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,19 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def judge(checkpoint, runtime, images) -> dict:
-    from dermmobile.parity import compare_logits
     from dermmobile.targets.base import TorchRuntime, batched
 
     reference = batched(TorchRuntime(checkpoint.model).predict, images.arrays, 16)
-    report = compare_logits(reference, batched(runtime.predict, images.arrays, 16), list(checkpoint.meta.labels), None,
-                            images.targets)  # fmt: skip
-    return {
-        "images": len(images.arrays),
-        "agreement": round(report.agreement, 4),
-        "flips": len(report.flips),
-        "mean_abs_logit": round(report.mean_abs_logit, 4),
-        "top1_points_lost": round((report.reference_accuracy - report.accuracy) * 100, 2),
-    }
+    return judge_logits(reference, batched(runtime.predict, images.arrays, 16), images, list(checkpoint.meta.labels))
 
 
 def main(argv: list[str] | None = None) -> int:

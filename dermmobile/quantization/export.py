@@ -116,7 +116,7 @@ def _record(artifact, result: FallbackResult, layers, options, criterion: Criter
             "images": "tuning",
             "min_agreement": TOLERANCES["int8"].min_agreement,
             "max_accuracy_drop_points": TOLERANCES["int8"].max_accuracy_drop,
-            "min_forecast_agreement": criterion.min_agreement,  # fallback.forecast_agreement
+            "min_forecast_agreement": criterion.min_forecast_agreement,  # fallback.forecast_agreement
         },
         "max_float_macs": options.max_float_macs,
         "float_logits": options.float_logits,

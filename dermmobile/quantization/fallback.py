@@ -53,16 +53,16 @@ class Criterion:
     margin: float = 0.01  # forecast agreement above the gate: the gate images are another, larger sample
 
     @property
-    def min_agreement(self) -> float:
+    def min_forecast_agreement(self) -> float:
         return TOLERANCES["int8"].min_agreement + self.margin
 
     def judge(self, reference: np.ndarray, logits: np.ndarray, targets: np.ndarray | None, what: str) -> TuningReport:
         report = apply_gate(compare_logits(reference, logits, self.labels, None, targets), "int8", what)
         report = TuningReport(**vars(report), forecast_agreement=forecast_agreement(reference, logits))
-        if report.forecast_agreement < self.min_agreement and not report.failures:
+        if report.forecast_agreement < self.min_forecast_agreement and not report.failures:
             report.failures.append(
                 f"{what}: forecast agreement {report.forecast_agreement:.2%} is below the search target "
-                f"{self.min_agreement:.1%} (the {TOLERANCES['int8'].min_agreement:.0%} gate + {self.margin:.1%} margin)"
+                f"{self.min_forecast_agreement:.1%} (the {TOLERANCES['int8'].min_agreement:.0%} gate + {self.margin:.1%} margin)"
             )
         return report
 
