@@ -7,6 +7,7 @@ Real-data tests check the int8 gates on ../shared/data photos.
 from __future__ import annotations
 
 import platform
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -450,3 +451,39 @@ def test_onnx_int8_file_bias_correction_and_simulation_share_one_weight_grid(sat
     weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and i.dims]
     widest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.ndim > 1)
     assert widest == expected[1], widest
+
+
+def _lite_block_model():
+    """A stem and one EfficientNet-Lite block: a "SAME" pad before its depthwise convolution."""
+    from torch import nn
+
+    from dermmobile.efficientnet_lite import MBConv, SameConv2d
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    return nn.Sequential(SameConv2d(3, 8, 3, 2), nn.BatchNorm2d(8), nn.ReLU6(), MBConv(8, 8, 3, 1, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("target", ["tflite", "executorch", "onnx"])
+@pytest.mark.parametrize(("arch", "float_layer"), [("lite_block", "3._depthwise_conv"), ("tiny_cnn", "6")])
+def test_int8_leaves_float_a_padded_depthwise_or_the_layer_before_the_pool(target, arch, float_layer, tmp_path):
+    """Two kinds of float layer that did not build: a depthwise convolution after its "SAME" pad, fed by an int8 layer
+    (Lite0; XNNPACK refused it: "Weight and Input should both be quantized"), and the last convolution, whose ReLU
+    output the average pool shares (tiny_cnn, as ResNets; prepare_pt2e raised a KeyError on both PT2E targets)."""
+    from dermmobile.artifact import TensorSpec
+    from dermmobile.models import build_model
+    from dermmobile.targets.base import ExportRequest
+
+    model = _lite_block_model() if arch == "lite_block" else build_model("tiny_cnn", 3).eval()
+    logits_layer = "6" if arch == "lite_block" else "10"
+    images = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)
+    request = ExportRequest(model, arch, ["a", "b", "c"], {"resize": 36, "crop": 32}, quantize="int8",
+                            calibration=images, out_file=tmp_path / f"model{get_target(target).extension}",
+                            float_layers=frozenset({float_layer, logits_layer}))  # fmt: skip
+    result = get_target(target).export(request)
+    assert (result.op_counts.int8, result.op_counts.float) == (3 if arch == "lite_block" else 2, 2), result.op_counts
+    manifest = SimpleNamespace(input=TensorSpec(**result.input), output=TensorSpec(**result.output))
+    logits = get_target(target).load(request.out_file, manifest).predict(images)
+    reference = TorchRuntime(model).predict(images)
+    assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max()

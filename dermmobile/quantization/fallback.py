@@ -243,8 +243,8 @@ class _Search:
         except Exception as error:  # any converter's refusal; plain int8 (nothing added) still raises
             if not added:
                 raise
-            # A converter that cannot leave this set float (ExecuTorch's XNNPACK partitioner refuses a float
-            # depthwise convolution fed by an int8 one on Lite0): an attempt worse than plain int8.
+            # A converter that cannot leave this set float (until dermmobile spared their pads, ExecuTorch's
+            # XNNPACK lowering refused Lite0's depthwise convolutions float): an attempt worse than plain int8.
             done = Attempt(list(float_layers), share, 0.0, None, None, False, "artifact",
                            round(time.perf_counter() - started, 1), f"{type(error).__name__}: {error}"[:300])  # fmt: skip
             self.log(f"{len(float_layers)} layers in float: the conversion failed ({done.error})")
@@ -279,8 +279,8 @@ class _Search:
                 passing = k
             elif worse and k == shorter + 1:
                 # This one layer made the real file worse, or could not be converted float (on Lite0 a float
-                # projection convolution cost TFLite 4 points; XNNPACK refuses a float depthwise convolution fed
-                # by an int8 one): it leaves the ranking, and the prefix of the same length is tried again.
+                # projection convolution cost TFLite 4 points): it leaves the ranking, and the prefix of the
+                # same length is tried again.
                 banned.add(prefixes[k - 1][-1])
                 self.log(f"dropped {prefixes[k - 1][-1]} from the ranking: worse in the real file than without it")
                 prefixes = ranked_prefixes([row for row in self.result.sensitivity if row.layer not in banned],

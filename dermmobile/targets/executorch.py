@@ -8,6 +8,7 @@ in both variants: the quantize/dequantize steps sit inside the program.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,8 @@ class ExecuTorchTarget:
         if request.quantize == "int8":
             model = _quantize(model, request)
         program = torch.export.export(model, example, strict=False)
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        with _pads_before_float_layers_stay_float():
+            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         Path(request.out_file).write_bytes(lowered.to_executorch().buffer)
         # Ops XNNPACK did not take run on ExecuTorch's portable kernels: slower, worth knowing.
         left = sorted(
@@ -99,6 +101,44 @@ class ExecuTorchTarget:
         from dermmobile.quantization.simulate import Simulation
 
         return Simulation(request.model, self.pt2e_toolchain, request.calibration, request.observer or OBSERVER).logits
+
+
+@contextlib.contextmanager
+def _pads_before_float_layers_stay_float():
+    """Lower with XNNPACK's InsertPadQDQPass sparing the zero pads that feed only float layers.
+
+    The pass gives every zero pad fed by an int8 tensor an int8 output, for the quantized
+    convolution it expects after it. Before a layer the fallback left float (each depthwise
+    convolution of EfficientNet-Lite has a "SAME" pad) that int8 output made the lowering
+    fail ("Weight and Input should both be quantized"); spared, the pad runs in float.
+    """
+    from executorch.backends.xnnpack import _passes
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    pad, original = exir_ops.edge.aten.constant_pad_nd.default, _passes.InsertPadQDQPass
+
+    def float_layer(node) -> bool:
+        name = _op_name(node)
+        return node.op == "call_function" and name in _COMPUTE_ARGS and not _dequantized(node.args[_COMPUTE_ARGS[name][1]])
+
+    class SparingFloatPads(original):
+        def call(self, graph_module):
+            spared = {node: node.args for node in graph_module.graph.nodes
+                      if node.target == pad and node.users and all(float_layer(user) for user in node.users)}  # fmt: skip
+            for node, args in spared.items():
+                node.args = (*args[:2], float("nan"))  # the pass leaves pads of a non-zero value alone
+            try:
+                return super().call(graph_module)
+            finally:
+                for node, args in spared.items():
+                    node.args = args
+                graph_module.recompile()
+
+    _passes.InsertPadQDQPass = SparingFloatPads
+    try:
+        yield
+    finally:
+        _passes.InsertPadQDQPass = original
 
 
 OBSERVER = "histogram"  # int8 activation observer; chosen by measurement, see README "int8 that passes its gate"

@@ -104,7 +104,14 @@ def leave_float(graph_module, float_layers: frozenset[str]) -> int:
 
     What stays float is the layer's weights and its computation. A tensor between a float
     layer and a quantized one is still quantized by the quantized side (the toolchains put a
-    quantize/dequantize there); between two float layers it stays float.
+    quantize/dequantize there); between two float layers it stays float. Two neighbours go
+    float with the layer, or the file cannot be built:
+    - a pass-through op feeding only this layer (the "SAME" pad before each depthwise
+      convolution of EfficientNet-Lite): quantized, it hands the float layer an int8 input,
+      which XNNPACK refuses ("Weight and Input should both be quantized");
+    - an op whose quantization is shared with the float layer's output (the average pool
+      after the last convolution): its shared spec would point at nothing, and prepare_pt2e
+      fails with a KeyError.
     """
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
@@ -122,7 +129,49 @@ def leave_float(graph_module, float_layers: frozenset[str]) -> int:
             if tail.op != "call_function" or getattr(tail.target, "__name__", "").split(".")[0] not in _ACTIVATIONS:
                 break
             tail.meta.pop(Q_ANNOTATION_KEY, None)
+        head = node.args[0]
+        while _passes_through(head) and len(head.users) == 1:
+            head.meta.pop(Q_ANNOTATION_KEY, None)
+            head = head.args[0]
+    if dropped:
+        _drop_dangling_shares(graph_module)
     return dropped
+
+
+def _passes_through(node) -> bool:
+    """Is `node` an op whose int8 output only repeats its input's quantization (pad, reshape, pooling)?"""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    annotation = getattr(node, "meta", {}).get(Q_ANNOTATION_KEY)
+    return annotation is not None and isinstance(annotation.output_qspec, SharedQuantizationSpec)
+
+
+def _drop_dangling_shares(graph_module) -> None:
+    """Drop each annotation that shares its quantization with a tensor no longer quantized (until none is left)."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    def quantized(edge_or_node) -> bool:
+        if isinstance(edge_or_node, torch.fx.Node):
+            annotation = edge_or_node.meta.get(Q_ANNOTATION_KEY)
+            return annotation is not None and annotation.output_qspec is not None
+        producer, consumer = edge_or_node
+        annotation = consumer.meta.get(Q_ANNOTATION_KEY)
+        return annotation is not None and annotation.input_qspec_map.get(producer) is not None
+
+    changed = True
+    while changed:
+        changed = False
+        for node in graph_module.graph.nodes:
+            annotation = node.meta.get(Q_ANNOTATION_KEY)
+            if annotation is None:
+                continue
+            specs = [annotation.output_qspec, *annotation.input_qspec_map.values()]
+            if any(isinstance(spec, SharedQuantizationSpec) and not quantized(spec.edge_or_node) for spec in specs):
+                node.meta.pop(Q_ANNOTATION_KEY)
+                changed = True
 
 
 def build_quantizer(
