@@ -6,6 +6,8 @@ share a stem named after the setup, so `benchmarks/results/` reads like timm's r
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
@@ -17,3 +19,8 @@ def write_result(out_dir: Path, stem: str, report: dict, markdown: str) -> tuple
     atomic_write_json(json_path, report)
     atomic_write_text(md_path, markdown)
     return json_path, md_path
+
+
+def machine_tag() -> str:
+    """How every result stem ends ("x86_64-2core"): one machine's results never overwrite another's."""
+    return f"{platform.machine()}-{os.cpu_count()}core"

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import time
 from pathlib import Path
 
-from _results import write_result
+from _results import machine_tag, write_result
 
 from dermmobile.bench.merge import check_row, merge_rows
 from dermmobile.bench.report import write_reports
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         raise MissingBackendError(f"the browser benchmark needs {missing}")
     checkpoint = load_checkpoint(args.checkpoint)
     arch = checkpoint.meta.arch
-    tag = f"{arch}-{args.data.name}-{platform.machine()}-{machine_info()['cores']}core"
+    tag = f"{arch}-{args.data.name}-{machine_tag()}"
     started = time.time()
     artifacts = export(args.checkpoint, args.data, args.work / "export", args.calib_count)
     _, samples, _ = select_samples(args.data, checkpoint.meta.labels, checkpoint.meta.data, "test")

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from _results import write_result
+    from _results import machine_tag, write_result
 
     from dermmobile.bench.phone_photo import make_phone_photo
     from dermmobile.bench.sweep import machine_info, versions
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     report = {"data": args.data.name, "spec": DEFAULT_SPEC.algorithm, "rows": rows, "machine": machine,
               "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
-    stem = args.out.name if args.out else f"decode-floor-{args.data.name}-{machine['arch']}-{machine['cores']}core"
+    stem = args.out.name if args.out else f"decode-floor-{args.data.name}-{machine_tag()}"
     write_result(args.out.parent if args.out else HERE / "results", stem, report, markdown(report))
     print(markdown(report))
     return 0

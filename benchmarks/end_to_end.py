@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in THREAD_ENV:  # read by runtimes when their pools start, so before any import of one
         os.environ[name] = str(args.threads)
 
+    from _results import machine_tag
+
     from dermmobile.artifact import load_artifact
     from dermmobile.bench.latency import summarize, time_calls
     from dermmobile.bench.sweep import machine_info, versions
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     stem = args.out or HERE / "results" / (
-        f"end-to-end-{Path(manifest.file).stem}-t{args.threads}-{args.data.name}-{machine['arch']}-{machine['cores']}core"
+        f"end-to-end-{Path(manifest.file).stem}-t{args.threads}-{args.data.name}-{machine_tag()}"
     )
     atomic_write_json(stem.with_name(stem.name + ".json"), report)
     atomic_write_text(stem.with_name(stem.name + ".md"), markdown(report))

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 from pathlib import Path
 
-from _results import write_result
+from _results import machine_tag, write_result
 
 from dermmobile.bench.report import write_reports
 from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, versions
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                         "EXPORT_DIR/exports.json; bench: time those exports later, on an idle machine")  # fmt: skip
     args = parser.parse_args(argv)
     arch = load_checkpoint(args.checkpoint).meta.arch
-    tag = f"{arch}-{args.data.name}-{platform.machine()}-{machine_info()['cores']}core"
+    tag = f"{arch}-{args.data.name}-{machine_tag()}"
     machine = machine_info()  # the load average before this script's own work
     saved = args.export_dir / "exports.json"
     if args.phase == "bench":

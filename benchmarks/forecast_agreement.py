@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import write_result
+from _results import machine_tag, write_result
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sd198-27"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['gate_flip_rate']:.2%}; the forecast on the two sets differed by at most "
         f"{summary['largest_forecast_gap_tuning_vs_gate']:.2%} for any file.",
     ]
-    stem = f"forecast-agreement-{checkpoint.meta.arch}-{args.data.name}-{machine['arch']}-{machine['cores']}core"
+    stem = f"forecast-agreement-{checkpoint.meta.arch}-{args.data.name}-{machine_tag()}"
     for path in write_result(RESULTS, stem, report, "\n".join(lines) + "\n"):
         print(path)
     return 0

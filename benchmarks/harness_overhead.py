@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.artifacts is None and args.checkpoint is None:
         parser.error("give an artifacts folder and/or --checkpoint")
+    from _results import machine_tag
+
     from dermmobile.bench.latency import THREAD_ENV
 
     for name in THREAD_ENV:  # read by runtimes when their pools start, so before any of them is imported
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     report |= {"what": "bench timing loop vs each runtime's own API on the same file, alternating rounds",
                "threads": args.threads, "iters": args.iters, "rounds": args.rounds, "machine": machine,
                "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
-    stem = args.out or RESULTS / f"harness-overhead-{report['arch']}-t{args.threads}-{machine['arch']}-{machine['cores']}core"
+    stem = args.out or RESULTS / f"harness-overhead-{report['arch']}-t{args.threads}-{machine_tag()}"
     atomic_write_json(stem.with_name(stem.name + ".json"), report)
     atomic_write_text(stem.with_name(stem.name + ".md"), markdown(report))
     print(markdown(report))

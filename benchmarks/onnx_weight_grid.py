@@ -21,7 +21,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import write_result
+from _results import machine_tag, write_result
 from forecast_agreement import judge as judge_logits
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sd198-27"
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {row['variant']} | {t['agreement']:.2%} ({t['flips']}) | {t['mean_abs_logit']:.4f} "
                      f"| {g['agreement']:.2%} ({g['flips']}) | {g['mean_abs_logit']:.4f} "
                      f"| {g['top1_points_lost']:.2f} |")  # fmt: skip
-    stem = f"onnx-weight-grid-{checkpoint.meta.arch}-{args.data.name}-{machine['arch']}-{machine['cores']}core"
+    stem = f"onnx-weight-grid-{checkpoint.meta.arch}-{args.data.name}-{machine_tag()}"
     for path in write_result(RESULTS, stem, report, "\n".join(lines) + "\n"):
         print(path)
     return 0

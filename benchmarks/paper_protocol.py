@@ -13,13 +13,12 @@ include them, otherwise they are listed as not run.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from _results import write_result
+from _results import machine_tag, write_result
 
 from dermmobile.bench.sweep import machine_info, versions
 from dermmobile.tables import markdown_table
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             continue
         runs.append(run_recipe("full", arch, str(weights), RECIPES["full"], args.data, args.work))
-    tag = f"{args.data.name}-{platform.machine()}-{machine_info()['cores']}core" + ("-quick" if args.quick else "")
+    tag = f"{args.data.name}-{machine_tag()}" + ("-quick" if args.quick else "")
     report = {
         "data": {"name": args.data.name, "root": str(args.data),
                  "note": "27-class SD-198 subset (713 clinical photos), not the paper's private 9-class set; chance 3.7 %"},

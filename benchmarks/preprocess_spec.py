@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import machine_tag
 
 from dermmobile.bench.phone_photo import make_phone_photo
 from dermmobile.bench.sweep import machine_info, select_samples, versions
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": results,
         "exported": exported(args.exported),
     }
-    stem = args.out or HERE / "results" / f"preprocess-spec-{arch}-{args.data.name}-{machine['arch']}-{machine['cores']}core"
+    stem = args.out or HERE / "results" / f"preprocess-spec-{arch}-{args.data.name}-{machine_tag()}"
     atomic_write_json(stem.with_suffix(".json"), report)
     atomic_write_text(stem.with_suffix(".md"), markdown(report))
     print(markdown(report))

@@ -25,12 +25,11 @@ model too) and 5 for the default int8 export.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from _results import write_result
+from _results import machine_tag, write_result
 
 from dermmobile.bench.latency import summarize, time_calls
 from dermmobile.bench.sweep import machine_info, versions
@@ -296,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "targets": rows,
     }
-    stem = f"qat-{checkpoint.meta.arch}-{args.data.name}-{platform.machine()}-{machine['cores']}core"
+    stem = f"qat-{checkpoint.meta.arch}-{args.data.name}-{machine_tag()}"
     write_result(args.out, stem, report, markdown(report))
     print(markdown(report))
     return 0

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 from pathlib import Path
 
-from _results import write_result
+from _results import machine_tag, write_result
 
 from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, versions
 from dermmobile.checkpoint import CheckpointMeta, save_checkpoint
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     archs = [measure(arch, args.data, args.work, args.threads, args.iters) for arch in args.archs]
-    tag = f"{args.data.name}-{platform.machine()}-{machine_info()['cores']}core"
+    tag = f"{args.data.name}-{machine_tag()}"
     report = {"machine": machine_info(), "versions": versions(), "threads": args.threads, "archs": archs}
     _, md_path = write_result(args.out, f"scaling-{tag}", report, markdown(report))
     print(f"wrote {md_path}")

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-from _results import write_result
+from _results import machine_tag, write_result
 
 from dermmobile.bench.sweep import machine_info, versions
 
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"data": args.data.name, "machine": machine_info(), "versions": versions(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note,
               "runs": [row(n, r) for n, r in runs.items()]}  # fmt: skip
-    tag = f"train-defaults-{args.data.name}-{platform.machine()}-{report['machine']['cores']}core"
+    tag = f"train-defaults-{args.data.name}-{machine_tag()}"
     args.out.mkdir(parents=True, exist_ok=True)
     _, md_path = write_result(args.out, tag, report, markdown(report))
     print(f"wrote {md_path}")

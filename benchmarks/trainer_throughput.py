@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _results import machine_tag as results_machine_tag
 from _results import write_result
 
 from dermmobile.bench.sweep import machine_info, versions
@@ -161,7 +161,7 @@ def trainer_input_only(data: Path, arch: str, batch: int, images: int, device: t
 def machine_tag(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-    return f"{platform.machine()}-{os.cpu_count()}core"
+    return results_machine_tag()
 
 
 def markdown(report: dict) -> str:
