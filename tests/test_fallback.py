@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tests.fake_target as fake
-from dermmobile.quantization.fallback import Criterion, forecast_agreement, ranked_prefixes, search
+from dermmobile.quantization.fallback import Attempt, Criterion, forecast_agreement, ranked_prefixes, search
 from dermmobile.quantization.simulate import Layer
 
 LABELS = [f"c{i}" for i in range(5)]
@@ -68,8 +68,8 @@ def test_the_mac_cap_is_never_exceeded_and_the_best_attempt_is_kept():
     assert not result.passed  # pw alone is 72 % of the MACs
     assert all("pw" not in c for c in calls)
     assert all(a.float_macs_share <= 0.5 for a in result.attempts)
-    best = min(a.mean_abs_logit for a in result.attempts if a.source == "artifact")
-    assert next(a.mean_abs_logit for a in result.attempts if a.float_layers == result.float_layers) == best
+    best = max(a.forecast_agreement for a in result.attempts if a.source == "artifact")
+    assert next(a.forecast_agreement for a in result.attempts if a.float_layers == result.float_layers) == best
     assert result.sensitivity[2].gain == max(row.gain for row in result.sensitivity)  # pw is the one that matters
     assert not any("pw" in prefix for prefix in ranked_prefixes(result.sensitivity, 0.5))
     assert any("pw" in prefix for prefix in ranked_prefixes(result.sensitivity, 0.8))
@@ -380,3 +380,30 @@ def test_simulated_fake_quantize_gives_torchs_values(zero_point, quant_min):
         for values in (x, ties):
             expected = torch.fake_quantize_per_tensor_affine(values, s, zero_point, quant_min, 127)
             assert torch.equal(switch(values), expected), (scale, zero_point)
+
+
+def test_files_are_compared_by_their_forecast_not_their_mean_logit_error():
+    """A few large errors (one photo moved by 1.5) make a small mean but would flip every photo they met; a moderate
+    error on every photo (0.6, under each 1.0 margin) makes a larger mean but flips none. The search keeps, and
+    prefers, the second."""
+    from dermmobile.quantization.fallback import FallbackResult, _keep_best, _worse
+
+    criterion = Criterion(["a", "b", "c"])
+    reference = np.tile([1.0, 0.0, -1.0], (10, 1))
+    few_large, everywhere = reference.copy(), reference.copy()
+    few_large[0, 0] -= 1.5
+    everywhere[:, 0] -= 0.6
+
+    def built(logits, layers, share):
+        report = criterion.judge(reference, logits, None, "x")
+        return Attempt(layers, share, report.agreement, report.mean_abs_logit, 0.0, report.passed, "artifact",
+                       forecast_agreement=report.forecast_agreement)  # fmt: skip
+
+    small_mean, no_flips = built(few_large, ["fc"], 0.0), built(everywhere, ["fc", "stem"], 0.1)
+    assert small_mean.mean_abs_logit < no_flips.mean_abs_logit
+    assert small_mean.forecast_agreement == pytest.approx(0.9) and no_flips.forecast_agreement == 1.0
+    failed = Attempt(["fc", "dw"], 0.05, 0.0, None, None, False, "artifact", error="RuntimeError: refused")
+    assert _worse(small_mean, no_flips) and not _worse(no_flips, small_mean) and _worse(failed, small_mean)
+    small_mean.passed = no_flips.passed = False  # neither met the criterion: the better file is kept
+    kept = _keep_best(FallbackResult([], 0.0, False, [small_mean, no_flips, failed]))
+    assert kept.float_layers == ["fc", "stem"] and "forecast 100.00%" in kept.note
