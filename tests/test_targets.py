@@ -203,7 +203,7 @@ def test_default_int8_export_of_a_real_model_passes_its_gate(lite0_checkpoint, r
     real = [a for a in manifest.fallback["attempts"] if a["source"] == "artifact"]
     assert 1 <= len(real) <= 1 + plan.int8.max_attempts
     kept = next(a for a in real if sorted(a["float_layers"]) == sorted(manifest.float_layers))
-    passing = [a for a in real if a["passed"]]  # on the tuning photos: the cheapest of those, else the most exact
+    passing = [a for a in real if a["passed"]]  # on the tuning photos: the cheapest of those, else the best forecast
     built = [a for a in real if a["error"] is None]
     best = (min(passing, key=lambda a: a["float_macs_share"]) if passing
             else max(built, key=lambda a: (a["forecast_agreement"], -a["float_macs_share"])))  # fmt: skip
@@ -457,11 +457,11 @@ def test_onnx_int8_file_bias_correction_and_simulation_share_one_weight_grid(sat
 
 def _lite_block_model():
     """A stem and one EfficientNet-Lite block: a "SAME" pad before its depthwise convolution."""
+    import torch
     from torch import nn
 
     from dermmobile.efficientnet_lite import MBConv, SameConv2d
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     return nn.Sequential(SameConv2d(3, 8, 3, 2), nn.BatchNorm2d(8), nn.ReLU6(), MBConv(8, 8, 3, 1, 2),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
