@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import machine_tag  # stdlib and dermmobile.fsutil only: no runtime's pool starts
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
 BARS = {"images": 2.0, "phone_12mp": 5.0, "phone_12mp_smooth": 5.0}  # end-to-end p50 / inference p50, issue 13
@@ -47,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in THREAD_ENV:  # read by runtimes when their pools start, so before any import of one
         os.environ[name] = str(args.threads)
-
-    from _results import machine_tag
 
     from dermmobile.artifact import load_artifact
     from dermmobile.bench.latency import summarize, time_calls

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _results import machine_tag  # stdlib and dermmobile.fsutil only: no runtime's pool starts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIMIT = 1.05  # the bench may add at most 5 % to a bare loop's p50 (issue 16)
@@ -228,8 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.artifacts is None and args.checkpoint is None:
         parser.error("give an artifacts folder and/or --checkpoint")
-    from _results import machine_tag
-
     from dermmobile.bench.latency import THREAD_ENV
 
     for name in THREAD_ENV:  # read by runtimes when their pools start, so before any of them is imported
