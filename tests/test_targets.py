@@ -229,6 +229,19 @@ def test_int8_leaves_the_named_layer_float_and_the_file_shows_it(target, tiny_ch
     assert (runtime.predict(batch).argmax(1) == TorchRuntime(checkpoint.model).predict(batch).argmax(1)).all()
 
 
+@pytest.mark.parametrize("target", ["tflite", "executorch", "onnx"])
+def test_int8_refuses_to_leave_float_a_layer_the_model_does_not_have(target, tiny_checkpoint, synthetic_root, tmp_path):
+    """A float-layer name that matches no layer is an error, not a file that claims a float layer it does not have
+    (the PT2E targets skipped such names silently until 2026-11-28)."""
+    from dermmobile.errors import ExportFailedError
+    from dermmobile.exporter import export_artifact
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    plan = plan_export(checkpoint, target, "int8", tmp_path, calib_data=synthetic_root, calib_count=18)
+    with pytest.raises(ExportFailedError, match="_blocks.99"):
+        export_artifact(checkpoint, get_target(target), plan, frozenset({"3", "_blocks.99"}))
+
+
 def test_onnx_float_layer_stays_float_when_onnxruntime_optimizes(tiny_checkpoint, synthetic_root, tmp_path):
     """onnxruntime's WeightBiasQuantization (on by default) quantizes, per tensor, the float weights of a convolution
     fed by a per-tensor DequantizeLinear: layer "3" in float would run with int8 weights. The file gives it an input

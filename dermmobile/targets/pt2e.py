@@ -112,17 +112,21 @@ def leave_float(graph_module, float_layers: frozenset[str]) -> int:
     - an op whose quantization is shared with the float layer's output (the average pool
       after the last convolution): its shared spec would point at nothing, and prepare_pt2e
       fails with a KeyError.
+
+    A name that matches no layer is an error (ExportFailedError), as in the ONNX target: a typo must not
+    produce an "int8 with X in float" file that has nothing in float.
     """
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
     if not float_layers:
         return 0
-    dropped = 0
+    dropped, found = 0, set()
     for node in graph_module.graph.nodes:
         if not is_layer(node) or layer_name(node) not in float_layers:
             continue
         node.meta.pop(Q_ANNOTATION_KEY, None)
         dropped += 1
+        found.add(layer_name(node))
         tail = node
         while len(tail.users) == 1:
             (tail,) = tail.users
@@ -133,6 +137,12 @@ def leave_float(graph_module, float_layers: frozenset[str]) -> int:
         while _passes_through(head) and len(head.users) == 1:
             head.meta.pop(Q_ANNOTATION_KEY, None)
             head = head.args[0]
+    missing = sorted(set(float_layers) - found)
+    if missing:
+        from dermmobile.errors import ExportFailedError
+
+        raise ExportFailedError(f"no convolution or linear layer of the model is named {', '.join(missing[:5])}: "
+                                "cannot leave it in float (names are module paths, e.g. _blocks.3._depthwise_conv)")  # fmt: skip
     if dropped:
         _drop_dangling_shares(graph_module)
     return dropped
