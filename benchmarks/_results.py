@@ -6,10 +6,9 @@ share a stem named after the setup, so `benchmarks/results/` reads like timm's r
 
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 
+from dermmobile.bench.sweep import machine_info
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
 
 
@@ -22,5 +21,7 @@ def write_result(out_dir: Path, stem: str, report: dict, markdown: str) -> tuple
 
 
 def machine_tag() -> str:
-    """How every result stem ends ("x86_64-2core"): one machine's results never overwrite another's."""
-    return f"{platform.machine()}-{os.cpu_count()}core"
+    """How every result stem ends ("x86_64-2core"): one machine's results never overwrite another's. Built from the
+    machine record every result carries (bench.sweep.machine_info), so the stem and the record always agree."""
+    machine = machine_info()
+    return f"{machine['arch']}-{machine['cores']}core"
