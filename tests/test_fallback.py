@@ -407,3 +407,61 @@ def test_files_are_compared_by_their_forecast_not_their_mean_logit_error():
     small_mean.passed = no_flips.passed = False  # neither met the criterion: the better file is kept
     kept = _keep_best(FallbackResult([], 0.0, False, [small_mean, no_flips, failed]))
     assert kept.float_layers == ["fc", "stem"] and "forecast 100.00%" in kept.note
+
+
+def _run_problem(passes_with=frozenset({"stem", "dw"}), hurts: str | None = None):
+    """An int8 file whose error barely moves for each float layer (0.01 each), but falls to almost nothing once all
+    of `passes_with` is float (on Lite0 a run of the stem and the first blocks did that); with `hurts`, that layer
+    float without the rest makes it worse than plain int8. The simulation ranks fc first, then stem, then dw."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, (400, len(LABELS)))
+    direction = rng.normal(0, 1, reference.shape)
+    simulated = {"fc": 0.2, "stem": 0.1, "dw": 0.05, "pw": 0.01}
+    directions = {name: rng.normal(0, 1, reference.shape) for name in simulated}
+    criterion, calls = Criterion(LABELS, margin=0.0), []
+
+    def attempt(float_layers):
+        calls.append(float_layers)
+        if passes_with <= float_layers:
+            size = 0.01
+        elif hurts in float_layers:
+            size = 0.35
+        else:
+            size = 0.3 - 0.01 * len(float_layers)
+        return criterion.judge(reference, reference + size * direction, None, "artifact")
+
+    def simulate(batch, float_layers):
+        noise = sum(size * directions[n] for n, size in simulated.items() if n not in float_layers)
+        return (reference + noise)[batch.astype(int)]
+
+    return attempt, simulate, (np.arange(400), reference, None), criterion, calls
+
+
+def test_when_the_ranking_fails_a_float_run_from_the_input_end_is_tried():
+    """Under a cap of 27 % of MACs the ranking offers fc, then fc + stem (dw would break the cap): both miss. The
+    runs from the input end come next: the stem alone, then stem + dw, which passes and is kept (the search before
+    these runs kept fc + stem, and failed)."""
+    from dermmobile.quantization.fallback import input_end_runs
+
+    attempt, simulate, tuning, criterion, calls = _run_problem()
+    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.27)
+    assert calls == [frozenset(), frozenset({"fc"}), frozenset({"fc", "stem"}), frozenset({"stem"}),
+                     frozenset({"stem", "dw"})]  # fmt: skip
+    assert result.passed and result.float_layers == ["stem", "dw"]
+    assert input_end_runs(LAYERS, frozenset(), 0.27) == [["stem"], ["stem", "dw"]]
+    assert input_end_runs(LAYERS, frozenset({"stem"}), 1.0) == [["dw"], ["dw", "pw"], ["dw", "pw", "fc"]]
+    assert input_end_runs(LAYERS, frozenset(), 0.2) == []  # the stem alone is 24 % of MACs
+
+
+def test_a_run_worse_than_the_one_before_is_a_miss_not_the_end_of_the_runs():
+    """Runs of 1, 2, 4 layers: a + b is worse than a alone (b hurts until c is float too), yet the runs go on; four
+    layers pass, three pass too, and three are kept. In the ranking's walk b would have been dropped for good."""
+    from dermmobile.quantization.fallback import _keep_best, _Search, input_end_runs
+
+    layers = [Layer(name, "conv", 10) for name in "abcde"]
+    attempt, _, _, _, calls = _run_problem(passes_with=frozenset("abc"), hurts="b")
+    search_state = _Search(attempt, layers, lambda message: None, frozenset())
+    search_state.try_real([])
+    search_state.grow(input_end_runs(layers, frozenset(), 1.0), budget=10)
+    assert calls == [frozenset(), frozenset("a"), frozenset("ab"), frozenset("abcd"), frozenset("abc")]
+    assert _keep_best(search_state.result).float_layers == ["a", "b", "c"]

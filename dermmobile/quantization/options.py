@@ -30,4 +30,5 @@ class Int8Options:
     observer: str = ""  # activation calibration method; "" = each target's measured default
     explain: bool = False  # write the per-layer sensitivity report even when plain int8 passes
     sensitivity_images: int = 32  # tuning images the per-layer simulation runs on (a ranking needs few)
-    max_attempts: int = 4  # real artifacts built by the search after the plain one
+    # real artifacts built by the search after the plain one: up to 4 for the ranking, 3 for runs from the input end
+    max_attempts: int = 7
