@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dermmobile.bench.sweep import machine_info
 from dermmobile.fsutil import atomic_write_json, atomic_write_text
 
 
@@ -23,5 +22,9 @@ def write_result(out_dir: Path, stem: str, report: dict, markdown: str) -> tuple
 def machine_tag() -> str:
     """How every result stem ends ("x86_64-2core"): one machine's results never overwrite another's. Built from the
     machine record every result carries (bench.sweep.machine_info), so the stem and the record always agree."""
+    # Imported here, not at the top: bench.sweep loads numpy, and importing this module stays stdlib and
+    # dermmobile.fsutil only, as end_to_end.py and harness_overhead.py say where they import it.
+    from dermmobile.bench.sweep import machine_info
+
     machine = machine_info()
     return f"{machine['arch']}-{machine['cores']}core"
