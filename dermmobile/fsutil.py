@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dermmobile.errors import BadInputError, UnsafeFileError
+from dermmobile.interrupts import deferred
 from dermmobile.readers import file_kind, open_regular
 
 
@@ -84,17 +85,26 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     folder = ensure_output_dir(final.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=folder))
-    tmp = staging / final.name
+    staging = None
     try:
+        with deferred():  # an interruption cannot fall between creating the folder and knowing its name
+            staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=folder))
+        tmp = staging / final.name
         yield tmp
         if not os.path.lexists(tmp):
             raise FileNotFoundError(f"nothing was written to {tmp} for {final}")
         if tmp.is_symlink():
             raise UnsafeFileError(f"the writer of {final} left a symbolic link instead of a file; refused")
-        _replace(tmp, final, staging)
+        with deferred():  # the rename and the removal of the staging folder run whole; a signal waits for them
+            try:
+                _replace(tmp, final, staging)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging = None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:  # failed or interrupted before the rename
+            with deferred():
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _replace(tmp: Path, final: Path, staging: Path) -> None:
@@ -122,25 +132,33 @@ def staged_folder(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary folder
-    old = None
+    staging = old = None
     try:
+        with deferred():  # see atomic_path
+            staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+            staging.chmod(0o755)  # mkdtemp makes it private; it becomes an ordinary folder
         yield staging
-        if os.path.lexists(final):
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(staging, final)
     except BaseException:
-        if old is not None and os.path.lexists(old) and not os.path.lexists(final):
-            os.replace(old, final)  # put the previous set back
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            with deferred():
+                shutil.rmtree(staging, ignore_errors=True)
         raise
-    if old is not None:
-        if old.is_symlink() or not old.is_dir():  # a link: drop it, never what it points to
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
+    with deferred():  # the swap and the removal of the previous set run whole; a signal waits for them
+        try:
+            if os.path.lexists(final):
+                old = final.parent / f".{final.name}.old-{os.getpid()}"
+                os.replace(final, old)
+            os.replace(staging, final)
+        except BaseException:
+            if old is not None and os.path.lexists(old) and not os.path.lexists(final):
+                os.replace(old, final)  # put the previous set back
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if old is not None:
+            if old.is_symlink() or not old.is_dir():  # a link: drop it, never what it points to
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

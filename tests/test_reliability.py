@@ -105,6 +105,62 @@ def test_signal_during_a_slow_import_lets_the_import_finish(tmp_path):
     assert result.stdout.split() == ["interrupted", "SIGTERM", "True"]
 
 
+# Sends SIGTERM at the one moment named in argv[2] of writing a file or a folder set, the moment CI hit once: the
+# test that signals an export as soon as a manifest appears landed in the removal of that manifest's staging folder.
+_SIGNAL_AT_A_WRITE_STEP = """
+import os, shutil, signal, sys, tempfile
+from pathlib import Path
+from dermmobile import fsutil, interrupts
+interrupts.install()
+out, step = Path(sys.argv[1]), sys.argv[2]
+def signalled(real, before):  # inside deferred() the handler only notes the signal
+    def call(*args, **kwargs):
+        if before:
+            signal.raise_signal(signal.SIGTERM)
+        result = real(*args, **kwargs)
+        if not before:
+            signal.raise_signal(signal.SIGTERM)
+        return result
+    return call
+if step == "mkdtemp":  # once the folder exists, before its name is kept
+    tempfile.mkdtemp = signalled(tempfile.mkdtemp, before=False)
+elif step == "rename":  # once the file is in place
+    os.replace = signalled(os.replace, before=False)
+else:  # before the staging folder is removed
+    shutil.rmtree = signalled(shutil.rmtree, before=True)
+try:
+    if sys.argv[3] == "file":
+        fsutil.atomic_write_bytes(out / "report.json", b"{}")
+    else:
+        with fsutil.staged_folder(out / "site") as staging:
+            (staging / "index.html").write_text("ok")
+    print("not interrupted")
+except KeyboardInterrupt as exc:
+    print("interrupted", exc)
+"""
+
+
+@pytest.mark.parametrize("writes", ["file", "folder"])
+@pytest.mark.parametrize("step", ["mkdtemp", "rename", "rmtree"])
+def test_a_signal_while_a_file_is_put_in_place_leaves_no_partial_folder(tmp_path, step, writes):
+    """A signal in the middle of creating, renaming or removing a staging folder waits for that step to end:
+    nothing `.partial` is left behind, and what was renamed into place is whole (a folder set replaces a previous
+    one, so removing that is a step too)."""
+    out = tmp_path / "out"
+    (out / "site").mkdir(parents=True)
+    (out / "site" / "index.html").write_text("old")
+    result = subprocess.run([sys.executable, "-c", _SIGNAL_AT_A_WRITE_STEP, str(out), step, writes],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["interrupted", "SIGTERM"]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial") or ".old-" in p.name]
+    written = {"file": out / "report.json", "folder": out / "site" / "index.html"}[writes]
+    if step == "mkdtemp":  # interrupted before anything was written: nothing new, the previous set as it was
+        assert not (out / "report.json").exists() and (out / "site" / "index.html").read_text() == "old"
+    else:  # interrupted once it was in place: kept, whole
+        assert written.read_text() == {"file": "{}", "folder": "ok"}[writes]
+
+
 def test_two_concurrent_exports_into_one_folder_never_mix(tiny_checkpoint, tmp_path):
     out = tmp_path / "shared"
     args = ("export", "--checkpoint", str(tiny_checkpoint), "--target", "torchscript", "--out", str(out))
