@@ -1,18 +1,57 @@
-"""Shared fixtures: a synthetic dataset, a small confident checkpoint, real-data paths."""
+"""Shared fixtures (a synthetic dataset, a small confident checkpoint, real-data paths) and how pytest-xdist's
+workers share the machine and the work."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-import numpy as np
+# Under pytest-xdist (pyproject's addopts) each worker gets its share of the cores for torch's and the BLAS' thread
+# pools, set before numpy or torch load. Why: two workers each spinning two OpenMP threads on two cores wait on
+# each other at every parallel region. Child processes (the CLI tests) inherit the setting.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    WORKER_THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(WORKER_THREADS)
+else:
+    WORKER_THREADS = 0  # 0: every core, the trainer's default
+
+import numpy as np  # after the thread settings above
 import pytest
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sd198-27"
 SMALL_SPEC = {"resize": 72, "crop": 64}
+# The longest test, and the one that trains the shared real-data model (lite0_run) first: it starts the run.
+FIRST = "test_default_int8_export_of_a_real_model_passes_its_gate"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    _mark_missing_real_data(items)
+    _schedule(items)
+
+
+def _schedule(items) -> None:
+    """Group and order the tests for `--dist loadgroup --no-loadscope-reorder` (pyproject's addopts).
+
+    A file is one group, so its module fixtures are built once. The tests that need the real-data model
+    (lite0_run, about 7 minutes of training) are taken out: the longest of them, which trains it, runs first, and
+    each of the others is a group of its own at the end, where whichever worker is free takes it and finds the
+    model trained (the fixture shares it through the run's temporary folder). Without xdist only the order applies.
+    """
+
+    def group(item) -> tuple[int, str]:
+        if "lite0_run" not in item.fixturenames:
+            return 1, item.path.name
+        return (0, "lite0-first") if getattr(item, "originalname", item.name) == FIRST else (2, item.nodeid)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)[1]))
+    items.sort(key=lambda item: group(item)[0])  # stable: the files keep their order
+
+
+def _mark_missing_real_data(items) -> None:
     """Real-data tests skip only where ../shared/data is absent; in CI its absence is a failure."""
     if REAL_DATA.is_dir():
         return
@@ -87,11 +126,23 @@ def lite0_run(tmp_path_factory, real_data):
     Why not a cheaper model: a head-only run (2 minutes) has the margins of a frozen backbone, and its int8 files
     miss the gate whatever the export does (GPTQ and the fallback reached 94.8 % on its tuning photos), so it could
     not show that the default export of a real model passes."""
-    from dermmobile.trainer import TrainConfig, train
+    from filelock import FileLock
 
-    config = TrainConfig(data=real_data, arch="efficientnet_lite0", out=tmp_path_factory.mktemp("lite0"),
-                         weights="DEFAULT", device="cpu", progress=False)  # fmt: skip
-    return train(config)
+    from dermmobile.trainer import TrainConfig, TrainResult, train
+
+    # Under xdist the workers share it: the first to get here trains, under a lock, in the run's own temporary
+    # folder (the parent of every worker's); the others wait for the lock and read what it wrote.
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
+    out, done = shared / "lite0-default-recipe", shared / "lite0-default-recipe.done"
+    with FileLock(shared / "lite0-default-recipe.lock"):
+        if done.is_file():
+            return TrainResult(out, Path(done.read_text()), json.loads((out / "metrics.json").read_text()), [])
+        config = TrainConfig(data=real_data, arch="efficientnet_lite0", out=out, weights="DEFAULT", device="cpu",
+                             progress=False, threads=WORKER_THREADS)  # fmt: skip
+        result = train(config)
+        done.write_text(str(result.checkpoint))
+        return result
 
 
 @pytest.fixture(scope="session")
