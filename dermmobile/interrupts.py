@@ -60,8 +60,13 @@ def deferred() -> Iterator[None]:
     """Run the block whole: a SIGINT or SIGTERM arriving inside it is raised when it ends (as KeyboardInterrupt).
 
     Only for short steps (a mkdtemp, a rename, removing a staging folder): a signal waits for them. Nests; where
-    install() was not called, Python's own handlers apply and nothing is held.
+    install() was not called, Python's own handlers apply and nothing is held. Python runs signal handlers in the
+    main thread only, so other threads hold nothing: a signal held there would be raised in that thread, which
+    nobody stops on.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _held["depth"] += 1
     try:
         yield

@@ -11,7 +11,8 @@ from pathlib import Path
 # pools, set before numpy or torch load. Why: two workers each spinning two OpenMP threads on two cores wait on
 # each other at every parallel region. Child processes (the CLI tests) inherit the setting.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    WORKER_THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
+    WORKER_THREADS = max(1, CORES // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(WORKER_THREADS)
 else:
@@ -122,7 +123,8 @@ def tiny_checkpoint(tmp_path_factory, synthetic_root, small_spec) -> Path:
 @pytest.fixture(scope="session")
 def lite0_run(tmp_path_factory, real_data):
     """`dermmobile train --data sd198-27 --arch efficientnet_lite0` as a user runs it: the default recipe (full
-    fine-tuning, 10 epochs), shared by every real-data test that needs a trained model. About 6 minutes on 2 cores.
+    fine-tuning, 10 epochs), shared by every real-data test that needs a trained model. About 7 minutes on 2 cores,
+    15 at one thread (a worker's share under xdist on 2 cores).
     Why not a cheaper model: a head-only run (2 minutes) has the margins of a frozen backbone, and its int8 files
     miss the gate whatever the export does (GPTQ and the fallback reached 94.8 % on its tuning photos), so it could
     not show that the default export of a real model passes."""
