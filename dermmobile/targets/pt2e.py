@@ -218,6 +218,9 @@ def build_quantizer(
     narrow = {} if weight_range == FULL_WEIGHT_RANGE else {"weight_qmin": weight_range[0], "weight_qmax": weight_range[1]}
     config = module.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat, **narrow)
     if qat:
+        from dermmobile.targets import pattern_cache
+
+        pattern_cache.install()  # QAT's conv + bn patterns: exported once per process, not on every call
         config = unfused(config)
         if toolchain == "litert":
             _litert_qat_annotation_compat()
@@ -329,6 +332,9 @@ def converted_qat(model, fold_quantize: bool):
     from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
+    from dermmobile.targets import pattern_cache
+
+    pattern_cache.install()  # convert_pt2e's conv + bn folding exports 96 pattern graphs otherwise
     converted = move_exported_model_to_eval(convert_pt2e(copy.deepcopy(model.prepared), fold_quantize=fold_quantize))
     converted.training = False  # in eval form already; litert-torch warns about "training mode" otherwise
     # eval()/train() on an exported graph raise unless allowed; a wrapper's eval() must reach it harmlessly.
