@@ -465,3 +465,40 @@ def test_a_run_worse_than_the_one_before_is_a_miss_not_the_end_of_the_runs():
     search_state.grow(input_end_runs(layers, frozenset(), 1.0), budget=10)
     assert calls == [frozenset(), frozenset("a"), frozenset("ab"), frozenset("abcd"), frozenset("abc")]
     assert _keep_best(search_state.result).float_layers == ["a", "b", "c"]
+
+
+def test_a_kept_earlier_attempt_is_put_back_not_converted_again(
+    fake_registry, tiny_checkpoint, synthetic_root, tmp_path, monkeypatch
+):
+    """When the search keeps an attempt that was not the last one built, its own file (the one judged on the tuning
+    images) is put back at the final path with its manifest, and nothing is converted again."""
+    import tempfile
+
+    import dermmobile.quantization.export as int8_export
+    from dermmobile.quantization.fallback import FallbackResult
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-temp"))
+    (tmp_path / "system-temp").mkdir()
+    conversions = []
+    convert = fake.FakeTarget.export
+    monkeypatch.setattr(fake.FakeTarget, "export", lambda self, request: conversions.append(1) or convert(self, request))
+    judged = {}
+
+    def keeps_the_first(attempt, simulate, layers, tuning, criterion, *args, **kwargs):
+        for float_layers in (frozenset({"10", "6"}), frozenset({"10"})):
+            attempt(float_layers)
+            (built,) = (tmp_path / "out").glob("*.fake")
+            judged[float_layers] = built.read_bytes()
+        return FallbackResult(["10", "6"], 0.36, True, note="kept the first")
+
+    monkeypatch.setattr(int8_export, "search", keeps_the_first)
+    _, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path / "out")
+    assert outcome.ok, outcome.error
+    assert len(conversions) == 2 and judged[frozenset({"10", "6"})] != judged[frozenset({"10"})]
+    assert outcome.artifact.path.read_bytes() == judged[frozenset({"10", "6"})]
+    manifest = json.loads(outcome.artifact.manifest_file.read_text())
+    assert manifest["float_layers"] == ["10", "6"] and manifest["op_counts"]["float"] == 2
+    from dermmobile.artifact import load_artifact  # the manifest describes the file put back: it loads and verifies
+
+    assert load_artifact(outcome.artifact.manifest_file).manifest.sha256 == manifest["sha256"]
+    assert not any((tmp_path / "system-temp").iterdir())  # the copies are gone

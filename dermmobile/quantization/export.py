@@ -8,6 +8,9 @@ afterwards by the exporter, once.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 
 from dermmobile.quantization.fallback import Criterion, FallbackResult, measure_sensitivity, search, spread
@@ -29,6 +32,11 @@ class _LazySimulation:
 
 def export_int8(checkpoint, target, plan):
     """Export `target` int8 for `plan`, leaving layers in float where the tuning images need it; returns the Artifact."""
+    with _BuiltFiles() as built:
+        return _export_int8(checkpoint, target, plan, built)
+
+
+def _export_int8(checkpoint, target, plan, built: _BuiltFiles):
     from dermmobile.exporter import export_artifact, export_request
     from dermmobile.targets import get_target
 
@@ -38,11 +46,10 @@ def export_int8(checkpoint, target, plan):
     criterion = Criterion(labels, options.tune_margin)
     layers = plan_layers(checkpoint, plan)
     base = always_float(checkpoint, plan, layers)
-    built: dict = {}
 
     def attempt(float_layers: frozenset[str]):
         artifact = export_artifact(checkpoint, target, plan, float_layers)
-        built["float_layers"], built["artifact"] = frozenset(float_layers), artifact
+        built.save(float_layers, artifact)
         runtime = get_target(target.name).load(artifact.path, artifact.manifest)
         logits = batched(runtime.predict, tuning.arrays, 16)
         return criterion.judge(reference, logits, tuning.targets, artifact.path.name)
@@ -66,11 +73,59 @@ def export_int8(checkpoint, target, plan):
             None if tuning.targets is None else tuning.targets[subset], labels, quantized_alone=True, log=log,
             always_float=base,
         )  # fmt: skip
-    if built.get("float_layers") != frozenset(result.float_layers):  # the search kept an earlier attempt
-        built["artifact"] = export_artifact(checkpoint, target, plan, frozenset(result.float_layers))
-    artifact = built["artifact"]
+    artifact = built.restore(result.float_layers)  # an earlier attempt kept: its file put back, not converted again
+    if artifact is None:
+        artifact = export_artifact(checkpoint, target, plan, frozenset(result.float_layers))
     _record(artifact, result, layers, options, criterion, target)
     return artifact
+
+
+class _BuiltFiles:
+    """A copy of each attempt's file and manifest, so that when the search keeps an earlier attempt its file is put
+    back instead of converted again (a TFLite conversion of Lite0 is about a minute on 2 cores; the copy, milliseconds).
+    The copies live in a private temporary folder, removed on the way out; a Core ML package (a folder) is not
+    copied and is converted again if kept."""
+
+    def __enter__(self) -> _BuiltFiles:
+        import tempfile
+
+        from dermmobile.interrupts import deferred
+
+        self.saved: dict = {}
+        self.last: tuple | None = None  # (float set, Artifact) of the attempt built last: the file at the final path
+        with deferred():  # a signal cannot fall between creating the folder and knowing its name
+            self.folder = Path(tempfile.mkdtemp(prefix="dermmobile-int8-attempts-"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def save(self, float_layers, artifact) -> None:
+        from dermmobile.artifact import artifact_digest
+
+        self.last = (frozenset(float_layers), artifact)
+        if artifact.path.is_file() and not artifact.path.is_symlink():
+            copy = self.folder / f"{len(self.saved)}{artifact.path.suffix}"
+            shutil.copyfile(artifact.path, copy, follow_symlinks=False)
+            if artifact_digest(copy) == artifact.manifest.sha256:  # the file its manifest describes, nothing else
+                self.saved[frozenset(float_layers)] = (artifact, copy)
+
+    def restore(self, float_layers):
+        """The artifact of `float_layers` at its final path: as it is when it was the last one built, else its copy
+        put back with its manifest; None when there is no copy."""
+        from dermmobile.artifact import Artifact, artifact_digest, write_manifest
+        from dermmobile.fsutil import atomic_path
+
+        if self.last is not None and self.last[0] == frozenset(float_layers):
+            return self.last[1]
+        if frozenset(float_layers) not in self.saved:
+            return None
+        artifact, copy = self.saved[frozenset(float_layers)]
+        with atomic_path(artifact.path) as tmp:
+            shutil.copyfile(copy, tmp, follow_symlinks=False)
+            written = artifact_digest(tmp)
+        write_manifest(artifact.path, artifact.manifest, expected_sha256=written)
+        return Artifact(artifact.path, artifact.manifest)
 
 
 def plan_layers(checkpoint, plan):
