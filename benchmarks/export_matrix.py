@@ -15,7 +15,6 @@ the same name. About 30 minutes for efficientnet_lite0 on an idle 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from _results import machine_tag, write_result
@@ -23,6 +22,7 @@ from _results import machine_tag, write_result
 from dermmobile.bench.report import write_reports
 from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, versions
 from dermmobile.checkpoint import load_checkpoint
+from dermmobile.cores import usable_cores
 from dermmobile.exporter import plan_export, run_plan
 from dermmobile.fsutil import atomic_write_json
 from dermmobile.quantization.options import Int8Options
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--export-dir", type=Path, default=Path("export/matrix"))
     parser.add_argument("--calib-count", type=int, default=128)
-    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, usable_cores()}))
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=1800, help="per conversion, in a subprocess")
     parser.add_argument("--targets", nargs="+", default=target_names(), help="default: every target")

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from _results import machine_tag  # stdlib and dermmobile.fsutil only: no runtime's pool starts
 
+from dermmobile.cores import usable_cores  # standard library only
+
 RESULTS = Path(__file__).resolve().parent / "results"
 LIMIT = 1.05  # the bench may add at most 5 % to a bare loop's p50 (issue 16)
 
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="?", type=Path, help="folder of exported artifacts (export/RUN)")
     parser.add_argument("--checkpoint", type=Path, help="also compare the checkpoint's eager PyTorch model")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--iters", type=int, default=20, help="calls per loop per round (short rounds: see above)")
     parser.add_argument("--rounds", type=int, default=40, help="alternating bench/bare rounds")
     parser.add_argument("--out", type=Path, help="result file stem (default benchmarks/results/harness-overhead-...)")

@@ -12,13 +12,13 @@ not shown. Writes `scaling-<data>-<machine>.json/.md`. About 15 minutes on 2 cor
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from _results import machine_tag, write_result
 
 from dermmobile.bench.sweep import BenchConfig, machine_info, run_bench, versions
 from dermmobile.checkpoint import CheckpointMeta, save_checkpoint
+from dermmobile.cores import usable_cores
 from dermmobile.data import balanced_sample, scan_image_folder
 from dermmobile.exporter import plan_export, run_plan
 from dermmobile.models import build_model
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--archs", nargs="+", default=ARCHS)
-    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, usable_cores()}))
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--work", type=Path, default=Path("runs/scaling"))
     parser.add_argument("--out", type=Path, default=HERE / "results")

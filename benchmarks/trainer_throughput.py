@@ -31,6 +31,7 @@ from _results import machine_tag as results_machine_tag
 from _results import write_result
 
 from dermmobile.bench.sweep import machine_info, versions
+from dermmobile.cores import usable_cores
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
@@ -103,7 +104,7 @@ def _bare_loader(data: Path, size: int, batch: int, images: int, device: torch.d
     ])  # fmt: skip
     dataset = torchvision.datasets.ImageFolder(str(data), transform=transform)
     subset = torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
-    workers = min(8, len(os.sched_getaffinity(0)))
+    workers = min(8, usable_cores())
     loader = torch.utils.data.DataLoader(subset, batch_size=batch, shuffle=True, num_workers=workers,
                                          pin_memory=device.type == "cuda", persistent_workers=True, drop_last=True)  # fmt: skip
     return loader, len(dataset.classes)
@@ -143,7 +144,7 @@ def trainer_input_only(data: Path, arch: str, batch: int, images: int, device: t
     folder = scan_image_folder(data)
     spec = default_spec(arch)
     wanted = set(range(min(images, len(folder.samples))))
-    decoded = decode_all(folder, wanted, set(), spec, len(os.sched_getaffinity(0)), None)
+    decoded = decode_all(folder, wanted, set(), spec, usable_cores(), None)
     indices = sorted(decoded.train)
     bank = ImageBank.build([decoded.train[i] for i in indices], [folder.samples[i].label for i in indices], True)
     bank = bank.place(device)

@@ -38,6 +38,7 @@ from torch import nn
 
 from dermmobile.augment import ImageBank, augment_batch, batch_generator, downscale
 from dermmobile.checkpoint import CheckpointMeta
+from dermmobile.cores import usable_cores
 from dermmobile.data import ImageFolder, files_digest, kfold_indices, scan_image_folder, stratified_split
 from dermmobile.errors import BadImageError, BadInputError, DermmobileError
 from dermmobile.evaluate import predict_logits, write_report
@@ -85,13 +86,6 @@ class Dist:
             torch.distributed.barrier()
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def resolve_device(name: str, dist: Dist, threads: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -104,7 +98,7 @@ def resolve_device(name: str, dist: Dist, threads: int = 0) -> torch.device:
         raise BadInputError("--device mps but Metal is not available; use --device cpu or auto")
     if name == "cpu":
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)))
-        torch.set_num_threads(threads or max(1, _cores() // local))
+        torch.set_num_threads(threads or max(1, usable_cores() // local))
     return torch.device(name)
 
 
@@ -512,7 +506,7 @@ def load_inputs(config: TrainConfig, dist: Dist) -> tuple[Inputs, list[Part]]:
     parts = split_parts(folder, config)
     train_idx, eval_idx = {i for p in parts for i in p.train}, {i for p in parts for i in p.val + p.test}
     desc = "decoding" if config.progress and dist.main else None
-    decoded = decode_all(folder, train_idx, eval_idx, config.spec, config.workers or _cores(), desc)
+    decoded = decode_all(folder, train_idx, eval_idx, config.spec, config.workers or usable_cores(), desc)
     inputs = Inputs(folder, decoded, {})
     bad = [{"path": inputs.relative(i), "reason": r} for i, r in sorted(decoded.bad.items())]
     if config.progress and dist.main:

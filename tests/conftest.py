@@ -11,8 +11,9 @@ from pathlib import Path
 # pools, set before numpy or torch load. Why: two workers each spinning two OpenMP threads on two cores wait on
 # each other at every parallel region. Child processes (the CLI tests) inherit the setting.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
-    WORKER_THREADS = max(1, CORES // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    from dermmobile.cores import usable_cores  # standard library only: numpy and torch are not loaded yet
+
+    WORKER_THREADS = max(1, usable_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(WORKER_THREADS)
 else:
@@ -138,13 +139,12 @@ def lite0_run(tmp_path_factory, real_data):
     shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
     out, done = shared / "lite0-default-recipe", shared / "lite0-default-recipe.done"
     with FileLock(shared / "lite0-default-recipe.lock"):
-        if done.is_file():
-            return TrainResult(out, Path(done.read_text()), json.loads((out / "metrics.json").read_text()), [])
-        config = TrainConfig(data=real_data, arch="efficientnet_lite0", out=out, weights="DEFAULT", device="cpu",
-                             progress=False, threads=WORKER_THREADS)  # fmt: skip
-        result = train(config)
-        done.write_text(str(result.checkpoint))
-        return result
+        if not done.is_file():
+            config = TrainConfig(data=real_data, arch="efficientnet_lite0", out=out, weights="DEFAULT", device="cpu",
+                                 progress=False, threads=WORKER_THREADS)  # fmt: skip
+            done.write_text(str(train(config).checkpoint))
+    # Every worker, the one that trained too, reads the run back from its files: the same result whoever trained.
+    return TrainResult(out, Path(done.read_text()), json.loads((out / "metrics.json").read_text()), [])
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ from dermmobile.bench.latency import THREAD_ENV, GemmPeak
 from dermmobile.bench.results import JobResult, read_job_result
 from dermmobile.bench.rows import Measured, build_report
 from dermmobile.bench.worker import Job, run_job
+from dermmobile.cores import usable_cores
 from dermmobile.errors import BadInputError, DermmobileError
 
 REFERENCE = "pytorch-eager"
@@ -41,7 +42,7 @@ class BenchConfig:
     data: Path
     artifacts: Path | None = None
     checkpoint: Path | None = None
-    threads: list[int] = field(default_factory=lambda: [os.cpu_count() or 1])
+    threads: list[int] = field(default_factory=lambda: [usable_cores()])
     warmup: int = 10
     iters: int = 100
     split: str = "test"  # test: the checkpoint's held-out files when --data is its training root; all: every image

@@ -6,8 +6,9 @@ this command also runs where only onnxruntime and ai-edge-litert are installed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from dermmobile.cores import usable_cores  # standard library only
 
 HELP = "accuracy parity and latency of exported artifacts against the PyTorch model; JSON, Markdown and PNG reports"
 
@@ -30,7 +31,7 @@ def add_arguments(parser) -> None:
         "--threads",
         type=int,
         nargs="+",
-        default=[os.cpu_count() or 1],
+        default=[usable_cores()],
         metavar="N",
         help="thread counts to time at, e.g. --threads 1 2 (default: all cores)",
     )
