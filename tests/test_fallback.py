@@ -467,11 +467,13 @@ def test_a_run_worse_than_the_one_before_is_a_miss_not_the_end_of_the_runs():
     assert _keep_best(search_state.result).float_layers == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize("disk_full", [False, True])
 def test_a_kept_earlier_attempt_is_put_back_not_converted_again(
-    fake_registry, tiny_checkpoint, synthetic_root, tmp_path, monkeypatch
+    fake_registry, tiny_checkpoint, synthetic_root, tmp_path, monkeypatch, disk_full
 ):
     """When the search keeps an attempt that was not the last one built, its own file (the one judged on the tuning
-    images) is put back at the final path with its manifest, and nothing is converted again."""
+    images) is put back at the final path with its manifest, and nothing is converted again. When the copy cannot
+    be made (a full temporary disk), the kept attempt is converted again instead: the export still succeeds."""
     import tempfile
 
     import dermmobile.quantization.export as int8_export
@@ -492,10 +494,16 @@ def test_a_kept_earlier_attempt_is_put_back_not_converted_again(
         return FallbackResult(["10", "6"], 0.36, True, note="kept the first")
 
     monkeypatch.setattr(int8_export, "search", keeps_the_first)
+    if disk_full:
+
+        def no_space(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(int8_export.shutil, "copyfile", no_space)
     _, outcome = _export_int8(tiny_checkpoint, synthetic_root, tmp_path / "out")
     assert outcome.ok, outcome.error
-    assert len(conversions) == 2 and judged[frozenset({"10", "6"})] != judged[frozenset({"10"})]
-    assert outcome.artifact.path.read_bytes() == judged[frozenset({"10", "6"})]
+    assert len(conversions) == 2 + disk_full and judged[frozenset({"10", "6"})] != judged[frozenset({"10"})]
+    assert (outcome.artifact.path.read_bytes() == judged[frozenset({"10", "6"})]) != disk_full  # converted again
     manifest = json.loads(outcome.artifact.manifest_file.read_text())
     assert manifest["float_layers"] == ["10", "6"] and manifest["op_counts"]["float"] == 2
     from dermmobile.artifact import load_artifact  # the manifest describes the file put back: it loads and verifies

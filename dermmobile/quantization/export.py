@@ -104,11 +104,16 @@ class _BuiltFiles:
         from dermmobile.artifact import artifact_digest
 
         self.last = (frozenset(float_layers), artifact)
-        if artifact.path.is_file() and not artifact.path.is_symlink():
-            copy = self.folder / f"{len(self.saved)}{artifact.path.suffix}"
+        if not artifact.path.is_file() or artifact.path.is_symlink():
+            return
+        copy = self.folder / f"{len(self.saved)}{artifact.path.suffix}"
+        try:
             shutil.copyfile(artifact.path, copy, follow_symlinks=False)
-            if artifact_digest(copy) == artifact.manifest.sha256:  # the file its manifest describes, nothing else
-                self.saved[frozenset(float_layers)] = (artifact, copy)
+        except OSError:  # a full temporary disk costs a conversion if this one is kept, not the export
+            copy.unlink(missing_ok=True)
+            return
+        if artifact_digest(copy) == artifact.manifest.sha256:  # the file its manifest describes, nothing else
+            self.saved[frozenset(float_layers)] = (artifact, copy)
 
     def restore(self, float_layers):
         """The artifact of `float_layers` at its final path: as it is when it was the last one built, else its copy
