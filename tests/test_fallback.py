@@ -510,3 +510,27 @@ def test_a_kept_earlier_attempt_is_put_back_not_converted_again(
 
     assert load_artifact(outcome.artifact.manifest_file).manifest.sha256 == manifest["sha256"]
     assert not any((tmp_path / "system-temp").iterdir())  # the copies are gone
+
+
+@pytest.mark.parametrize("toolchain, clamp", [("litert", True), ("xnnpack", None)])
+def test_simulating_the_float_sets_together_gives_each_sets_own_values(toolchain, clamp):
+    """Simulation.each (one full run per batch, each set rerun from the first node it switches) gives exactly what
+    Simulation.logits gives one set at a time: every layer alone, none, all, and a pair, on a stem and a
+    residual EfficientNet-Lite block (pads, ReLU6, depthwise), in batches that do not divide the images."""
+    import torch
+    from torch import nn
+
+    from dermmobile.efficientnet_lite import MBConv, SameConv2d
+    from dermmobile.quantization.simulate import Simulation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SameConv2d(3, 8, 3, 2), nn.BatchNorm2d(8), nn.ReLU6(), MBConv(8, 8, 3, 1, 2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+    images = np.random.default_rng(0).normal(size=(11, 3, 24, 24)).astype(np.float32)
+    simulation = Simulation(model, toolchain, images, clamp=clamp)
+    names = [layer.name for layer in simulation.layers]
+    sets = [frozenset(), *(frozenset({name}) for name in names), frozenset(names), frozenset(names[1:3])]
+    together = simulation.each(images, sets, batch=4)
+    for float_layers, logits in zip(sets, together):
+        assert np.array_equal(logits, simulation.logits(images, float_layers)), sorted(float_layers)
+    assert not np.array_equal(together[0], together[-3])  # the sets differ: the test compares different values

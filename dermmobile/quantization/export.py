@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dermmobile.quantization.fallback import Criterion, FallbackResult, measure_sensitivity, search, spread
+from dermmobile.quantization.fallback import (
+    Criterion,
+    FallbackResult,
+    measure_sensitivity,
+    search,
+    simulate_each,
+    spread,
+)
 from dermmobile.quantization.simulate import float_share, model_layers
 from dermmobile.targets.base import TorchRuntime, batched
 
@@ -25,9 +32,15 @@ class _LazySimulation:
         self.factory, self.simulate = factory, None
 
     def __call__(self, images: np.ndarray, float_layers: frozenset[str]) -> np.ndarray:
+        return self._built()(images, float_layers)
+
+    def each(self, images: np.ndarray, float_sets: list[frozenset[str]], log=lambda message: None) -> list[np.ndarray]:
+        return simulate_each(self._built(), images, float_sets, log)
+
+    def _built(self):
         if self.simulate is None:
             self.simulate = self.factory()
-        return self.simulate(images, float_layers)
+        return self.simulate
 
 
 def export_int8(checkpoint, target, plan):

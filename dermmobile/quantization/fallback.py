@@ -163,23 +163,31 @@ def measure_sensitivity(
     names = frozenset(layer.name for layer in layers)
     total = sum(layer.macs for layer in layers) or 1
     candidates = [layer for layer in layers if layer.name not in always_float]
-
-    def measure(float_layers: frozenset[str]) -> ParityReport:
-        return compare_logits(reference, simulate(images, float_layers | always_float), labels, None, targets)
-
-    baseline = measure(frozenset())
-    rows = []
     log(f"per-layer sensitivity: {len(candidates)} layers on {len(images)} simulated images")
+    float_sets = [frozenset(), *(frozenset({layer.name}) for layer in candidates)]
+    if quantized_alone:
+        float_sets += [names - {layer.name} for layer in candidates]
+    logits = simulate_each(simulate, images, [float_layers | always_float for float_layers in float_sets], log)
+    reports = [compare_logits(reference, one, labels, None, targets) for one in logits]
+    baseline, alone, only = reports[0], reports[1 : 1 + len(candidates)], reports[1 + len(candidates) :]
+    rows = []
     for index, layer in enumerate(candidates):
-        if index and index % 10 == 0:
-            log(f"per-layer sensitivity: {index} of {len(candidates)} layers")
-        alone = measure(frozenset({layer.name}))
-        row = LayerSensitivity(layer.name, layer.kind, layer.macs, layer.macs / total, _metrics(alone),
-                               baseline.mean_abs_logit - alone.mean_abs_logit)  # fmt: skip
+        row = LayerSensitivity(layer.name, layer.kind, layer.macs, layer.macs / total, _metrics(alone[index]),
+                               baseline.mean_abs_logit - alone[index].mean_abs_logit)  # fmt: skip
         if quantized_alone:
-            row.quantized_alone = _metrics(measure(names - {layer.name}))
+            row.quantized_alone = _metrics(only[index])
         rows.append(row)
     return _metrics(baseline), rows
+
+
+def simulate_each(simulate, images: np.ndarray, float_sets: list[frozenset[str]],
+                  log: Callable[[str], None] = lambda message: None) -> list[np.ndarray]:  # fmt: skip
+    """`simulate(images, s)` for each float set s; through `simulate.each` when it has one (simulate.Simulation
+    computes the sets together, rerunning each from where it differs)."""
+    each = getattr(simulate, "each", None)
+    if each is not None:
+        return each(images, float_sets, log=log)
+    return [simulate(images, float_layers) for float_layers in float_sets]
 
 
 def ranked_prefixes(sensitivity: list[LayerSensitivity], max_float_macs: float) -> list[list[str]]:

@@ -202,11 +202,54 @@ class Simulation:
 
     def logits(self, images: np.ndarray, float_layers=frozenset()) -> np.ndarray:
         """Simulated int8 logits with `float_layers` in float (an empty set: everything quantized)."""
-        quantized = self.quantized_tensors(frozenset(float_layers))
+        self._switch(self.quantized_tensors(frozenset(float_layers)))
+        return self._run(self.graph, images)
+
+    __call__ = logits
+
+    def each(self, images: np.ndarray, float_sets: list[frozenset[str]], batch: int = 8, log=None) -> list[np.ndarray]:
+        """`logits(images, s)` for each float set s, the same values in less time: per batch, the graph runs once
+        with everything quantized, keeping every node's output, and each set runs again only from the first node
+        whose quantizer it switches (the nodes before it compute the same values either way). One layer float
+        alone, the per-layer sensitivity, reruns on average about half the graph. `batch`: images held at once
+        (every node's output of a batch stays in memory). `log`: told after each batch."""
+        import torch
+        from torch.fx import Interpreter
+
+        nodes = list(self.graph.graph.nodes)
+        position = {id(getattr(self.graph, str(node.target), None)): index for index, node in enumerate(nodes)
+                    if node.op == "call_module"}  # fmt: skip
+        everything = self.quantized_tensors(frozenset())
+        starts = []
+        for float_layers in float_sets:
+            quantized = self.quantized_tensors(frozenset(float_layers))
+            switched = [position[id(switch)] for name, switches in self.switches.items() for switch in switches
+                        if (name in quantized) != (name in everything)]  # fmt: skip
+            starts.append((quantized, min(switched) if switched else None))
+        outputs: list[list] = [[] for _ in float_sets]
+        with torch.no_grad():
+            for first in range(0, len(images), batch):
+                inputs = torch.from_numpy(np.ascontiguousarray(images[first : first + batch], dtype=np.float32))
+                self._switch(everything)
+                full = Interpreter(self.graph, garbage_collect_values=False)
+                quantized_logits = full.run(inputs).float()
+                for output, (quantized, start) in zip(outputs, starts):
+                    if start is None:
+                        output.append(quantized_logits)
+                        continue
+                    self._switch(quantized)
+                    before = {node: full.env[node] for node in nodes[:start]}
+                    output.append(Interpreter(self.graph).run(inputs, initial_env=before).float())
+                if log is not None:
+                    done = min(first + batch, len(images))
+                    log(f"simulated {len(float_sets)} float sets on {done} of {len(images)} images")
+        return [torch.cat(output).numpy() if output else np.zeros((0, 0), np.float32) for output in outputs]
+
+    def _switch(self, quantized: set[str]) -> None:
+        """Fake-quantize the tensors named in `quantized`, pass the others through."""
         for name, switches in self.switches.items():
             for switch in switches:
                 switch.enabled = name in quantized
-        return self._run(self.graph, images)
 
     def _run(self, graph, images: np.ndarray) -> np.ndarray:
         import torch

@@ -150,7 +150,7 @@ class OnnxTarget:
         """
         from dermmobile.quantization.simulate import Simulation
 
-        return Simulation(request.model, "xnnpack", request.calibration, "minmax", weight_range=self.weight_range).logits
+        return Simulation(request.model, "xnnpack", request.calibration, "minmax", weight_range=self.weight_range)
 
 
 # onnxruntime's calibration methods by the names users pick (`--observer`). Not offered: "distribution", whose

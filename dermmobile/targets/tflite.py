@@ -176,7 +176,7 @@ class TFLiteTarget:
         from dermmobile.quantization.simulate import Simulation
 
         observer = request.observer or OBSERVER
-        return Simulation(request.model, self.pt2e_toolchain, request.calibration, observer, clamp=True).logits
+        return Simulation(request.model, self.pt2e_toolchain, request.calibration, observer, clamp=True)
 
 
 # Compute ops, and the operand that carries the activations' and the weights' type.
