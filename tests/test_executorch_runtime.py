@@ -10,10 +10,17 @@ import pytest
 pytest.importorskip("executorch")
 
 CHECK_EXPORTER_AFTER = """
+import torch
+from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 from executorch.exir import to_edge_transform_and_lower  # the exporter, after the runtime
 import executorch.exir._warnings as warnings_module
-assert callable(to_edge_transform_and_lower) and "torch._dynamo" in sys.modules
 assert issubclass(warnings_module.ExperimentalWarning, DeprecationWarning)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+program = torch.export.export(model, (torch.ones(1, 3, 8, 8),))
+buffer = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+method = api.Runtime.get().load_program(buffer).load_method("forward")
+out = method.execute([torch.ones(1, 3, 8, 8)])[0]
+assert torch.allclose(out, model(torch.ones(1, 3, 8, 8)), atol=1e-5)  # exported and run in this one process
 """
 
 

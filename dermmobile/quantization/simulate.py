@@ -220,12 +220,11 @@ class Simulation:
 
     def each(self, images: np.ndarray, float_sets: list[frozenset[str]], memory: int = 1 << 30, log=None) -> list[np.ndarray]:
         """`logits(images, s)` for each float set s (up to float rounding: batches of other sizes), in less time:
-        per batch, the graph runs once
-        with everything quantized, keeping every node's output, and for each set only the nodes downstream of a
-        quantizer it switches run again (the others compute the same values either way). Lite0's per-layer
-        sensitivity on 32 photos: 3.0x faster (benchmarks/sensitivity_speed.py). `memory`: bytes of node outputs
-        held at once; the first batch (2 photos) measures a photo's share and sizes the next. `log`: told after
-        each batch."""
+        per batch, the graph runs once with everything quantized, keeping every node's output, and for each set
+        only the nodes downstream of a quantizer it switches run again (the others compute the same values either
+        way). Lite0's per-layer sensitivity on 32 photos: 3.0x faster (benchmarks/sensitivity_speed.py).
+        `memory`: bytes of node outputs held at once; the first batch (2 photos) measures a photo's share and sizes
+        the next. `log`: told after each batch."""
         import torch
         from torch.fx import Interpreter
 
