@@ -439,6 +439,9 @@ class Int8Splits:
     gate_root: Path
     unseen_gate: frozenset[str]  # gate files (relative to gate_root) that no training run saw
     note: str
+    # calibration and tuning files (relative to root) that training never fitted: its validation files, or every
+    # file of a folder it was not trained on (fallback.MarginPopulation weighs them as the gate's unseen share)
+    unseen_chosen: frozenset[str] = frozenset()
 
     def records(self, seed: int) -> dict[str, dict]:
         """Manifest records of the three sets (count, per-class counts, hash of the file list)."""
@@ -479,8 +482,14 @@ def int8_splits(folder: ImageFolder, data_record: dict | None, calib_count: int,
         f"calibration {len(calibration)} and tuning {len(tuning)} images from {folder.root} ({kept.note}); "
         f"gate: {len(gate)} images of {gate_root} used for neither, {len(unseen)} of them unseen by training"
     )
+    own = is_training_root(folder, data_record)
+    never_fitted = set((data_record or {}).get("val_files") or []) if own else None  # None: not its folder at all
+    unseen_chosen = frozenset(
+        name for name in (s.path.relative_to(folder.root).as_posix() for s in calibration + tuning)
+        if never_fitted is None or name in never_fitted
+    )  # fmt: skip
     return Int8Splits(folder.root, folder.classes, calibration, tuning, gate, gate_root,
-                      frozenset(s.path.relative_to(gate_root).as_posix() for s in unseen), note)  # fmt: skip
+                      frozenset(s.path.relative_to(gate_root).as_posix() for s in unseen), note, unseen_chosen)  # fmt: skip
 
 
 def calibration_record(taken: list[Sample], classes: list[str], root: Path, seed: int) -> CalibrationRecord:

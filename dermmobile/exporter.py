@@ -69,6 +69,8 @@ class ExportPlan:
     # int8: GPTQ's per-layer input statistics on `calibration` (gptq.round_weights), gathered once for every
     # target and fallback attempt of this plan
     layer_statistics: dict = field(default_factory=dict)
+    # int8: which calibration images training never fitted (tuning's are in `tuning.unseen`): the forecast's weights
+    calibration_unseen: np.ndarray | None = None
 
 
 def artifact_name(arch: str, target: Target, quantize: str, layout: str = "NCHW", variant: str = "") -> str:
@@ -341,7 +343,10 @@ def _load_int8_images(plan: ExportPlan, meta, calib_data: Path, calib_count: int
     if calibration is None:
         raise BadInputError(f"none of the {len(splits.calibration)} calibration images in {calib_data} could be decoded")
     plan.calibration = calibration.arrays
+    plan.calibration_unseen = np.array([name in splits.unseen_chosen for name in calibration.names], dtype=bool)
     plan.tuning = _load_set(splits.tuning, meta.spec, folder.root, "tuning images")
+    if plan.tuning is not None:
+        plan.tuning.unseen = np.array([name in splits.unseen_chosen for name in plan.tuning.names], dtype=bool)
     plan.check = _load_set(splits.gate, meta.spec, splits.gate_root, "gate images")
     if plan.check is not None:
         plan.check.unseen = np.array([name in splits.unseen_gate for name in plan.check.names], dtype=bool)

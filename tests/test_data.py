@@ -386,3 +386,21 @@ def test_held_out_refuses_recorded_files_that_went_missing(tmp_path):
     assert len(held_out(shrunk, record, "all").samples) == 5  # --split all still works
     with pytest.raises(BadInputError, match="unknown split 'train'"):
         held_out(shrunk, record, "train")
+
+
+def test_int8_splits_name_the_chosen_images_training_never_fitted(tmp_path):
+    """Calibration and tuning images that are the checkpoint's validation files are unseen by training (the forecast
+    weighs them as the gate's unseen share); in a folder the checkpoint was not trained on, every image is."""
+    from dermmobile.data import int8_splits
+
+    folder = scan_image_folder(_folder(tmp_path / "data", {"a": 8, "b": 8}))
+    record = _record(folder, ["a/a00.png", "b/b00.png"]) | {"val_files": ["a/a01.png", "b/b05.png", "b/b00.png"]}
+    splits = int8_splits(folder, record, calib_count=4, tune_count=4)
+    chosen = {s.path.relative_to(folder.root).as_posix() for s in splits.calibration + splits.tuning}
+    assert splits.unseen_chosen == chosen & {"a/a01.png", "b/b05.png"}  # b/b00.png is a test file: in the gate
+    assert splits.unseen_chosen  # (with this seed at least one validation file is chosen)
+    assert all(s.path.relative_to(folder.root).as_posix() not in splits.unseen_chosen for s in splits.gate)
+    elsewhere = int8_splits(folder, record | {"files_sha256": "0" * 64, "root": str(tmp_path / "other")}, 4, 4)
+    assert elsewhere.unseen_chosen == {s.path.relative_to(folder.root).as_posix()
+                                       for s in elsewhere.calibration + elsewhere.tuning}  # fmt: skip
+    assert int8_splits(folder, {k: v for k, v in record.items() if k != "val_files"}, 4, 4).unseen_chosen == set()

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 import tests.fake_target as fake
-from dermmobile.quantization.fallback import Attempt, Criterion, forecast_agreement, ranked_prefixes, search
+from dermmobile.quantization.fallback import (
+    Attempt,
+    Criterion,
+    MarginPopulation,
+    forecast_agreement,
+    ranked_prefixes,
+    search,
+)
 from dermmobile.quantization.simulate import Layer
 
 LABELS = [f"c{i}" for i in range(5)]
@@ -109,6 +116,38 @@ def test_the_forecast_sees_near_ties_that_the_sample_did_not_break():
     assert report.agreement == 1.0 and not report.passed
     assert report.forecast_agreement == pytest.approx(1 - 9 / 90)  # 9 near-ties x the one error, of 10 x 9 pairs
     assert "forecast agreement 90.00% is below the search target 98.0%" in report.failures[0]
+
+
+def test_the_forecast_counts_unseen_photos_for_the_gates_share_of_them():
+    """The tuning photos are confident (trained on): their own error, -0.3 on the top class, breaks none of them.
+    Calibration photos the training never fitted sit near ties: 2 of 4 have a margin under 0.3. Weighted as the gate's
+    unseen share (40 %), the forecast is 60 % x 1 + 40 % x 1/2; each population photo borrows every error but its own."""
+    tuning = np.array([[3.0, 0.0, -1.0], [0.0, 2.5, -1.0], [-1.0, 0.0, 4.0]])
+    error = np.where(tuning == tuning.max(axis=1, keepdims=True), -0.3, 0.0)
+    calibration = np.array([[0.1, 0.0, -1.0], [0.0, 0.2, -1.0], [1.0, 0.0, -1.0], [5.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    unseen = np.array([True, True, True, True, False])
+    population = MarginPopulation.of(tuning, None, calibration, unseen, unseen_share=0.4)
+    assert population.weights.sum() == pytest.approx(1.0)
+    assert population.weights[:4] == pytest.approx([0.1] * 4) and population.weights[4:] == pytest.approx([0.15] * 4)
+    assert forecast_agreement(tuning, tuning + error, population) == pytest.approx(0.6 + 0.4 * 0.5)
+    assert forecast_agreement(tuning, tuning + error) == 1.0  # the tuning photos alone see no near-tie
+    # Without a share (no gate), or with only one kind of photo, every photo counts the same: 6 of 8 keep.
+    assert forecast_agreement(tuning, tuning + error, MarginPopulation.of(tuning, None, calibration, unseen)) == 0.75
+    assert population.describe() == {"photos": 8, "tuning_photos": 3, "unseen_by_training": 4, "unseen_weight": 0.4}
+    criterion = Criterion(["a", "b", "c"], margin=0.0, population=population)
+    report = criterion.judge(tuning, tuning + error, None, "artifact")
+    assert report.agreement == 1.0 and report.forecast_agreement == pytest.approx(0.8) and not report.passed
+
+
+def test_a_photo_never_borrows_its_own_error_from_the_population():
+    """Photo 0's own error would flip it; the others' would not: its forecast is 1, photo 1's (which borrows photo 0's
+    error) 0, whether the population is the default or the tuning photos given explicitly."""
+    reference = np.array([[0.1, 0.0], [0.1, 0.0]])
+    logits = np.array([[0.0, 0.5], [0.1, 0.0]])
+    explicit = MarginPopulation.of(reference)
+    assert forecast_agreement(reference, logits) == forecast_agreement(reference, logits, explicit) == 0.5
+    alone = MarginPopulation.of(reference[:1])  # one photo, nothing else to borrow: its observed agreement
+    assert forecast_agreement(reference[:1], logits[:1], alone) == 0.0
 
 
 def test_a_file_with_a_nonfinite_output_is_forecast_to_agree_nowhere():
@@ -242,6 +281,9 @@ def test_fallback_passes_the_gate_and_the_manifest_says_what_it_cost(
     fallback = manifest["fallback"]
     assert fallback["enabled"] and fallback["passed_tuning"] and fallback["criterion"]["images"] == "tuning"
     assert fallback["float_logits"]
+    # the forecast breaks the calibration and tuning photos' margins (the checkpoint records no validation files)
+    population = {"photos": 18 + 36, "tuning_photos": 36, "unseen_by_training": 0, "unseen_weight": 0.0}
+    assert fallback["criterion"]["forecast_population"] == population
     assert [a["float_layers"] for a in fallback["attempts"] if a["source"] == "artifact"] == [["10"], ["10", "6"]]
     assert "10" not in {row["layer"] for row in json.loads((tmp_path / fallback["sensitivity_report"]).read_text())["layers"]}
     assert (tmp_path / fallback["sensitivity_report"]).is_file()

@@ -16,6 +16,7 @@ import numpy as np
 from dermmobile.quantization.fallback import (
     Criterion,
     FallbackResult,
+    MarginPopulation,
     measure_sensitivity,
     search,
     simulate_each,
@@ -56,7 +57,7 @@ def _export_int8(checkpoint, target, plan, built: _BuiltFiles):
     options, tuning = plan.int8, plan.tuning
     labels = list(checkpoint.meta.labels)
     reference = batched(TorchRuntime(checkpoint.model).predict, tuning.arrays, 16)
-    criterion = Criterion(labels, options.tune_margin)
+    criterion = Criterion(labels, options.tune_margin, forecast_population(checkpoint, plan, reference))
     layers = plan_layers(checkpoint, plan)
     base = always_float(checkpoint, plan, layers)
 
@@ -146,6 +147,17 @@ class _BuiltFiles:
         return Artifact(artifact.path, artifact.manifest)
 
 
+def forecast_population(checkpoint, plan, tuning_reference: np.ndarray) -> MarginPopulation:
+    """The photos the search's forecast is made on (fallback.MarginPopulation): calibration and tuning, those that
+    training never fitted weighted to the gate's share of photos unseen by training."""
+    calibration = plan.calibration if plan.calibration is not None else np.zeros((0, *plan.tuning.arrays.shape[1:]), np.float32)
+    calibration_reference = batched(TorchRuntime(checkpoint.model).predict, calibration, 16)
+    gate = plan.check
+    share = float(gate.unseen.mean()) if gate is not None and gate.unseen is not None and len(gate.unseen) else None
+    return MarginPopulation.of(tuning_reference, plan.tuning.unseen, calibration_reference, plan.calibration_unseen,
+                               share)  # fmt: skip
+
+
 def plan_layers(checkpoint, plan):
     """The checkpoint's quantizable layers for the plan's input shape (simulate.model_layers)."""
     import torch
@@ -190,6 +202,7 @@ def _record(artifact, result: FallbackResult, layers, options, criterion: Criter
             "min_agreement": TOLERANCES["int8"].min_agreement,
             "max_accuracy_drop_points": TOLERANCES["int8"].max_accuracy_drop,
             "min_forecast_agreement": criterion.min_forecast_agreement,  # fallback.forecast_agreement
+            "forecast_population": criterion.population.describe() if criterion.population is not None else None,
         },
         "max_float_macs": options.max_float_macs,
         "float_logits": options.float_logits,
