@@ -55,12 +55,47 @@ LAYERS = [Layer("stem", "conv", 100), Layer("dw", "depthwise", 10), Layer("pw", 
 
 def test_search_leaves_only_the_sensitive_layer_float():
     attempt, simulate, tuning, criterion, calls = _problem({"stem": 0.002, "dw": 0.3, "pw": 0.002, "fc": 0.001})
-    result = search(attempt, simulate, LAYERS, tuning, criterion, max_float_macs=0.25)
+    simulated = []
+    result = search(attempt, lambda batch, float_layers: simulated.append(float_layers) or simulate(batch, float_layers),
+                    LAYERS, tuning, criterion, max_float_macs=0.25)  # fmt: skip
     assert result.passed and result.float_layers == ["dw"]
     assert result.float_macs_share == pytest.approx(10 / 415)
     assert calls == [frozenset(), frozenset({"dw"})]  # plain int8, then one real artifact
+    # the one file after plain passed: the ranking was not refined (no simulation beyond each layer alone)
+    assert len(simulated) == 1 + len(LAYERS) and result.ranking[0] == "dw"
     ranking = [row.layer for row in sorted(result.sensitivity, key=lambda r: r.gain, reverse=True)]
     assert ranking[0] == "dw" and result.sensitivity[1].float_alone["agreement"] > result.baseline["agreement"]
+
+
+def test_the_ranking_chooses_each_next_layer_given_the_ones_before_it():
+    """A tensor between two layers stays float only when both are: here an error that goes away only with "stem" and
+    "dw" both float (the stem's output, say), besides each layer's own. One at a time "pw" outranks "dw" (its own
+    error is larger), so the plain ranking would build stem, stem + pw, then all three; chosen given the stem, "dw"
+    comes next, and the second real file passes with the two layers that matter."""
+    rng = np.random.default_rng(1)
+    reference = rng.normal(0, 1, (400, len(LABELS)))
+    own = {"stem": 0.15, "dw": 0.0, "pw": 0.01, "fc": 0.0}
+    directions = {name: rng.normal(0, 1, reference.shape) for name in [*own, "between"]}
+
+    def logits(float_layers):
+        out = reference + sum(size * directions[name] for name, size in own.items() if name not in float_layers)
+        return out if {"stem", "dw"} <= float_layers else out + 0.2 * directions["between"]
+
+    criterion, calls = Criterion(LABELS, margin=0.0), []
+
+    def attempt(float_layers):
+        calls.append(float_layers)
+        return criterion.judge(reference, logits(float_layers), None, "artifact")
+
+    def simulate(batch, float_layers):
+        return logits(float_layers)[batch.astype(int)]
+
+    result = search(attempt, simulate, LAYERS, (np.arange(400), reference, None), criterion, max_float_macs=1.0)
+    alone = {row.layer: row.gain for row in result.sensitivity}
+    assert alone["pw"] > alone["dw"] and max(alone, key=alone.get) == "stem"  # one at a time: stem, pw, dw
+    assert result.ranking[:2] == ["stem", "dw"]
+    assert calls == [frozenset(), frozenset({"stem"}), frozenset({"stem", "dw"})]
+    assert result.passed and sorted(result.float_layers) == ["dw", "stem"]
 
 
 def test_plain_int8_that_passes_is_kept_without_simulating():
@@ -576,3 +611,48 @@ def test_simulating_the_float_sets_together_gives_each_sets_own_values(toolchain
     for float_layers, logits in zip(sets, together):
         np.testing.assert_allclose(logits, simulation.logits(images, float_layers), rtol=0, atol=1e-5)
     assert not np.array_equal(together[0], together[-3])  # the sets differ: the test compares different values
+
+
+@pytest.mark.parametrize("toolchain, clamp", [("litert", True), ("xnnpack", None)])
+def test_a_layer_simulated_float_gets_its_float_weights_back(toolchain, clamp):
+    """The toolchain gets weights already rounded (GPTQ) and biases corrected, but a layer the fallback leaves float
+    keeps its float ones in the real file. The simulation given the float model does the same: "layer L float" then
+    computes L with its float weights and bias (close to a simulation of a model that has them; the same but for
+    activation ranges calibrated on the other weights), each() agrees with logits(), and every call leaves the
+    graph's rounded weights in place."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from dermmobile.efficientnet_lite import MBConv, SameConv2d
+    from dermmobile.quantization.bias_correction import fold_batch_norms
+    from dermmobile.quantization.simulate import Simulation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SameConv2d(3, 8, 3, 2), nn.BatchNorm2d(8), nn.ReLU6(), MBConv(8, 8, 3, 1, 2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+    images = np.random.default_rng(0).normal(size=(9, 3, 24, 24)).astype(np.float32)
+    folded = fold_batch_norms(model, torch.from_numpy(images[:1]))
+    rounded = copy.deepcopy(folded)
+    layers = {name: module for name, module in rounded.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))}
+    with torch.no_grad():  # what GPTQ and bias correction do, coarsely: other weights, other biases
+        for module in layers.values():
+            module.weight.add_(0.3 * module.weight.std() * torch.randn_like(module.weight))
+            module.bias.add_(0.2)
+    simulation = Simulation(rounded, toolchain, images, clamp=clamp, float_model=folded)
+    without = Simulation(rounded, toolchain, images, clamp=clamp)  # the float weights unknown: rounded ones kept
+    all_int8 = simulation.logits(images)
+    sets = [frozenset({name}) for name in layers]
+    together = simulation.each(images, [frozenset(), *sets], memory=500_000)
+    np.testing.assert_allclose(together[0], all_int8, rtol=0, atol=1e-5)
+    for float_layers, logits in zip(sets, together[1:]):
+        alone = simulation.logits(images, float_layers)
+        np.testing.assert_allclose(logits, alone, rtol=0, atol=1e-5)
+        (name,) = float_layers
+        given = copy.deepcopy(rounded)  # a model that has this layer's float weights: what the real file computes
+        dict(given.named_modules())[name].load_state_dict(dict(folded.named_modules())[name].state_dict())
+        expected = Simulation(given, toolchain, images, clamp=clamp).logits(images, float_layers)
+        assert np.abs(alone - expected).mean() < 0.2 * np.abs(without.logits(images, float_layers) - expected).mean()
+    np.testing.assert_array_equal(simulation.logits(images), all_int8)  # the rounded weights are back
+    assert set(simulation.parameters) == set(layers)

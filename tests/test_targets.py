@@ -115,14 +115,16 @@ def test_export_load_and_parity(target, quantize, tiny_checkpoint, synthetic_roo
 def test_tflite_int8_has_integer_io_with_scale(float_logits, tiny_checkpoint, synthetic_root, tmp_path):
     """--int8-logits: a full-integer file, int8 input and output with their scales. By default the logits layer
     stays float, the converter runs in strict QDQ mode (the only way to keep a layer float), and the file takes and
-    gives float32, quantizing the image inside."""
+    gives float32, quantizing the image inside. The search is off: a layer it left float would give the file float
+    I/O too, and whether this tiny model's full-integer file passes depends on the CPU (on a 2-core EPYC its int8
+    logits flipped 1 of 36 tuning photos and the search kept a layer float); a gate failure still writes the file."""
     from dermmobile.quantization.options import Int8Options
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     plan = plan_export(checkpoint, "tflite", "int8", tmp_path, calib_data=synthetic_root, calib_count=18, layout="nhwc",
-                       int8=Int8Options(float_logits=float_logits))  # fmt: skip
+                       int8=Int8Options(float_logits=float_logits, fallback=False))  # fmt: skip
     (outcome,) = run_plan(checkpoint, plan)
-    assert outcome.ok, outcome.error
+    assert outcome.artifact is not None and (outcome.ok or outcome.exit_code == 3), outcome.error
     manifest = outcome.artifact.manifest
     assert manifest.input.layout == "NHWC" and manifest.input.shape == [1, 64, 64, 3]
     if float_logits:

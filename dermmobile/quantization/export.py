@@ -51,7 +51,7 @@ def export_int8(checkpoint, target, plan):
 
 
 def _export_int8(checkpoint, target, plan, built: _BuiltFiles):
-    from dermmobile.exporter import export_artifact, export_request
+    from dermmobile.exporter import export_artifact
     from dermmobile.targets import get_target
 
     options, tuning = plan.int8, plan.tuning
@@ -69,7 +69,7 @@ def _export_int8(checkpoint, target, plan, built: _BuiltFiles):
         return criterion.judge(reference, logits, tuning.targets, artifact.path.name)
 
     factory = getattr(target, "simulation", None)
-    simulate = _LazySimulation(lambda: factory(export_request(checkpoint, target, plan))) if factory else None
+    simulate = _LazySimulation(lambda: factory(simulation_request(checkpoint, target, plan))) if factory else None
     log = _logger(f"{target.name} int8")
     if options.fallback:
         result = search(attempt, simulate, layers, (tuning.arrays, reference, tuning.targets), criterion,
@@ -147,6 +147,22 @@ class _BuiltFiles:
         return Artifact(artifact.path, artifact.manifest)
 
 
+def simulation_request(checkpoint, target, plan):
+    """The request a target's simulation is built from: the model the toolchain gets (weights rounded for int8:
+    GPTQ, bias correction), and the same model with batch norm folded but nothing rounded, whose weights a layer
+    left float gets back in the simulation as in the real file (simulate._float_parameters)."""
+    import torch
+
+    from dermmobile.exporter import export_request
+    from dermmobile.quantization.bias_correction import fold_batch_norms
+
+    request = export_request(checkpoint, target, plan)
+    if request.model is not checkpoint.model:  # rounded: otherwise the float weights are the model's own
+        example = torch.from_numpy(np.ascontiguousarray(plan.calibration[:1], dtype=np.float32))
+        request.float_model = fold_batch_norms(checkpoint.model, example)
+    return request
+
+
 def forecast_population(checkpoint, plan, tuning_reference: np.ndarray) -> MarginPopulation:
     """The photos the search's forecast is made on (fallback.MarginPopulation): calibration and tuning, those that
     training never fitted weighted to the gate's share of photos unseen by training."""
@@ -208,6 +224,7 @@ def _record(artifact, result: FallbackResult, layers, options, criterion: Criter
         "float_logits": options.float_logits,
         "passed_tuning": result.passed,
         "note": result.note,
+        "ranking": list(result.ranking),  # the order the search added layers in (fallback.refined_ranking)
         "attempts": [vars(a) for a in result.attempts],
         "sensitivity_report": report_file,
         "simulation": getattr(target, "name", "?") + " PT2E simulation" if result.sensitivity else None,

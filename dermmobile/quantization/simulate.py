@@ -135,6 +135,42 @@ def _quantized_tensors(graph_module) -> set[str]:
     return names
 
 
+def _float_parameters(graph_module, float_model) -> dict[str, list]:
+    """For each layer of `graph_module` whose weight or bias differs in `float_model`: (node, tensor, (rounded,
+    float)) of each such parameter, the graph's own tensor first. Swapped in place (`Simulation._switch`), so a run
+    that reuses another run's values (`Simulation.each`) sees the swap through the same tensor objects.
+
+    Why: the toolchain is handed `model` with int8-rounded weights (GPTQ moves them onto the grid, bias correction
+    changes the biases), but a layer the fallback leaves float keeps its float ones in the real file
+    (exporter.prepare_int8_weights skips it). Switching off the weight's fake-quantizer alone gives back nothing
+    (GPTQ's weights are on the grid already), so without this a layer's simulated gain was its activations' alone:
+    on Lite0 the depthwise layers, whose few weights per channel round worst, ranked low."""
+    import torch
+
+    originals = dict(float_model.named_modules())
+    found: dict[str, list] = {}
+    for node in graph_module.graph.nodes:
+        name = layer_name(node) if is_layer(node) else None
+        if name is None or name not in originals:
+            continue
+        for argument, field in ((node.args[1], "weight"), (node.args[2] if len(node.args) > 2 else None, "bias")):
+            while isinstance(argument, torch.fx.Node) and argument.op == "call_module":
+                argument = argument.args[0]  # the weight's fake-quantizer: the parameter is its input
+            original = getattr(originals[name], field, None)
+            if not isinstance(argument, torch.fx.Node) or argument.op != "get_attr" or original is None:
+                continue
+            tensor = _attribute(graph_module, argument.target)
+            if tensor.shape == original.shape and not torch.equal(tensor, original):
+                found.setdefault(name, []).append((argument, tensor, (tensor.detach().clone(), original.detach().clone())))
+    return found
+
+
+def _attribute(module, dotted: str):
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
 def _downstream(nodes) -> set:
     """`nodes` and every node that reads, directly or not, what they compute."""
     found, waiting = set(), list(nodes)
@@ -150,7 +186,10 @@ class Simulation:
     """The calibrated, switchable fake-quant graph of one toolchain's quantizer."""
 
     def __init__(self, model, toolchain: str, calibration: np.ndarray, observer: str = "histogram", batch: int = 16,
-                 clamp: bool | None = None, weight_range: WeightRange = FULL_WEIGHT_RANGE):  # fmt: skip
+                 clamp: bool | None = None, weight_range: WeightRange = FULL_WEIGHT_RANGE, float_model=None):  # fmt: skip
+        """`model`: what the toolchain quantizes (its weights rounded already, by GPTQ or bias correction);
+        `float_model`: the same model before that rounding, whose weights and biases a layer left float gets back
+        (see `_float_parameters`); None when `model`'s weights are the float ones."""
         import torch
         from torch.export import Dim
         from torchao.quantization.pt2e.observer import ObserverBase
@@ -198,6 +237,8 @@ class Simulation:
         unknown = set(self.switches) - full
         if unknown:  # the two graphs must name the same tensors, or switching would be wrong
             raise RuntimeError(f"simulation: observers on tensors the annotation does not name: {sorted(unknown)[:5]}")
+        self.parameters = _float_parameters(self.graph, float_model) if float_model is not None else {}
+        self._float_now: frozenset[str] = frozenset()
 
     def quantized_tensors(self, float_layers: frozenset[str]) -> set[str]:
         """Which tensors the toolchain would quantize with `float_layers` left in float."""
@@ -213,8 +254,11 @@ class Simulation:
 
     def logits(self, images: np.ndarray, float_layers=frozenset()) -> np.ndarray:
         """Simulated int8 logits with `float_layers` in float (an empty set: everything quantized)."""
-        self._switch(self.quantized_tensors(frozenset(float_layers)))
-        return self._run(self.graph, images)
+        self._switch(self.quantized_tensors(frozenset(float_layers)), frozenset(float_layers))
+        try:
+            return self._run(self.graph, images)
+        finally:
+            self._restore(frozenset())  # the graph keeps its rounded weights between calls
 
     __call__ = logits
 
@@ -236,35 +280,50 @@ class Simulation:
             quantized = self.quantized_tensors(frozenset(float_layers))
             switched = [node_of[id(switch)] for name, switches in self.switches.items() for switch in switches
                         if (name in quantized) != (name in everything)]  # fmt: skip
-            plans.append((quantized, _downstream(switched)))
+            restored = [node for name in float_layers for node, _, _ in self.parameters.get(name, [])]
+            plans.append((quantized, frozenset(float_layers), _downstream(switched + restored)))
         outputs: list[list] = [[] for _ in float_sets]
         first, batch = 0, 2
         with torch.no_grad():
             while first < len(images):
                 inputs = torch.from_numpy(np.ascontiguousarray(images[first : first + batch], dtype=np.float32))
                 first += len(inputs)
-                self._switch(everything)
+                self._switch(everything, frozenset())
                 full = Interpreter(self.graph, garbage_collect_values=False)
                 quantized_logits = full.run(inputs).float()
                 held = sum(value.nbytes for node, value in full.env.items()
                            if isinstance(value, torch.Tensor) and node.op != "get_attr")  # fmt: skip
                 batch = int(min(16, max(1, memory * len(inputs) // max(held, 1))))
-                for output, (quantized, rerun) in zip(outputs, plans):
+                for output, (quantized, float_layers, rerun) in zip(outputs, plans):
                     if not rerun:
                         output.append(quantized_logits)
                         continue
-                    self._switch(quantized)
+                    self._switch(quantized, float_layers)
                     kept = {node: value for node, value in full.env.items() if node not in rerun}
                     output.append(Interpreter(self.graph).run(inputs, initial_env=kept).float())
                 if log is not None:
                     log(f"simulated {len(float_sets)} float sets on {first} of {len(images)} images")
+            self._restore(frozenset())
         return [torch.cat(output).numpy() if output else np.zeros((0, 0), np.float32) for output in outputs]
 
-    def _switch(self, quantized: set[str]) -> None:
-        """Fake-quantize the tensors named in `quantized`, pass the others through."""
+    def _switch(self, quantized: set[str], float_layers: frozenset[str]) -> None:
+        """Fake-quantize the tensors named in `quantized`, pass the others through; give the layers in
+        `float_layers` their float weights and biases back (`_float_parameters`), the others their rounded ones."""
         for name, switches in self.switches.items():
             for switch in switches:
                 switch.enabled = name in quantized
+        self._restore(float_layers)
+
+    def _restore(self, float_layers: frozenset[str]) -> None:
+        """Float weights and biases for the layers in `float_layers`, rounded ones for the others (in place)."""
+        import torch
+
+        wanted = frozenset(float_layers) & self.parameters.keys()
+        with torch.no_grad():
+            for name in self._float_now ^ wanted:
+                for _, tensor, (rounded, original) in self.parameters[name]:
+                    tensor.copy_(original if name in wanted else rounded)
+        self._float_now = wanted
 
     def _run(self, graph, images: np.ndarray) -> np.ndarray:
         import torch

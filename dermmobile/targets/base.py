@@ -35,6 +35,9 @@ class ExportRequest:
     # A QAT checkpoint's record (CheckpointMeta.qat): `model` is then its fake-quantize model, and
     # int8 converts that trained graph instead of calibrating (see dermmobile/qat.py).
     qat: dict | None = None
+    # int8 simulation only: the model before int8 weight rounding (batch norm folded like `model`), whose weights a
+    # layer left float keeps (quantization/simulate.Simulation); None when `model`'s weights are not rounded.
+    float_model: object = None
 
     @property
     def input_shape(self) -> list[int]:

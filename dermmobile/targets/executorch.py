@@ -140,7 +140,9 @@ class ExecuTorchTarget:
         """int8 simulated in PyTorch with XNNPACK's PT2E quantizer (see dermmobile/quantization/simulate.py)."""
         from dermmobile.quantization.simulate import Simulation
 
-        return Simulation(request.model, self.pt2e_toolchain, request.calibration, request.observer or OBSERVER)
+        return Simulation(
+            request.model, self.pt2e_toolchain, request.calibration, request.observer or OBSERVER, float_model=request.float_model
+        )
 
 
 @contextlib.contextmanager

@@ -150,7 +150,14 @@ class OnnxTarget:
         """
         from dermmobile.quantization.simulate import Simulation
 
-        return Simulation(request.model, "xnnpack", request.calibration, "minmax", weight_range=self.weight_range)
+        return Simulation(
+            request.model,
+            "xnnpack",
+            request.calibration,
+            "minmax",
+            weight_range=self.weight_range,
+            float_model=request.float_model,
+        )
 
 
 # onnxruntime's calibration methods by the names users pick (`--observer`). Not offered: "distribution", whose

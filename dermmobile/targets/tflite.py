@@ -176,7 +176,9 @@ class TFLiteTarget:
         from dermmobile.quantization.simulate import Simulation
 
         observer = request.observer or OBSERVER
-        return Simulation(request.model, self.pt2e_toolchain, request.calibration, observer, clamp=True)
+        return Simulation(
+            request.model, self.pt2e_toolchain, request.calibration, observer, clamp=True, float_model=request.float_model
+        )
 
 
 # Compute ops, and the operand that carries the activations' and the weights' type.
