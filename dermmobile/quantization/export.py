@@ -166,8 +166,7 @@ def simulation_request(checkpoint, target, plan):
 def forecast_population(checkpoint, plan, tuning_reference: np.ndarray) -> MarginPopulation:
     """The photos the search's forecast is made on (fallback.MarginPopulation): calibration and tuning, those that
     training never fitted weighted to the gate's share of photos unseen by training."""
-    calibration = plan.calibration if plan.calibration is not None else np.zeros((0, *plan.tuning.arrays.shape[1:]), np.float32)
-    calibration_reference = batched(TorchRuntime(checkpoint.model).predict, calibration, 16)
+    calibration_reference = batched(TorchRuntime(checkpoint.model).predict, plan.calibration, 16)
     gate = plan.check
     share = float(gate.unseen.mean()) if gate is not None and gate.unseen is not None and len(gate.unseen) else None
     return MarginPopulation.of(tuning_reference, plan.tuning.unseen, calibration_reference, plan.calibration_unseen,

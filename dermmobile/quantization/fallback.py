@@ -259,10 +259,8 @@ def ranked_prefixes(sensitivity: list[LayerSensitivity], max_float_macs: float,
     """Float sets to try, most sensitive layer first (or in `order`, a refined_ranking; layers not in `sensitivity`
     are left out); a layer that would break the MAC cap is skipped."""
     rows = {row.layer: row for row in sensitivity}
-    if order is None:
-        order = [row.layer for row in sorted(sensitivity, key=lambda r: r.gain, reverse=True)]
     prefixes, chosen, share = [], [], 0.0
-    for name in order:
+    for name in by_gain(sensitivity) if order is None else order:
         row = rows.get(name)
         if row is None or share + row.macs_share > max_float_macs + 1e-12:
             continue
@@ -270,6 +268,11 @@ def ranked_prefixes(sensitivity: list[LayerSensitivity], max_float_macs: float,
         share += row.macs_share
         prefixes.append(list(chosen))
     return prefixes
+
+
+def by_gain(sensitivity: list[LayerSensitivity]) -> list[str]:
+    """Layer names, the most sensitive first (the one-at-a-time ranking)."""
+    return [row.layer for row in sorted(sensitivity, key=lambda r: r.gain, reverse=True)]
 
 
 REFINED_PICKS = 3  # layers of the ranking chosen given the ones before them (refined_ranking)
@@ -346,7 +349,7 @@ def search(
     if not prefixes:
         result.note = f"no layer fits under the cap of {max_float_macs:.0%} of MACs in float"
         return _keep_best(result)
-    result.ranking = [row.layer for row in sorted(result.sensitivity, key=lambda r: r.gain, reverse=True)]
+    result.ranking = by_gain(result.sensitivity)
     if not run.try_real(prefixes[0]).passed:  # more layers are needed: choose each next one given those before it
         result.ranking = refined_ranking(simulate, result.sensitivity, images[subset], reference[subset], always_float,
                                          max_float_macs, log=log)  # fmt: skip
@@ -433,7 +436,7 @@ class _Search:
                 banned.add(prefixes[k - 1][-1])
                 self.log(f"dropped {prefixes[k - 1][-1]} from the ranking: worse in the real file than without it")
                 prefixes = ranked_prefixes([row for row in self.result.sensitivity if row.layer not in banned],
-                                           max_float_macs, self.result.ranking or None)  # fmt: skip
+                                           max_float_macs, self.result.ranking)  # fmt: skip
                 passing = None  # a pass so far held the dropped layer: none known in the new ranking
                 k = k if k <= len(prefixes) else None
                 continue

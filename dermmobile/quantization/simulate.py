@@ -159,16 +159,11 @@ def _float_parameters(graph_module, float_model) -> dict[str, list]:
             original = getattr(originals[name], field, None)
             if not isinstance(argument, torch.fx.Node) or argument.op != "get_attr" or original is None:
                 continue
-            tensor = _attribute(graph_module, argument.target)
+            owner, _, attribute = argument.target.rpartition(".")
+            tensor = getattr(graph_module.get_submodule(owner), attribute)
             if tensor.shape == original.shape and not torch.equal(tensor, original):
                 found.setdefault(name, []).append((argument, tensor, (tensor.detach().clone(), original.detach().clone())))
     return found
-
-
-def _attribute(module, dotted: str):
-    for part in dotted.split("."):
-        module = getattr(module, part)
-    return module
 
 
 def _downstream(nodes) -> set:
