@@ -43,6 +43,7 @@ class DataRecord(BaseModel):
     root: Annotated[StrictStr, Field(max_length=4096)] | None = None
     files_sha256: Sha256 | None = None
     test_files: list[RelativeName] | None = None
+    val_files: list[RelativeName] | None = None  # int8 export weighs these as unseen (fallback.MarginPopulation)
 
 
 @dataclass(config=SCHEMA_CONFIG)

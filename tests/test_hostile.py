@@ -175,6 +175,7 @@ CHECKPOINT_MEANING = [
     (lambda m: m["preprocess"].update(std=[1, 1, 0]), "std"),
     (lambda m: m.update(arch="../../etc"), "arch"),
     (lambda m: m.update(data={"test_files": 7}), "test_files"),
+    (lambda m: m.update(data={"val_files": 7}), "val_files"),
     (lambda m: m.update(data={"root": ["x"]}), "root"),
     (lambda m: m.update(weights_sha256=5), "weights_sha256"),
     (lambda m: m.update(format_version=True), "version"),
