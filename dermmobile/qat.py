@@ -33,6 +33,7 @@ import math
 import sys
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -111,41 +112,90 @@ def prepare(model, target: str, crop: int, float_layers=frozenset()):
     example = torch.zeros(2, 3, crop, crop)
     batch = torch.export.Dim("batch", min=1, max=4096)
     graph = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False).module()
-    return prepare_qat_pt2e(graph, quantizer)
+    prepared = prepare_qat_pt2e(graph, quantizer)
+    restore_batch_norm_eps(prepared, model)
+    return prepared
 
 
-def freeze_batch_norm(prepared) -> int:
-    """Make every batch norm of the graph use its running statistics while training; return how many.
+def restore_batch_norm_eps(prepared, model) -> int:
+    """Give every batch norm of the QAT graph the eps of its module in `model`; return how many batch norms.
 
-    PT2E graphs cannot be switched with .eval(): the training flag of each aten.batch_norm
-    call is set to False, as torchao's QAT tutorial does.
+    torchao's QAT conv + batch-norm pattern writes eps = 1e-5 into the graph whatever the
+    module says (qat_utils: "TODO: allow setting eps"), in the batch norm call and in the
+    running-std term that scales the weight before its fake quantizer; convert_pt2e then folds
+    with that eps too. EfficientNet-Lite's batch norms use 1e-3: on the sd198-27 Lite0 the
+    prepared graph with fake quantization off sat 0.29 (mean |logit difference|) from the float
+    model it was made from, as far as int8 itself, so QAT spent its epochs undoing it.
+    Every batch norm must be found: a graph that computes something else is refused.
     """
-    frozen = 0
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    eps_of = {f"{name}.running_var": module.eps for name, module in model.named_modules() if isinstance(module, _BatchNorm)}
+    restored = 0
     for node in prepared.graph.nodes:
-        if node.op == "call_function" and node.target == torch.ops.aten.batch_norm.default and node.args[5]:
-            args = list(node.args)
-            args[5] = False
-            node.args = tuple(args)
-            frozen += 1
+        if node.op != "get_attr" or node.target not in eps_of:
+            continue
+        eps = eps_of[node.target]
+        for user in list(node.users):
+            if user.target == torch.ops.aten.batch_norm.default:
+                user.args = (*user.args[:7], eps, *user.args[8:])
+                restored += 1
+            elif user.target == torch.ops.aten.add.Tensor and isinstance(user.args[1], float):
+                user.args = (user.args[0], eps)
+    norms = sum(1 for node in prepared.graph.nodes if node.target == torch.ops.aten.batch_norm.default)
+    if restored != norms:
+        raise RuntimeError(f"the QAT graph has {norms} batch norms but {restored} were traced to the model's modules")
     prepared.recompile()
-    return frozen
+    return restored
+
+
+@contextmanager
+def folding_with_graph_eps(prepared):
+    """Inside: convert_pt2e folds each batch norm of `prepared` with the eps its graph holds.
+
+    convert_pt2e first swaps each QAT conv + batch-norm pattern for a plain conv + batch norm
+    whose eps is again the pattern's 1e-5, then folds that (qat_utils._fold_conv_bn_qat_helper);
+    the batch norm is known by its running-variance input, so the fold is handed the eps the
+    QAT graph trained with (restore_batch_norm_eps) before it runs.
+    """
+    from torchao.quantization.pt2e import qat_utils
+
+    eps_of = {node.args[4].target: node.args[7] for node in prepared.graph.nodes
+              if node.target == torch.ops.aten.batch_norm.default and node.args[4].op == "get_attr"}  # fmt: skip
+    original = qat_utils.fold_bn_weights_into_conv_node
+
+    def fold(conv_node, conv_weight_node, conv_bias_node, bn_node, m, *args, **kwargs):
+        running_var = bn_node.args[4]
+        if running_var.op == "get_attr" and running_var.target in eps_of:
+            bn_node.args = (*bn_node.args[:7], eps_of[running_var.target], *bn_node.args[8:])
+        return original(conv_node, conv_weight_node, conv_bias_node, bn_node, m, *args, **kwargs)
+
+    qat_utils.fold_bn_weights_into_conv_node = fold
+    try:
+        yield
+    finally:
+        qat_utils.fold_bn_weights_into_conv_node = original
 
 
 def set_mode(prepared, training: bool, bn_frozen: bool = True, observing: bool = False) -> None:
-    """Training or inference form of the graph; observers learn ranges only when asked (never on evaluation images)."""
-    from torchao.quantization.pt2e import (
-        disable_observer,
-        enable_observer,
-        move_exported_model_to_eval,
-        move_exported_model_to_train,
-    )
+    """Training or inference form of the graph; observers learn ranges only when asked (never on evaluation images).
 
-    if training:
-        move_exported_model_to_train(prepared)
-        if bn_frozen:
-            freeze_batch_norm(prepared)
-    else:
-        move_exported_model_to_eval(prepared)
+    The training flags of the graph's batch norm and dropout calls are set in place (batch
+    norm trains only when not `bn_frozen`; frozen, it normalises with its running statistics,
+    as the converted int8 graph will). Not torchao's move_exported_model_to_train/eval: they
+    swap those calls for pattern copies whose literals are the pattern's own (eps 1e-5,
+    dropout p 0.5), not the model's.
+    """
+    from torchao.quantization.pt2e import disable_observer, enable_observer
+
+    for node in prepared.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target == torch.ops.aten.batch_norm.default:
+            node.args = (*node.args[:5], training and not bn_frozen, *node.args[6:])
+        elif node.target == torch.ops.aten.dropout.default:
+            node.args = (*node.args[:2], training, *node.args[3:])
+    prepared.recompile()
     prepared.apply(enable_observer if training and observing else disable_observer)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -290,3 +291,61 @@ def test_training_split_leaves_out_recorded_test_and_validation_files(synthetic_
     # Another folder's images would all count as unseen later: refused.
     with pytest.raises(BadInputError, match="not the folder the checkpoint was trained on"):
         training_split(folder, CheckpointMeta("tiny_cnn", folder.classes, {}, data={"root": str(tmp_path)}))
+
+
+class _EpsNet(torch.nn.Module):
+    """Two conv + batch norm layers whose eps is not torchao's pattern's 1e-5, with running variances near it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8, eps=1e-3)
+        self.conv2, self.bn2 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8, eps=1e-2)
+        self.drop, self.fc = torch.nn.Dropout(0.2), torch.nn.Linear(8, 4)
+        generator = torch.Generator().manual_seed(0)
+        for bn in (self.bn1, self.bn2):
+            bn.running_var.copy_(torch.rand(8, generator=generator) * 3e-3 + 1e-4)
+            bn.running_mean.copy_(torch.randn(8, generator=generator) * 0.01)
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2):
+                conv.weight.mul_(0.05)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(self.drop(x.mean((2, 3))))
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_qat_graph_and_its_conversion_keep_the_models_batch_norm_eps(target):
+    """torchao's QAT conv + batch-norm pattern, its train/eval switches and convert's fold all write eps 1e-5; the
+    QAT graph must compute the model it was made from (fake quantization off) and convert must fold what it trained."""
+    pytest.importorskip({"executorch": "executorch", "tflite": "litert_torch"}[target])
+    from torchao.quantization.pt2e import disable_fake_quant, enable_fake_quant
+
+    from dermmobile.qat import prepare, set_mode
+    from dermmobile.targets.pt2e import converted_qat
+
+    torch.manual_seed(0)
+    model = _EpsNet().eval()
+    images = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        float_logits = model(images)
+    fake_quant = FakeQuantModel(prepare(copy.deepcopy(model), target, 16), observing=True)
+    fake_quant.train(True)  # a training step's form and back: the switches must keep eps and dropout's p
+    fake_quant.train(False)
+    graph = fake_quant.prepared.graph
+    norms = [n for n in graph.nodes if n.target == torch.ops.aten.batch_norm.default]
+    assert sorted(n.args[7] for n in norms) == [1e-3, 1e-2]
+    assert [n.args[1] for n in graph.nodes if n.target == torch.ops.aten.dropout.default] == [0.2]
+    with torch.no_grad():
+        fake_quant.prepared.apply(disable_fake_quant)
+        assert torch.allclose(fake_quant(images), float_logits, atol=1e-5)
+        fake_quant.prepared.apply(enable_fake_quant)
+        set_mode(fake_quant.prepared, training=True, observing=True)  # observe the images, as a QAT epoch would
+        fake_quant(images)
+        fake_quant.train(False)
+        simulated = fake_quant(images)
+        converted = converted_qat(fake_quant, fold_quantize=True)(images)
+    # The int8 graph computes what QAT trained (rounding ties apart); folded with eps 1e-5 it sat 40 times the int8
+    # error itself away from it.
+    assert (converted - simulated).abs().mean() < 0.01 * (simulated - float_logits).abs().mean() + 1e-4

@@ -329,13 +329,16 @@ def converted_qat(model, fold_quantize: bool):
     """
     import copy
 
-    from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
+    from dermmobile.qat import folding_with_graph_eps, set_mode
     from dermmobile.targets import pattern_cache
 
     pattern_cache.install()  # convert_pt2e's conv + bn folding exports 96 pattern graphs otherwise
-    converted = move_exported_model_to_eval(convert_pt2e(copy.deepcopy(model.prepared), fold_quantize=fold_quantize))
+    with folding_with_graph_eps(model.prepared):
+        converted = convert_pt2e(copy.deepcopy(model.prepared), fold_quantize=fold_quantize)
+    set_mode(converted, training=False)  # not torchao's move_exported_model_to_eval: it resets eps (qat.set_mode)
     converted.training = False  # in eval form already; litert-torch warns about "training mode" otherwise
     # eval()/train() on an exported graph raise unless allowed; a wrapper's eval() must reach it harmlessly.
     return allow_exported_model_train_eval(converted)
