@@ -8,7 +8,8 @@ How, with PT2E as torchao documents it:
    dynamic) and prepared by `prepare_qat_pt2e` with the target's own int8 quantizer in its
    QAT form (`targets/pt2e.build_quantizer(target.pt2e_toolchain, qat=True)`): the same
    annotation as the target's int8 export, with fake-quantize observers (moving-average
-   ranges) in place of calibration.
+   ranges) in place of calibration. Each batch norm gets its module's eps back
+   (restore_batch_norm_eps: torchao writes 1e-5, EfficientNet-Lite uses 1e-3).
 2. A few epochs on the checkpoint's own training split (never its validation or held-out
    test files), with its recorded augmentation and class weighting. BatchNorm statistics
    freeze after `freeze_bn_after` epochs (batch norm then normalises with its running
