@@ -51,7 +51,9 @@ def held_out_photos(checkpoint, data: Path) -> CheckImages:
     folder = scan_image_folder(data, expected_classes=checkpoint.meta.labels)
     held = held_out(folder, checkpoint.meta.data, split="test")
     images = load_images(held.samples, checkpoint.meta.spec, folder.root, progress="test photos")
-    return CheckImages(images.arrays, images.names, images.targets, f"{data} ({held.note})")
+    # Marked unseen as the CLI's gate marks them: the default export's forecast weighs its population by that share.
+    unseen = np.full(len(images.names), held.unseen, dtype=bool)
+    return CheckImages(images.arrays, images.names, images.targets, f"{data} ({held.note})", unseen)
 
 
 def default_int8(checkpoint, target: str, data: Path, out: Path, check: CheckImages, calib_count: int):

@@ -7,7 +7,7 @@ How, with PT2E as torchao documents it:
 1. The checkpoint's model is captured by torch.export in training form (batch dimension
    dynamic) and prepared by `prepare_qat_pt2e` with the target's own int8 quantizer in its
    QAT form (`targets/pt2e.build_quantizer(target.pt2e_toolchain, qat=True)`): the same
-   annotation as the target's int8 export, with fake-quantize observers (moving-average
+   annotation as the target's int8 export, with fake-quantize observers (histogram
    ranges) in place of calibration. Each batch norm gets its module's eps back
    (restore_batch_norm_eps: torchao writes 1e-5, EfficientNet-Lite uses 1e-3).
 2. A few epochs on the checkpoint's own training split (never its validation or held-out
@@ -45,7 +45,8 @@ from torch import nn
 from dermmobile.errors import BadInputError, MissingBackendError
 from dermmobile.qat_config import QatConfig
 
-QAT_FORMAT = "dermmobile-qat-v1"
+# v2: batch norms with their own eps and histogram activation ranges; v1 graphs (eps 1e-5) were another model.
+QAT_FORMAT = "dermmobile-qat-v2"
 CHECKPOINT_NAME = "qat.safetensors"
 
 
