@@ -48,6 +48,9 @@ from dermmobile.qat_config import QatConfig
 # v2: batch norms with their own eps and histogram activation ranges; v1 graphs (eps 1e-5) were another model.
 QAT_FORMAT = "dermmobile-qat-v2"
 CHECKPOINT_NAME = "qat.safetensors"
+# Argument positions in aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, ...)
+# and aten.dropout(input, p, train).
+_BN_RUNNING_VAR, _BN_TRAINING, _BN_EPS, _DROPOUT_TRAIN = 4, 5, 7, 2
 
 
 class FakeQuantModel(nn.Module):
@@ -140,10 +143,10 @@ def restore_batch_norm_eps(prepared, model) -> int:
         eps = eps_of[node.target]
         for user in list(node.users):
             if user.target == torch.ops.aten.batch_norm.default:
-                user.args = (*user.args[:7], eps, *user.args[8:])
+                user.update_arg(_BN_EPS, eps)
                 restored += 1
             elif user.target == torch.ops.aten.add.Tensor and isinstance(user.args[1], float):
-                user.args = (user.args[0], eps)
+                user.update_arg(1, eps)
     norms = sum(1 for node in prepared.graph.nodes if node.target == torch.ops.aten.batch_norm.default)
     if restored != norms:
         raise RuntimeError(f"the QAT graph has {norms} batch norms but {restored} were traced to the model's modules")
@@ -162,14 +165,14 @@ def folding_with_graph_eps(prepared):
     """
     from torchao.quantization.pt2e import qat_utils
 
-    eps_of = {node.args[4].target: node.args[7] for node in prepared.graph.nodes
-              if node.target == torch.ops.aten.batch_norm.default and node.args[4].op == "get_attr"}  # fmt: skip
+    eps_of = {node.args[_BN_RUNNING_VAR].target: node.args[_BN_EPS] for node in prepared.graph.nodes
+              if node.target == torch.ops.aten.batch_norm.default and node.args[_BN_RUNNING_VAR].op == "get_attr"}  # fmt: skip
     original = qat_utils.fold_bn_weights_into_conv_node
 
     def fold(conv_node, conv_weight_node, conv_bias_node, bn_node, m, *args, **kwargs):
-        running_var = bn_node.args[4]
+        running_var = bn_node.args[_BN_RUNNING_VAR]
         if running_var.op == "get_attr" and running_var.target in eps_of:
-            bn_node.args = (*bn_node.args[:7], eps_of[running_var.target], *bn_node.args[8:])
+            bn_node.update_arg(_BN_EPS, eps_of[running_var.target])
         return original(conv_node, conv_weight_node, conv_bias_node, bn_node, m, *args, **kwargs)
 
     qat_utils.fold_bn_weights_into_conv_node = fold
@@ -194,9 +197,9 @@ def set_mode(prepared, training: bool, bn_frozen: bool = True, observing: bool =
         if node.op != "call_function":
             continue
         if node.target == torch.ops.aten.batch_norm.default:
-            node.args = (*node.args[:5], training and not bn_frozen, *node.args[6:])
+            node.update_arg(_BN_TRAINING, training and not bn_frozen)
         elif node.target == torch.ops.aten.dropout.default:
-            node.args = (*node.args[:2], training, *node.args[3:])
+            node.update_arg(_DROPOUT_TRAIN, training)
     prepared.recompile()
     prepared.apply(enable_observer if training and observing else disable_observer)
 

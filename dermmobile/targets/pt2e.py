@@ -35,6 +35,8 @@ _CLAMPS = ("relu6", "hardtanh")
 # Activations that belong to the layer before them: a layer left in float keeps its own in float too.
 _ACTIVATIONS = ("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp")
 
+# XNNPACK's smallest int8 scale: both toolchains' quantizers give their observers this eps.
+SCALE_FLOOR = 2**-12
 # PT2E activation observers by the name users pick (`--observer`); weights are always per-channel min/max.
 OBSERVERS = ("histogram", "minmax", "moving-average")
 # The toolchains' own quantizers: (module, class, clamp-aware). See the module docstring for the clamp.
@@ -196,7 +198,6 @@ def build_quantizer(
     qat: the same annotation with fake-quantize observers for `dermmobile qat` (histogram ranges
     learned in training: `observer` does not apply), see `unfused` and `histogram_activations`.
     """
-    import dataclasses
     import importlib
 
     from torchao.quantization.pt2e import observer as observers
@@ -226,8 +227,7 @@ def build_quantizer(
             _litert_qat_annotation_compat()
     elif observer != "histogram":  # histogram is both toolchains' default
         ctr = {"minmax": observers.MinMaxObserver, "moving-average": observers.MovingAverageMinMaxObserver}[observer]
-        act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr.with_args(eps=2**-12))
-        config = dataclasses.replace(config, input_activation=act, output_activation=act)
+        config = with_activations(config, ctr.with_args(eps=SCALE_FLOOR))
     float_layers = frozenset(float_layers)
 
     class Quantizer(getattr(module, class_name)):
@@ -278,12 +278,16 @@ def histogram_activations(config):
     (TFLite 0 against 2, ExecuTorch 2 against 1) are near-ties either way. One rule for
     activation ranges, post-training and QAT; QAT's observing epoch costs 20-80 s more.
     """
-    import dataclasses
-
     from torchao.quantization.pt2e import observer as observers
     from torchao.quantization.pt2e.fake_quantize import FakeQuantize
 
-    ctr = FakeQuantize.with_args(observer=observers.HistogramObserver, eps=2**-12)
+    return with_activations(config, FakeQuantize.with_args(observer=observers.HistogramObserver, eps=SCALE_FLOOR))
+
+
+def with_activations(config, ctr):
+    """`config` with `ctr` (an observer or fake-quantize constructor) on every activation, input and output alike."""
+    import dataclasses
+
     activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
     return dataclasses.replace(config, input_activation=activation, output_activation=activation)
 
