@@ -9,7 +9,9 @@ How, with PT2E as torchao documents it:
    QAT form (`targets/pt2e.build_quantizer(target.pt2e_toolchain, qat=True)`): the same
    annotation as the target's int8 export, with fake-quantize observers (histogram
    ranges) in place of calibration. Each batch norm gets its module's eps back
-   (restore_batch_norm_eps: torchao writes 1e-5, EfficientNet-Lite uses 1e-3).
+   (restore_batch_norm_eps: torchao writes 1e-5, EfficientNet-Lite uses 1e-3), and each
+   int8 layer adds the rounding of its folded bias to int32, as the runtimes store it
+   (quantization/int32_bias.py; convert_pt2e gets the graph without it).
 2. A few epochs on the checkpoint's own training split (never its validation or held-out
    test files), with its recorded augmentation and class weighting. BatchNorm statistics
    freeze after `freeze_bn_after` epochs (batch norm then normalises with its running
@@ -44,6 +46,7 @@ from torch import nn
 
 from dermmobile.errors import BadInputError, MissingBackendError
 from dermmobile.qat_config import QatConfig
+from dermmobile.quantization import int32_bias
 
 # v2: batch norms with their own eps and histogram activation ranges; v1 graphs (eps 1e-5) were another model.
 QAT_FORMAT = "dermmobile-qat-v2"
@@ -119,6 +122,7 @@ def prepare(model, target: str, crop: int, float_layers=frozenset()):
     graph = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False).module()
     prepared = prepare_qat_pt2e(graph, quantizer)
     restore_batch_norm_eps(prepared, model)
+    int32_bias.emulate(prepared)
     return prepared
 
 

@@ -6,6 +6,7 @@ import copy
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -349,3 +350,63 @@ def test_qat_graph_and_its_conversion_keep_the_models_batch_norm_eps(target):
     # The int8 graph computes what QAT trained (rounding ties apart); folded with eps 1e-5 it sat 40 times the int8
     # error itself away from it.
     assert (converted - simulated).abs().mean() < 0.01 * (simulated - float_logits).abs().mean() + 1e-4
+
+
+class _BiasNet(torch.nn.Module):
+    """One 1x1 conv + batch norm whose output range is a few times its int32 bias step.
+
+    The input is one grey channel in three: weights (1, -1, m/127) cancel to m/127 x grey, so the
+    per-channel weight scale is 1/127 while the output spans a few hundredths; the folded biases
+    (batch norm's shift) sit anywhere on the int32 grid, and rounding them moves outputs by up to
+    a fifth of an output step.
+    """
+
+    def __init__(self, channels: int = 16):
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, channels, 1, bias=False), torch.nn.BatchNorm2d(channels, eps=1e-3)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            small = torch.randint(1, 6, (channels,), generator=generator).float() / 127
+            self.conv.weight.copy_(torch.stack([torch.ones(channels), -torch.ones(channels), small], 1)[..., None, None])
+            self.bn.running_var.fill_(1 - 1e-3)
+            self.bn.running_mean.copy_(torch.rand(channels, generator=generator) * 0.02)
+            self.bn.bias.copy_(torch.rand(channels, generator=generator) * 0.02)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).flatten(1)
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_fake_quant_model_stores_its_bias_as_the_runtime_does(target, tmp_path):
+    """The runtimes keep each int8 layer's folded bias as int32 on the grid input scale x weight scale: the
+    fake-quantize model must add that rounding, or its outputs part from the file's on every image."""
+    pytest.importorskip({"executorch": "executorch", "tflite": "litert_torch"}[target])
+    from dermmobile.qat import prepare, set_mode
+    from dermmobile.quantization import int32_bias
+    from dermmobile.targets import get_target
+    from dermmobile.targets.base import ExportRequest
+
+    model = _BiasNet().eval()
+    grey = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    images = grey.expand(-1, 3, -1, -1).contiguous()
+    fake_quant = FakeQuantModel(prepare(copy.deepcopy(model), target, 16))
+    set_mode(fake_quant.prepared, training=True, observing=True)  # observe the images, as a QAT epoch would
+    with torch.no_grad():
+        fake_quant(images)
+    fake_quant.train(False)
+    plain = FakeQuantModel(copy.deepcopy(fake_quant.prepared))
+    assert int32_bias.strip(plain.prepared) == 1
+    out_file = tmp_path / f"bias.{'pte' if target == 'executorch' else 'tflite'}"
+    request = ExportRequest(fake_quant, "bias_net", [str(i) for i in range(16 * 16 * 16)], {"crop": 16}, "int8",
+                            out_file=out_file, qat={"target": target})  # fmt: skip
+    result = get_target(target).export(request)
+    io = {name: SimpleNamespace(**{"layout": "NCHW", "scale": None, "zero_point": None} | getattr(result, name))
+          for name in ("input", "output")}  # what the manifest would say  # fmt: skip
+    runtime = get_target(target).load(out_file, SimpleNamespace(**io), threads=1)
+    file_out = torch.from_numpy(runtime.predict(images.numpy()))
+    with torch.no_grad():
+        emulated, without = fake_quant(images), plain(images)
+    step = (emulated.max() - emulated.min()) / 255  # the output's int8 step (nearly: the range is observed)
+    parted = lambda outputs: int(((outputs - file_out).abs() > step / 2).sum())  # noqa: E731
+    # Measured on both targets: 0 of 32768 outputs part from the file's by half a step or more, 1,123 without.
+    assert parted(emulated) <= 10 and parted(without) >= 200

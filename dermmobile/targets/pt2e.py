@@ -357,11 +357,14 @@ def converted_qat(model, fold_quantize: bool):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from dermmobile.qat import folding_with_graph_eps, set_mode
+    from dermmobile.quantization import int32_bias
     from dermmobile.targets import pattern_cache
 
     pattern_cache.install()  # convert_pt2e's conv + bn folding exports 96 pattern graphs otherwise
-    with folding_with_graph_eps(model.prepared):
-        converted = convert_pt2e(copy.deepcopy(model.prepared), fold_quantize=fold_quantize)
+    graph = copy.deepcopy(model.prepared)
+    int32_bias.strip(graph)  # the runtime rounds the bias itself; the emulation is for the fake-quantize model only
+    with folding_with_graph_eps(graph):
+        converted = convert_pt2e(graph, fold_quantize=fold_quantize)
     set_mode(converted, training=False)  # not torchao's move_exported_model_to_eval: it resets eps (qat.set_mode)
     converted.training = False  # in eval form already; litert-torch warns about "training mode" otherwise
     # eval()/train() on an exported graph raise unless allowed; a wrapper's eval() must reach it harmlessly.
