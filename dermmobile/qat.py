@@ -47,13 +47,11 @@ from torch import nn
 from dermmobile.errors import BadInputError, MissingBackendError
 from dermmobile.qat_config import QatConfig
 from dermmobile.quantization import int32_bias
+from dermmobile.targets.pt2e import BN_EPS, BN_RUNNING_VAR, BN_TRAINING, DROPOUT_TRAIN
 
 # v2: batch norms with their own eps and histogram activation ranges; v1 graphs (eps 1e-5) were another model.
 QAT_FORMAT = "dermmobile-qat-v2"
 CHECKPOINT_NAME = "qat.safetensors"
-# Argument positions in aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, ...)
-# and aten.dropout(input, p, train).
-_BN_RUNNING_VAR, _BN_TRAINING, _BN_EPS, _DROPOUT_TRAIN = 4, 5, 7, 2
 
 
 class FakeQuantModel(nn.Module):
@@ -147,7 +145,7 @@ def restore_batch_norm_eps(prepared, model) -> int:
         eps = eps_of[node.target]
         for user in list(node.users):
             if user.target == torch.ops.aten.batch_norm.default:
-                user.update_arg(_BN_EPS, eps)
+                user.update_arg(BN_EPS, eps)
                 restored += 1
             elif user.target == torch.ops.aten.add.Tensor and isinstance(user.args[1], float):
                 user.update_arg(1, eps)
@@ -169,14 +167,14 @@ def folding_with_graph_eps(prepared):
     """
     from torchao.quantization.pt2e import qat_utils
 
-    eps_of = {node.args[_BN_RUNNING_VAR].target: node.args[_BN_EPS] for node in prepared.graph.nodes
-              if node.target == torch.ops.aten.batch_norm.default and node.args[_BN_RUNNING_VAR].op == "get_attr"}  # fmt: skip
+    eps_of = {node.args[BN_RUNNING_VAR].target: node.args[BN_EPS] for node in prepared.graph.nodes
+              if node.target == torch.ops.aten.batch_norm.default and node.args[BN_RUNNING_VAR].op == "get_attr"}  # fmt: skip
     original = qat_utils.fold_bn_weights_into_conv_node
 
     def fold(conv_node, conv_weight_node, conv_bias_node, bn_node, m, *args, **kwargs):
-        running_var = bn_node.args[_BN_RUNNING_VAR]
+        running_var = bn_node.args[BN_RUNNING_VAR]
         if running_var.op == "get_attr" and running_var.target in eps_of:
-            bn_node.update_arg(_BN_EPS, eps_of[running_var.target])
+            bn_node.update_arg(BN_EPS, eps_of[running_var.target])
         return original(conv_node, conv_weight_node, conv_bias_node, bn_node, m, *args, **kwargs)
 
     qat_utils.fold_bn_weights_into_conv_node = fold
@@ -201,9 +199,9 @@ def set_mode(prepared, training: bool, bn_frozen: bool = True, observing: bool =
         if node.op != "call_function":
             continue
         if node.target == torch.ops.aten.batch_norm.default:
-            node.update_arg(_BN_TRAINING, training and not bn_frozen)
+            node.update_arg(BN_TRAINING, training and not bn_frozen)
         elif node.target == torch.ops.aten.dropout.default:
-            node.update_arg(_DROPOUT_TRAIN, training)
+            node.update_arg(DROPOUT_TRAIN, training)
     prepared.recompile()
     prepared.apply(enable_observer if training and observing else disable_observer)
 

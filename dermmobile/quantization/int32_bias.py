@@ -26,10 +26,9 @@ from operator import is_not
 
 import torch
 
+from dermmobile.targets.pt2e import BN_EPS, is_layer
+
 _BATCH_NORM = torch.ops.aten.batch_norm.default
-_LAYERS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
-# aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled)
-_BN_EPS = 7
 
 
 def int32_bias_error(bias, input_scale, weight_scale):
@@ -61,7 +60,7 @@ def emulate(prepared) -> int:
     graph = prepared.graph
     emulated = 0
     for layer in list(graph.nodes):
-        if layer.op != "call_function" or layer.target not in _LAYERS:
+        if not is_layer(layer):
             continue
         found = _fake_quantizer(prepared, layer.args[0]), _fake_quantizer(prepared, layer.args[1])
         if None in found:
@@ -72,7 +71,7 @@ def emulate(prepared) -> int:
         with graph.inserting_before(layer):
             scales = [graph.get_attr(f"{quantizer}.scale") for quantizer in found]
             fake_quant_on = graph.get_attr(f"{found[1]}.fake_quant_enabled")
-        stats = (*norm.args[1:5], norm.args[_BN_EPS]) if norm is not None else (None, None, None, None, 0.0)
+        stats = (*norm.args[1:5], norm.args[BN_EPS]) if norm is not None else (None, None, None, None, 0.0)
         with graph.inserting_after(end):
             channel_dim = -1 if layer.target == torch.ops.aten.linear.default else 1
             rounded = graph.call_function(with_int32_bias, (end, channel_dim, fake_quant_on, *scales, bias, *stats))

@@ -37,6 +37,9 @@ _ACTIVATIONS = ("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp")
 
 # XNNPACK's smallest int8 scale: both toolchains' quantizers give their observers this eps.
 SCALE_FLOOR = 2**-12
+# Argument positions in aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, ...)
+# and aten.dropout(input, p, train), as the QAT graph passes (qat.py, quantization/int32_bias.py) edit or read them.
+BN_RUNNING_VAR, BN_TRAINING, BN_EPS, DROPOUT_TRAIN = 4, 5, 7, 2
 # PT2E activation observers by the name users pick (`--observer`); weights are always per-channel min/max.
 OBSERVERS = ("histogram", "minmax", "moving-average")
 # The toolchains' own quantizers: (module, class, clamp-aware). See the module docstring for the clamp.
