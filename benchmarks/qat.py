@@ -91,7 +91,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, check: CheckImages, la
 
 def run_target(checkpoint, target: str, data: Path, work: Path, check: CheckImages, args) -> dict:
     labels = checkpoint.meta.labels
-    schedule = {k: getattr(args, k) for k in ("epochs", "lr", "loss", "freeze_bn_after", "freeze_observers_after")}
+    schedule = {k: getattr(args, k) for k in ("epochs", "lr", "loss", "freeze_bn_after", "freeze_observers_after", "seed")}
     started = time.perf_counter()
     qat = train_qat(QatConfig(checkpoint.path, target, work / f"qat-{target}", data=data, **schedule))
     qat_seconds = time.perf_counter() - started
@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", choices=LOSSES, default=default["loss"])
     parser.add_argument("--freeze-bn-after", type=int, default=default["freeze_bn_after"])
     parser.add_argument("--freeze-observers-after", type=int, default=default["freeze_observers_after"])
+    parser.add_argument("--seed", type=int, default=default["seed"], help="QAT's seed (augmentation, batch order)")
     parser.add_argument("--calib-count", type=int, default=128, help="default int8: calibration photos (the CLI's default)")
     parser.add_argument("--threads", type=int, default=2, help="latency: runtime threads")
     parser.add_argument("--rounds", type=int, default=5, help="latency: alternating rounds")
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "targets": rows,
     }
-    stem = f"qat-{checkpoint.meta.arch}-{args.data.name}-{machine_tag()}"
+    stem = f"qat-{checkpoint.meta.arch}-{args.data.name}-{machine_tag()}" + (f"-seed{args.seed}" if args.seed else "")
     write_result(args.out, stem, report, markdown(report))
     print(markdown(report))
     return 0
