@@ -8,8 +8,8 @@ one). The difference is at most half a grid step per channel, far below an activ
 step, but it is the same in every position and every image, so it moves activations across
 rounding boundaries in every layer. On the reference Lite0 (143 held-out sd198-27 photos)
 the QAT model sat 0.040-0.041 (mean |logit difference|) from its int8 files; with the bias
-rounded here 0.030-0.031, which is where the same int8 graph sits from itself when its
-biases move by one float ulp (0.027-0.029): what is left is the chaos of rounding ties.
+rounded here 0.030-0.031. What is left is the runtimes' integer requantization, which the
+fake-quantize graph still does in float (quantization/integer_reference.py reproduces it).
 
 How: after each fake-quantized convolution or linear layer (its input and weight both pass a
 fake quantizer) of a prepared QAT graph, `emulate` adds a node that adds

@@ -1,0 +1,216 @@
+"""What an int8 file computes, reproduced in torch: the runtimes' integer arithmetic over a converted PT2E graph.
+
+Why: fake quantization, and convert_pt2e's graph run by torch, compute every int8 layer in
+float and round the result once. The runtimes we ship to (XNNPACK, under ExecuTorch and under
+LiteRT) accumulate integers and requantize with their own float32 or fixed-point multipliers,
+so a few values in 10^5 round the other way; each is a whole step of a coarse tensor, and on
+the reference Lite0 the flips they cascade into are most of what parts a QAT file from its
+fake-quantize model. This interpreter runs a converted graph (`fold_quantize=False`) with the
+runtimes' rules, so that what separates the file from torch can be measured layer by layer
+and what is left over is the file's own doing:
+
+- convolution and linear layer: the exact int32 accumulator, the bias rounded to int32 on the
+  grid input scale x weight scale (in float32 for ExecuTorch, float64 for LiteRT), requantized as XNNPACK does it:
+  `round_half_even(float32(acc) * float32(float32(s_in * s_w) / s_out)) + zero point`,
+  clamped to the fused activation's range;
+- add: XNNPACK's fixed-point add (multipliers of 20-odd bits for each input's scale over the
+  output's, one rounding shift);
+- an int8 tensor requantized to other parameters (PT2E gives a pad its own observer):
+  ExecuTorch through float, as torch's quantize op; LiteRT with XNNPACK's convert op and its
+  8-bit multiplier.
+
+Anything else (the float tail: pooling, classifier) runs as torch runs it. Checked against the
+files themselves: tests/test_qat.py (every int8 output of a small Lite-like net equal on both
+targets) and benchmarks/integer_reference.py on the reference Lite0.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+_Q = torch.ops.quantized_decomposed
+_CLAMPS = {torch.ops.aten.relu.default: (0.0, float("inf")), torch.ops.aten.relu6.default: (0.0, 6.0)}
+REQUANTIZE = {"executorch": "float", "tflite": "xnnpack_convert"}  # how each target's runtime requantizes int8
+BIAS_GRID = {"executorch": "float32", "tflite": "float64"}  # the precision each converter rounds the bias in
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """An int8 tensor: integer values (held in float64, exactly) with their scale and zero point."""
+
+    q: torch.Tensor
+    scale: float
+    zero_point: int
+
+    def value(self) -> torch.Tensor:
+        return ((self.q - self.zero_point) * self.scale).float()
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """A layer's int32 accumulator before requantization; `low`/`high` the fused activation's clamp (real units)."""
+
+    acc: torch.Tensor
+    step: torch.Tensor  # float32 input scale x weight scale, per output channel
+    channel_dim: int
+    low: float = -float("inf")
+    high: float = float("inf")
+
+    def per_channel(self, values: torch.Tensor) -> torch.Tensor:
+        shape = [1] * self.acc.dim()
+        shape[self.channel_dim] = -1
+        return values.reshape(shape)
+
+    def value(self) -> torch.Tensor:
+        return torch.clamp((self.acc * self.per_channel(self.step.double())).float(), self.low, self.high)
+
+
+@dataclass(frozen=True)
+class PendingAdd:
+    """Two int8 tensors to be added; the sum is made once the output's parameters are known."""
+
+    a: Quantized
+    b: Quantized
+
+    def value(self) -> torch.Tensor:
+        return self.a.value() + self.b.value()
+
+
+class IntegerReference(torch.fx.Interpreter):
+    """Run a converted PT2E graph (fold_quantize=False) with the integer arithmetic of `target`'s runtime."""
+
+    def __init__(self, graph_module, target: str):
+        super().__init__(graph_module)
+        self.requantize_mode = REQUANTIZE[target]
+        self.bias_grid = BIAS_GRID[target]
+
+    def call_function(self, target, args, kwargs):
+        handled = self._integer_op(target, args)
+        if handled is not None:
+            return handled
+        args = tuple(_plain(arg) for arg in args)
+        return super().call_function(target, args, kwargs)
+
+    def call_module(self, target, args, kwargs):
+        if target == "_guards_fn":  # torch.export's input-shape guard: nothing to compute
+            return None
+        return super().call_module(target, args, kwargs)
+
+    def output(self, target, args, kwargs):
+        result = args[0]
+        return tuple(_plain(item) for item in result) if isinstance(result, (tuple, list)) else _plain(result)
+
+    def _integer_op(self, target, args):
+        """The integer form of one node, or None where torch's float form is the runtime's too."""
+        if target == _Q.quantize_per_tensor.default:
+            x, scale, zero_point, low, high = args[:5]
+            if isinstance(x, Accumulator):
+                return _requantize_accumulator(x, scale, zero_point, low, high)
+            if isinstance(x, PendingAdd):
+                return _xnnpack_add(x, scale, zero_point, low, high)
+            if isinstance(x, Quantized) and self.requantize_mode == "xnnpack_convert":
+                return _xnnpack_convert(x, scale, zero_point, low, high)
+            quantized = super().call_function(target, (_plain(x), *args[1:]), {})
+            return Quantized(quantized.double(), scale, zero_point)
+        if target == _Q.dequantize_per_tensor.default and isinstance(args[0], Quantized):
+            return args[0]
+        if target == _Q.quantize_per_channel.default:  # the op itself: it multiplies by 1 / scale, as the files did
+            return super().call_function(target, args, {}).double()
+        if target == _Q.dequantize_per_channel.default:
+            return _Weights(*args[:2])
+        if target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default) and _integer_layer(args):
+            return _accumulate(target, args, self.bias_grid)
+        if target in _CLAMPS and isinstance(args[0], Accumulator):
+            return _clamped(args[0], *_CLAMPS[target])
+        if target == torch.ops.aten.hardtanh.default and isinstance(args[0], Accumulator):
+            return _clamped(args[0], *args[1:3])
+        if target == torch.ops.aten.pad.default and isinstance(args[0], Quantized) and not args[2:]:
+            x = args[0]  # zero padding is the zero point
+            return replace(x, q=torch.nn.functional.pad(x.q - x.zero_point, args[1]) + x.zero_point)
+        if target == torch.ops.aten.add.Tensor and all(isinstance(arg, Quantized) for arg in args[:2]):
+            return PendingAdd(args[0], args[1])
+        return None
+
+
+@dataclass(frozen=True)
+class _Weights:
+    q: torch.Tensor  # integer weights (float64), from quantize_per_channel
+    scale: torch.Tensor  # per output channel
+
+
+def run(graph_module, arrays: np.ndarray, target: str, batch: int = 16) -> np.ndarray:
+    """Logits of `graph_module` (converted, fold_quantize=False) for NCHW float `arrays`, as `target`'s runtime computes."""
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(arrays), batch):
+            result = IntegerReference(graph_module, target).run(torch.from_numpy(arrays[start : start + batch]))
+            outputs.append((result[0] if isinstance(result, tuple) else result).numpy())
+    return np.concatenate(outputs)
+
+
+def _plain(value):
+    """The real-valued tensor behind an integer form (what torch's float graph would hold there)."""
+    return value.value() if isinstance(value, (Quantized, Accumulator, PendingAdd)) else value
+
+
+def _integer_layer(args) -> bool:
+    has_bias = len(args) < 3 or args[2] is None or isinstance(args[2], torch.Tensor)
+    return isinstance(args[0], Quantized) and isinstance(args[1], _Weights) and has_bias
+
+
+def _accumulate(target, args, bias_grid: str) -> Accumulator:
+    x, weights = args[0], args[1]
+    bias = args[2] if len(args) > 2 else None
+    step = (torch.tensor(x.scale, dtype=torch.float32) * weights.scale.float()).float()
+    # LiteRT's converter rounds the bias in float64, ExecuTorch's in float32: they part where it falls on a half.
+    grid = step if bias_grid == "float32" else torch.tensor(x.scale, dtype=torch.float64) * weights.scale.double()
+    bias_int32 = None if bias is None else torch.round(bias.to(grid.dtype) / grid).double()
+    centred = x.q - x.zero_point
+    if target == torch.ops.aten.linear.default:
+        return Accumulator(torch.nn.functional.linear(centred, weights.q, bias_int32), step, -1)
+    # float64 holds every int32 sum exactly; stride, padding, dilation and groups as the graph has them
+    return Accumulator(torch.nn.functional.conv2d(centred, weights.q, bias_int32, *args[3:]), step, 1)
+
+
+def _clamped(accumulator: Accumulator, low: float, high: float) -> Accumulator:
+    return replace(accumulator, low=max(accumulator.low, low), high=min(accumulator.high, high))
+
+
+def _requantize_accumulator(accumulator: Accumulator, scale, zero_point, low, high) -> Quantized:
+    """XNNPACK's float32 requantization (conv, depthwise conv, fully connected), the activation clamp folded in."""
+    if accumulator.low > -float("inf"):
+        low = max(low, round(accumulator.low / scale) + zero_point)
+    if accumulator.high < float("inf"):
+        high = min(high, round(accumulator.high / scale) + zero_point)
+    multiplier = accumulator.per_channel((accumulator.step / torch.tensor(scale, dtype=torch.float32)).float())
+    q = torch.round(accumulator.acc.float() * multiplier).double() + zero_point  # round half to even, as lrintf
+    return Quantized(torch.clamp(q, low, high), scale, zero_point)
+
+
+def _xnnpack_add(pending: PendingAdd, scale, zero_point, low, high) -> Quantized:
+    """XNNPACK's qs8 add: a * a_multiplier + b * b_multiplier + bias, shifted right with rounding."""
+    a_ratio, b_ratio = _f32(_f32(pending.a.scale) / _f32(scale)), _f32(_f32(pending.b.scale) / _f32(scale))
+    exponent = (struct.unpack("<I", struct.pack("<f", max(a_ratio, b_ratio)))[0] >> 23) - 127
+    shift = 20 - exponent  # the larger multiplier gets 21-22 bits
+    a_multiplier, b_multiplier = round(a_ratio * 2.0**shift), round(b_ratio * 2.0**shift)
+    bias = (1 << (shift - 1)) - a_multiplier * pending.a.zero_point - b_multiplier * pending.b.zero_point
+    acc = bias + a_multiplier * pending.a.q.long() + b_multiplier * pending.b.q.long()
+    return Quantized(torch.clamp((acc >> shift).double() + zero_point, low, high), scale, zero_point)
+
+
+def _xnnpack_convert(x: Quantized, scale, zero_point, low, high) -> Quantized:
+    """XNNPACK's qs8 -> qs8 convert (LiteRT's requantize): an 8-bit fixed-point multiplier, round half up."""
+    if x.scale == scale and x.zero_point == zero_point:
+        return x
+    multiplier = round(-256.0 * _f32(_f32(x.scale) / _f32(scale)))
+    acc = (zero_point << 8) + 0x80 + (x.zero_point - x.q.long()) * multiplier
+    return Quantized(torch.clamp((acc >> 8).double(), low, high), scale, zero_point)
+
+
+def _f32(value: float) -> float:
+    """`value` rounded to float32, as the runtime's C code holds it."""
+    return struct.unpack("<f", struct.pack("<f", value))[0]
