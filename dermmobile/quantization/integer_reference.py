@@ -121,7 +121,7 @@ class IntegerReference(torch.fx.Interpreter):
         if target == _Q.quantize_per_channel.default:  # the op itself: it multiplies by 1 / scale, as the files did
             return super().call_function(target, args, {}).double()
         if target == _Q.dequantize_per_channel.default:
-            return _Weights(*args[:2])
+            return _Weights(*args[:4])
         if target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default) and _integer_layer(args):
             return _accumulate(target, args, self.bias_grid)
         if target in _CLAMPS and isinstance(args[0], Accumulator):
@@ -138,8 +138,22 @@ class IntegerReference(torch.fx.Interpreter):
 
 @dataclass(frozen=True)
 class _Weights:
+    """Per-channel int8 weights; `value` the dequantized ones, for a layer that stays float."""
+
     q: torch.Tensor  # integer weights (float64), from quantize_per_channel
-    scale: torch.Tensor  # per output channel
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    axis: int
+
+    @property
+    def value(self) -> torch.Tensor:
+        shape = [1] * self.q.dim()
+        shape[self.axis] = -1
+        return ((self.q - self.zero_point.reshape(shape)) * self.scale.reshape(shape)).float()
+
+    def symmetric_per_output_channel(self) -> bool:
+        """What XNNPACK's int8 layers take (qc8w); anything else is left to torch's float form here."""
+        return self.axis == 0 and not bool(self.zero_point.any())
 
 
 def run(graph_module, arrays: np.ndarray, target: str, batch: int = 16) -> np.ndarray:
@@ -154,12 +168,16 @@ def run(graph_module, arrays: np.ndarray, target: str, batch: int = 16) -> np.nd
 
 def _plain(value):
     """The real-valued tensor behind an integer form (what torch's float graph would hold there)."""
+    if isinstance(value, _Weights):
+        return value.value
     return value.value() if isinstance(value, (Quantized, Accumulator, PendingAdd)) else value
 
 
 def _integer_layer(args) -> bool:
     has_bias = len(args) < 3 or args[2] is None or isinstance(args[2], torch.Tensor)
-    return isinstance(args[0], Quantized) and isinstance(args[1], _Weights) and has_bias
+    weights = args[1]
+    integer_weights = isinstance(weights, _Weights) and weights.symmetric_per_output_channel()
+    return isinstance(args[0], Quantized) and integer_weights and has_bias
 
 
 def _accumulate(target, args, bias_grid: str) -> Accumulator:
