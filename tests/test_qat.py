@@ -467,7 +467,7 @@ def test_integer_reference_computes_what_the_file_computes(target, tmp_path):
         fake_quant(images)
     fake_quant.train(False)
     out_file = tmp_path / f"mini.{'pte' if target == 'executorch' else 'tflite'}"
-    outputs = 64 * 16 * 16
+    outputs = 64 * 8 * 8  # the head's 64 channels at 8 x 8
     request = ExportRequest(fake_quant, "mini_lite", [str(i) for i in range(outputs)], {"crop": 32}, "int8",
                             out_file=out_file, qat={"target": target})  # fmt: skip
     result = get_target(target).export(request)
@@ -479,6 +479,6 @@ def test_integer_reference_computes_what_the_file_computes(target, tmp_path):
     with torch.no_grad():
         torch_run = graph(images).numpy()
     parted = lambda outputs: int((np.abs(outputs - file_out) > 1e-4).sum())  # noqa: E731
-    # Measured (64 x 4,096 values): the reference parts in 0 (ExecuTorch) and 9-34 (LiteRT: the observed ranges vary
-    # a little with thread timing), torch's run in 7,000-13,000.
-    assert parted(torch_run) >= 1000 and parted(reference) * 50 <= parted(torch_run), (parted(reference), parted(torch_run))
+    # Measured (64 x 4,096 values, two runs per target): the reference parts in 0 on both targets; torch's run in
+    # 4,000-33,000 (the observed ranges vary with thread timing). Before LiteRT's float64 bias rule: 9-34 there.
+    assert parted(torch_run) >= 1000 and parted(reference) <= 5, (parted(reference), parted(torch_run))

@@ -20,8 +20,8 @@ and what is left over is the file's own doing:
   8-bit multiplier.
 
 Anything else (the float tail: pooling, classifier) runs as torch runs it. Checked against the
-files themselves: tests/test_qat.py (a small Lite-like net: every int8 output equal under
-ExecuTorch, all but a few dozen of 262,144 under LiteRT) and benchmarks/integer_reference.py on
+files themselves: tests/test_qat.py (a small Lite-like net: all 262,144 int8 outputs equal on
+both targets) and benchmarks/integer_reference.py on
 the reference Lite0 (three of four QAT files within 0.001-0.004 of a logit; one LiteRT file 0.024,
 not yet explained).
 """
