@@ -10,9 +10,11 @@ runtimes' rules, so that what separates the file from torch can be measured laye
 and what is left over is the file's own doing:
 
 - convolution and linear layer: the exact int32 accumulator, the bias rounded to int32 on the
-  grid input scale x weight scale (in float32 for ExecuTorch, float64 for LiteRT), requantized as XNNPACK does it:
+  grid input scale x weight scale, requantized as XNNPACK does it:
   `round_half_even(float32(acc) * float32(float32(s_in * s_w) / s_out)) + zero point`,
   clamped to the fused activation's range;
+- weights and bias rounded to integers as each converter rounds them (ExecuTorch in float32,
+  LiteRT in float64: they part where a value falls on a half);
 - add: XNNPACK's fixed-point add (multipliers of 20-odd bits for each input's scale over the
   output's, one rounding shift);
 - an int8 tensor requantized to other parameters (PT2E gives a pad its own observer):
@@ -21,9 +23,8 @@ and what is left over is the file's own doing:
 
 Anything else (the float tail: pooling, classifier) runs as torch runs it. Checked against the
 files themselves: tests/test_qat.py (a small Lite-like net: all 262,144 int8 outputs equal on
-both targets) and benchmarks/integer_reference.py on
-the reference Lite0 (three of four QAT files within 0.001-0.004 of a logit; one LiteRT file 0.024,
-not yet explained).
+both targets) and benchmarks/integer_reference.py on the reference Lite0 (four QAT files, all
+within 0.004 of a logit; ExecuTorch's corners after pads with their own parameters still differ).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ import torch
 _Q = torch.ops.quantized_decomposed
 _CLAMPS = {torch.ops.aten.relu.default: (0.0, float("inf")), torch.ops.aten.relu6.default: (0.0, 6.0)}
 REQUANTIZE = {"executorch": "float", "tflite": "xnnpack_convert"}  # how each target's runtime requantizes int8
-BIAS_GRID = {"executorch": "float32", "tflite": "float64"}  # the precision each converter rounds the bias in
+# The precision each converter rounds weights and bias to integers in: ExecuTorch's is torch's quantize op (float32,
+# weights times 1 / scale), LiteRT's is float64 (weights / scale). They part where a value falls on a half.
+CONVERTER_PRECISION = {"executorch": torch.float32, "tflite": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class IntegerReference(torch.fx.Interpreter):
     def __init__(self, graph_module, target: str):
         super().__init__(graph_module)
         self.requantize_mode = REQUANTIZE[target]
-        self.bias_grid = BIAS_GRID[target]
+        self.precision = CONVERTER_PRECISION[target]
 
     def call_function(self, target, args, kwargs):
         handled = self._integer_op(target, args)
@@ -120,12 +123,18 @@ class IntegerReference(torch.fx.Interpreter):
             return Quantized(quantized.double(), scale, zero_point)
         if target == _Q.dequantize_per_tensor.default and isinstance(args[0], Quantized):
             return args[0]
-        if target == _Q.quantize_per_channel.default:  # the op itself: it multiplies by 1 / scale, as the files did
-            return super().call_function(target, args, {}).double()
+        if target == _Q.quantize_per_channel.default:
+            if self.precision == torch.float32:  # the op itself: it multiplies by 1 / scale
+                return super().call_function(target, args, {}).double()
+            weights, scale, zero_point, axis, low, high = args[:6]
+            shape = [1] * weights.dim()
+            shape[axis] = -1
+            q = torch.round(weights.double() / scale.double().reshape(shape)) + zero_point.reshape(shape)
+            return torch.clamp(q, low, high)
         if target == _Q.dequantize_per_channel.default:
             return _Weights(*args[:4])
         if target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default) and _integer_layer(args):
-            return _accumulate(target, args, self.bias_grid)
+            return _accumulate(target, args, self.precision)
         if target in _CLAMPS and isinstance(args[0], Accumulator):
             return _clamped(args[0], *_CLAMPS[target])
         if target == torch.ops.aten.hardtanh.default and isinstance(args[0], Accumulator):
@@ -182,12 +191,11 @@ def _integer_layer(args) -> bool:
     return isinstance(args[0], Quantized) and integer_weights and has_bias
 
 
-def _accumulate(target, args, bias_grid: str) -> Accumulator:
+def _accumulate(target, args, precision: torch.dtype) -> Accumulator:
     x, weights = args[0], args[1]
     bias = args[2] if len(args) > 2 else None
     step = (torch.tensor(x.scale, dtype=torch.float32) * weights.scale.float()).float()
-    # LiteRT's converter rounds the bias in float64, ExecuTorch's in float32: they part where it falls on a half.
-    grid = step if bias_grid == "float32" else torch.tensor(x.scale, dtype=torch.float64) * weights.scale.double()
+    grid = step if precision == torch.float32 else torch.tensor(x.scale, dtype=precision) * weights.scale.to(precision)
     bias_int32 = None if bias is None else torch.round(bias.to(grid.dtype) / grid).double()
     centred = x.q - x.zero_point
     if target == torch.ops.aten.linear.default:
