@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from _results import machine_tag, write_result
-from qat import DATA, HERE, _converted, compare, held_out_photos
+from qat import DATA, HERE, compare, held_out_photos, run_converted
 
 from dermmobile.artifact import load_artifact
 from dermmobile.bench.sweep import machine_info, versions
@@ -37,14 +37,18 @@ PAIRS = [  # (row key, reference, candidate, what it says)
 
 def run_target(target: str, work: Path, check, labels: list[str]) -> dict:
     qat_checkpoint = load_checkpoint(work / f"qat-{target}" / "qat.safetensors")
-    (manifest,) = (work / "export-qat").glob(f"*-{target}-int8.*.json")  # the artifact's manifest, beside it
+    manifests = sorted((work / "export-qat").glob(f"*-{target}-int8.*.json"))  # the artifact's manifest, beside it
+    if len(manifests) != 1:
+        raise SystemExit(f"expected one {target} int8 QAT artifact in {work / 'export-qat'}, found {len(manifests)}: "
+                         f"give --work a benchmarks/qat.py --work folder whose run finished")  # fmt: skip
+    (manifest,) = manifests
     artifact = load_artifact(manifest.with_suffix(""), verify=True)
     runtime = get_target(target).load(artifact.path, artifact.manifest, threads=2)
     graph = converted_qat(qat_checkpoint.model, fold_quantize=False)
     logits = {
         "file": batched(runtime.predict, check.arrays, 16),
         "fake_quant": batched(TorchRuntime(qat_checkpoint.model).predict, check.arrays, 16),
-        "converted": _converted(qat_checkpoint.model, check.arrays),
+        "converted": run_converted(graph, check.arrays),
         "integer": integer_reference.run(graph, check.arrays, target),
     }
     return {"target": target} | {key: compare(logits[a], logits[b], check, labels) for key, a, b, _ in PAIRS}

@@ -161,6 +161,13 @@ def _converted(model, arrays: np.ndarray, nudged: bool = False) -> np.ndarray:
                 owner, _, name = node.args[2].target.rpartition(".")
                 bias = getattr(graph.get_submodule(owner), name)
                 bias.data = torch.nextafter(bias.data, torch.full_like(bias.data, torch.inf))
+    return run_converted(graph, arrays)
+
+
+def run_converted(graph, arrays: np.ndarray) -> np.ndarray:
+    """A converted graph's logits, run in torch one image at a time (the graph is batch 1)."""
+    import torch
+
     with torch.no_grad():
         return np.concatenate([graph(torch.from_numpy(image[None])).numpy() for image in arrays])
 

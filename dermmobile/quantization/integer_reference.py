@@ -43,6 +43,13 @@ REQUANTIZE = {"executorch": "float", "tflite": "xnnpack_convert"}  # how each ta
 CONVERTER_PRECISION = {"executorch": torch.float32, "tflite": torch.float64}
 
 
+def _along(values: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast along `dim` of an `ndim`-dimensional tensor."""
+    shape = [1] * ndim
+    shape[dim] = -1
+    return values.reshape(shape)
+
+
 @dataclass(frozen=True)
 class Quantized:
     """An int8 tensor: integer values (held in float64, exactly) with their scale and zero point."""
@@ -66,9 +73,7 @@ class Accumulator:
     high: float = float("inf")
 
     def per_channel(self, values: torch.Tensor) -> torch.Tensor:
-        shape = [1] * self.acc.dim()
-        shape[self.channel_dim] = -1
-        return values.reshape(shape)
+        return _along(values, self.channel_dim, self.acc.dim())
 
     def value(self) -> torch.Tensor:
         return torch.clamp((self.acc * self.per_channel(self.step.double())).float(), self.low, self.high)
@@ -127,10 +132,8 @@ class IntegerReference(torch.fx.Interpreter):
             if self.precision == torch.float32:  # the op itself: it multiplies by 1 / scale
                 return super().call_function(target, args, {}).double()
             weights, scale, zero_point, axis, low, high = args[:6]
-            shape = [1] * weights.dim()
-            shape[axis] = -1
-            q = torch.round(weights.double() / scale.double().reshape(shape)) + zero_point.reshape(shape)
-            return torch.clamp(q, low, high)
+            q = torch.round(weights.double() / _along(scale.double(), axis, weights.dim()))
+            return torch.clamp(q + _along(zero_point, axis, weights.dim()), low, high)
         if target == _Q.dequantize_per_channel.default:
             return _Weights(*args[:4])
         if target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default) and _integer_layer(args):
@@ -156,11 +159,9 @@ class _Weights:
     zero_point: torch.Tensor
     axis: int
 
-    @property
     def value(self) -> torch.Tensor:
-        shape = [1] * self.q.dim()
-        shape[self.axis] = -1
-        return ((self.q - self.zero_point.reshape(shape)) * self.scale.reshape(shape)).float()
+        centred = self.q - _along(self.zero_point, self.axis, self.q.dim())
+        return (centred * _along(self.scale, self.axis, self.q.dim())).float()
 
     def symmetric_per_output_channel(self) -> bool:
         """What XNNPACK's int8 layers take (qc8w); anything else is left to torch's float form here."""
@@ -179,9 +180,7 @@ def run(graph_module, arrays: np.ndarray, target: str, batch: int = 16) -> np.nd
 
 def _plain(value):
     """The real-valued tensor behind an integer form (what torch's float graph would hold there)."""
-    if isinstance(value, _Weights):
-        return value.value
-    return value.value() if isinstance(value, (Quantized, Accumulator, PendingAdd)) else value
+    return value.value() if isinstance(value, (Quantized, Accumulator, PendingAdd, _Weights)) else value
 
 
 def _integer_layer(args) -> bool:
