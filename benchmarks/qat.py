@@ -12,7 +12,7 @@ the float training), it compares:
 
 - the QAT artifact with its own fake-quantize model (the issue's line: >= 99 % agreement), and
   where they part: convert_pt2e's graph run in torch against the fake-quantize model, then the file against it,
-  and the floor: that graph against itself with every bias one float ulp up (rounding ties go otherwise),
+  and the file against that graph run with the runtime's integer arithmetic (quantization/integer_reference.py),
 - the QAT and default int8 artifacts with the float checkpoint (agreement, flips with margins),
 - top-1 accuracy of float, fake-quantize, QAT int8 and default int8 (QAT: <= 1 point lost),
 - single-image latency of the two int8 artifacts, in alternating rounds.
@@ -40,8 +40,10 @@ from dermmobile.exporter import CheckImages, plan_export, run_plan
 from dermmobile.parity import compare_logits
 from dermmobile.qat import QatConfig, qat_targets, train_qat
 from dermmobile.qat_config import LOSSES, cli_defaults
+from dermmobile.quantization import integer_reference
 from dermmobile.targets import get_target
 from dermmobile.targets.base import batched
+from dermmobile.targets.pt2e import converted_qat
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "sd198-27"
@@ -105,14 +107,15 @@ def run_target(checkpoint, target: str, data: Path, work: Path, check: CheckImag
     default = default_int8(checkpoint, target, data, work / "export-default", check, args.calib_count)
     default_seconds = time.perf_counter() - started
     loader = get_target(target).load
+    graph = converted_qat(qat_checkpoint.model, fold_quantize=False)
     runtimes = {"qat_int8": loader(outcome.artifact.path, outcome.artifact.manifest, threads=args.threads)}
     if default.artifact:
         runtimes["default_int8"] = loader(default.artifact.path, default.artifact.manifest, threads=args.threads)
     logits = {
         "float": _torch(checkpoint.model, check.arrays),
         "fake_quant": _torch(qat_checkpoint.model, check.arrays),
-        "converted": _converted(qat_checkpoint.model, check.arrays),
-        "converted_nudged": _converted(qat_checkpoint.model, check.arrays, nudged=True),
+        "converted": run_converted(graph, check.arrays),
+        "integer": integer_reference.run(graph, check.arrays, target),
         **{name: batched(runtime.predict, check.arrays, 16) for name, runtime in runtimes.items()},
     }
     accuracy = {name: float((values.argmax(1) == check.targets).mean()) for name, values in logits.items()}
@@ -128,11 +131,11 @@ def run_target(checkpoint, target: str, data: Path, work: Path, check: CheckImag
         "qat_int8_vs_fake_quant": compare(logits["fake_quant"], logits["qat_int8"], check, labels),
         "qat_int8_vs_float": compare(logits["float"], logits["qat_int8"], check, labels),
         "fake_quant_vs_float": compare(logits["float"], logits["fake_quant"], check, labels),
-        # Where the file parts from its fake-quant model: convert_pt2e (batch norm folded, integer grids, run by
-        # torch's reference quantize/dequantize ops) and then the runtime's integer kernels.
+        # Where the file parts from its fake-quant model: convert_pt2e's graph (batch norm folded, integer grids)
+        # run by torch's float quantize/dequantize ops, and the same graph with the runtime's integer arithmetic.
         "converted_vs_fake_quant": compare(logits["fake_quant"], logits["converted"], check, labels),
         "qat_int8_vs_converted": compare(logits["converted"], logits["qat_int8"], check, labels),
-        "nudged_vs_converted": compare(logits["converted"], logits["converted_nudged"], check, labels),
+        "qat_int8_vs_integer": compare(logits["integer"], logits["qat_int8"], check, labels),
     }
     row["meets_issue"] = {
         "agreement_with_fake_quant_ge_99": row["qat_int8_vs_fake_quant"]["agreement"] >= 0.99,
@@ -142,26 +145,6 @@ def run_target(checkpoint, target: str, data: Path, work: Path, check: CheckImag
         row["default_int8_vs_float"] = compare(logits["float"], logits["default_int8"], check, labels)
         row["latency"] = latency_ratio(runtimes, check.arrays[:1], args.threads, args.rounds, args.iters)
     return row
-
-
-def _converted(model, arrays: np.ndarray, nudged: bool = False) -> np.ndarray:
-    """The QAT graph as convert_pt2e makes it for the file, run in torch (one image at a time: the graph is batch 1).
-
-    nudged: every bias one float32 ulp up. The same int8 model, computed with other rounding ties: how far
-    it then sits from itself is the floor any other implementation of it (the file's) can reach.
-    """
-    import torch
-
-    from dermmobile.targets.pt2e import converted_qat, is_layer
-
-    graph = converted_qat(model, fold_quantize=False)
-    if nudged:
-        for node in graph.graph.nodes:
-            if is_layer(node) and len(node.args) > 2 and node.args[2] is not None:
-                owner, _, name = node.args[2].target.rpartition(".")
-                bias = getattr(graph.get_submodule(owner), name)
-                bias.data = torch.nextafter(bias.data, torch.full_like(bias.data, torch.inf))
-    return run_converted(graph, arrays)
 
 
 def run_converted(graph, arrays: np.ndarray) -> np.ndarray:
@@ -233,7 +216,7 @@ def _gap_line(row: dict) -> str:
         ("convert_pt2e vs fake-quant", row["converted_vs_fake_quant"]),
         ("file vs convert_pt2e", row["qat_int8_vs_converted"]),
         ("file vs fake-quant", row["qat_int8_vs_fake_quant"]),
-        ("floor (convert_pt2e vs itself, biases one ulp up)", row["nudged_vs_converted"]),
+        ("file vs integer reference", row["qat_int8_vs_integer"]),
     ]
     parts = [f"{what} {part['mean_abs_logit']:.4f}, {part['agreement']:.1%}" for what, part in steps]
     return f"- {row['target']}: " + "; ".join(parts)
@@ -270,7 +253,7 @@ def markdown(report: dict) -> str:
         "",
         "Where the QAT int8 file parts from its fake-quant model (mean |logit difference|, top-1 agreement):",
         "",
-        *[_gap_line(row) for row in report["targets"] if "nudged_vs_converted" in row],
+        *[_gap_line(row) for row in report["targets"] if "qat_int8_vs_integer" in row],
         "",
         "QAT per epoch (validation photos of the float checkpoint's own split):",
         "",

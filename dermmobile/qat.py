@@ -10,8 +10,9 @@ How, with PT2E as torchao documents it:
    annotation as the target's int8 export, with fake-quantize observers (histogram
    ranges) in place of calibration. Each batch norm gets its module's eps back
    (restore_batch_norm_eps: torchao writes 1e-5, EfficientNet-Lite uses 1e-3), and each
-   int8 layer adds the rounding of its folded bias to int32, as the runtimes store it
-   (quantization/int32_bias.py; convert_pt2e gets the graph without it).
+   int8 layer, add and requantize computes its value with the runtime's integer arithmetic
+   (quantization/integer_forward.py, gradients straight through; convert_pt2e gets the graph
+   without it).
 2. A few epochs on the checkpoint's own training split (never its validation or held-out
    test files), with its recorded augmentation and class weighting. BatchNorm statistics
    freeze after `freeze_bn_after` epochs (batch norm then normalises with its running
@@ -46,7 +47,7 @@ from torch import nn
 
 from dermmobile.errors import BadInputError, MissingBackendError
 from dermmobile.qat_config import QatConfig
-from dermmobile.quantization import int32_bias
+from dermmobile.quantization import integer_forward
 from dermmobile.targets.pt2e import BN_EPS, BN_RUNNING_VAR, BN_TRAINING, DROPOUT_TRAIN
 
 # v2: batch norms with their own eps and histogram activation ranges; v1 graphs (eps 1e-5) were another model.
@@ -120,7 +121,7 @@ def prepare(model, target: str, crop: int, float_layers=frozenset()):
     graph = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False).module()
     prepared = prepare_qat_pt2e(graph, quantizer)
     restore_batch_norm_eps(prepared, model)
-    int32_bias.emulate(prepared)
+    integer_forward.emulate(prepared, target)
     return prepared
 
 
@@ -202,6 +203,8 @@ def set_mode(prepared, training: bool, bn_frozen: bool = True, observing: bool =
             node.update_arg(BN_TRAINING, training and not bn_frozen)
         elif node.target == torch.ops.aten.dropout.default:
             node.update_arg(DROPOUT_TRAIN, training)
+        elif node.target is integer_forward.layer_as_runtime:
+            node.update_arg(integer_forward.BATCH_STATISTICS, training and not bn_frozen)
     prepared.recompile()
     prepared.apply(enable_observer if training and observing else disable_observer)
 

@@ -7,7 +7,8 @@ so a few values in 10^5 round the other way; each is a whole step of a coarse te
 the reference Lite0 the flips they cascade into are most of what parts a QAT file from its
 fake-quantize model. This interpreter runs a converted graph (`fold_quantize=False`) with the
 runtimes' rules, so that what separates the file from torch can be measured layer by layer
-and what is left over is the file's own doing:
+and what is left over is the file's own doing; quantization/integer_forward.py runs the same
+functions inside the QAT graph's forward pass. The rules:
 
 - convolution and linear layer: the exact int32 accumulator, the bias rounded to int32 on the
   grid input scale x weight scale, requantized as XNNPACK does it:
@@ -21,7 +22,8 @@ and what is left over is the file's own doing:
   ExecuTorch through float, as torch's quantize op; LiteRT with XNNPACK's convert op and its
   8-bit multiplier.
 
-Anything else (the float tail: pooling, classifier) runs as torch runs it. Checked against the
+Integers are held less their zero point (the form the layers and the pads consume) in float32,
+exactly. Anything else (the float tail: pooling, classifier) runs as torch runs it. Checked against the
 files themselves: tests/test_qat.py (a small Lite-like net: all 262,144 int8 outputs equal on
 both targets) and benchmarks/integer_reference.py on the reference Lite0 (four QAT files, all
 within 0.004 of a logit; ExecuTorch's corners after pads with their own parameters still differ).
@@ -52,14 +54,14 @@ def _along(values: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Quantized:
-    """An int8 tensor: integer values (held in float64, exactly) with their scale and zero point."""
+    """An int8 tensor: its integers less the zero point (held exactly in float32), its scale and zero point."""
 
-    q: torch.Tensor
+    centred: torch.Tensor
     scale: float
     zero_point: int
 
     def value(self) -> torch.Tensor:
-        return ((self.q - self.zero_point) * self.scale).float()
+        return self.centred * self.scale  # float32 times a float32 scale: one rounding, as torch's dequantize
 
 
 @dataclass(frozen=True)
@@ -119,39 +121,35 @@ class IntegerReference(torch.fx.Interpreter):
         if target == _Q.quantize_per_tensor.default:
             x, scale, zero_point, low, high = args[:5]
             if isinstance(x, Accumulator):
-                return _requantize_accumulator(x, scale, zero_point, low, high)
+                return requantize_accumulator(x, scale, zero_point, low, high)
             if isinstance(x, PendingAdd):
-                return _xnnpack_add(x, scale, zero_point, low, high)
+                return xnnpack_add(x, scale, zero_point, low, high)
             if isinstance(x, Quantized) and self.requantize_mode == "xnnpack_convert":
-                return _xnnpack_convert(x, scale, zero_point, low, high)
+                return xnnpack_convert(x, scale, zero_point, low, high)
             quantized = super().call_function(target, (_plain(x), *args[1:]), {})
-            return Quantized(quantized.double(), scale, zero_point)
+            return Quantized(quantized.float() - zero_point, scale, zero_point)
         if target == _Q.dequantize_per_tensor.default and isinstance(args[0], Quantized):
             return args[0]
         if target == _Q.quantize_per_channel.default:
-            if self.precision == torch.float32:  # the op itself: it multiplies by 1 / scale
-                return super().call_function(target, args, {}).double()
-            weights, scale, zero_point, axis, low, high = args[:6]
-            q = torch.round(weights.double() / _along(scale.double(), axis, weights.dim()))
-            return torch.clamp(q + _along(zero_point, axis, weights.dim()), low, high)
+            return integer_weights(*args[:6], self.precision)
         if target == _Q.dequantize_per_channel.default:
-            return _Weights(*args[:4])
-        if target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default) and _integer_layer(args):
-            return _accumulate(target, args, self.precision)
+            return Weights(*args[:4])
+        if target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default) and integer_layer(args):
+            return accumulate(target, args, self.precision)
         if target in _CLAMPS and isinstance(args[0], Accumulator):
-            return _clamped(args[0], *_CLAMPS[target])
+            return clamped(args[0], *_CLAMPS[target])
         if target == torch.ops.aten.hardtanh.default and isinstance(args[0], Accumulator):
-            return _clamped(args[0], *args[1:3])
+            return clamped(args[0], *args[1:3])
         if target == torch.ops.aten.pad.default and isinstance(args[0], Quantized) and not args[2:]:
             x = args[0]  # zero padding is the zero point
-            return replace(x, q=torch.nn.functional.pad(x.q - x.zero_point, args[1]) + x.zero_point)
+            return replace(x, centred=torch.nn.functional.pad(x.centred, args[1]))
         if target == torch.ops.aten.add.Tensor and all(isinstance(arg, Quantized) for arg in args[:2]):
             return PendingAdd(args[0], args[1])
         return None
 
 
 @dataclass(frozen=True)
-class _Weights:
+class Weights:
     """Per-channel int8 weights; `value` the dequantized ones, for a layer that stays float."""
 
     q: torch.Tensor  # integer weights (float64), from quantize_per_channel
@@ -168,6 +166,14 @@ class _Weights:
         return self.axis == 0 and not bool(self.zero_point.any())
 
 
+def integer_weights(weights, scale, zero_point, axis: int, low: int, high: int, precision: torch.dtype) -> torch.Tensor:
+    """Per-channel integer weights (in float64) as the converter of `precision` rounds them (CONVERTER_PRECISION)."""
+    if precision == torch.float32:  # torch's quantize op itself: it multiplies by 1 / scale
+        return _Q.quantize_per_channel.default(weights, scale, zero_point, axis, low, high, torch.int8).double()
+    q = torch.round(weights.double() / _along(scale.double(), axis, weights.dim()))
+    return torch.clamp(q + _along(zero_point, axis, weights.dim()), low, high)
+
+
 def run(graph_module, arrays: np.ndarray, target: str, batch: int = 16) -> np.ndarray:
     """Logits of `graph_module` (converted, fold_quantize=False) for NCHW float `arrays`, as `target`'s runtime computes."""
     outputs = []
@@ -180,62 +186,84 @@ def run(graph_module, arrays: np.ndarray, target: str, batch: int = 16) -> np.nd
 
 def _plain(value):
     """The real-valued tensor behind an integer form (what torch's float graph would hold there)."""
-    return value.value() if isinstance(value, (Quantized, Accumulator, PendingAdd, _Weights)) else value
+    return value.value() if isinstance(value, (Quantized, Accumulator, PendingAdd, Weights)) else value
 
 
-def _integer_layer(args) -> bool:
+def integer_layer(args) -> bool:
     has_bias = len(args) < 3 or args[2] is None or isinstance(args[2], torch.Tensor)
     weights = args[1]
-    integer_weights = isinstance(weights, _Weights) and weights.symmetric_per_output_channel()
+    integer_weights = isinstance(weights, Weights) and weights.symmetric_per_output_channel()
     return isinstance(args[0], Quantized) and integer_weights and has_bias
 
 
-def _accumulate(target, args, precision: torch.dtype) -> Accumulator:
+def accumulate(target, args, precision: torch.dtype) -> Accumulator:
     x, weights = args[0], args[1]
     bias = args[2] if len(args) > 2 else None
     step = (torch.tensor(x.scale, dtype=torch.float32) * weights.scale.float()).float()
     grid = step if precision == torch.float32 else torch.tensor(x.scale, dtype=precision) * weights.scale.to(precision)
     bias_int32 = None if bias is None else torch.round(bias.to(grid.dtype) / grid).double()
-    centred = x.q - x.zero_point
     if target == torch.ops.aten.linear.default:
-        return Accumulator(torch.nn.functional.linear(centred, weights.q, bias_int32), step, -1)
-    # float64 holds every int32 sum exactly; stride, padding, dilation and groups as the graph has them
-    return Accumulator(torch.nn.functional.conv2d(centred, weights.q, bias_int32, *args[3:]), step, 1)
+        return Accumulator(_integer_sum(torch.nn.functional.linear, x, weights.q, bias_int32), step, -1)
+    # stride, padding, dilation and groups as the graph has them
+    return Accumulator(_integer_sum(torch.nn.functional.conv2d, x, weights.q, bias_int32, *args[3:]), step, 1)
 
 
-def _clamped(accumulator: Accumulator, low: float, high: float) -> Accumulator:
+def _integer_sum(layer, x: Quantized, weights: torch.Tensor, bias: torch.Tensor | None, *layer_args) -> torch.Tensor:
+    """`layer` over integer inputs and weights plus the integer bias, exactly: in float32 or float64.
+
+    Float32 on the CPU where no partial sum can pass 2**24: every product and sum is then an
+    integer float32 holds, in whatever order the kernel adds them, and it runs twice as fast
+    (the QAT forward pass does this per layer, integer_forward.py). Elsewhere float64, which
+    holds every int32 sum (and a GPU's float32 may be TF32).
+    """
+    largest_input = max(127 - x.zero_point, x.zero_point + 128)  # int8 less its zero point, whatever the data
+    bound = largest_input * float(weights.abs().flatten(1).sum(1).max())
+    bound += float(bias.abs().max()) if bias is not None and bias.numel() else 0.0
+    dtype = torch.float32 if x.centred.device.type == "cpu" and bound < 2**24 else torch.float64
+    bias = None if bias is None else bias.to(dtype)
+    return layer(x.centred.to(dtype), weights.to(dtype), bias, *layer_args)
+
+
+def clamped(accumulator: Accumulator, low: float, high: float) -> Accumulator:
     return replace(accumulator, low=max(accumulator.low, low), high=min(accumulator.high, high))
 
 
-def _requantize_accumulator(accumulator: Accumulator, scale, zero_point, low, high) -> Quantized:
+def requantize_accumulator(accumulator: Accumulator, scale, zero_point, low, high) -> Quantized:
     """XNNPACK's float32 requantization (conv, depthwise conv, fully connected), the activation clamp folded in."""
+    low, high = low - zero_point, high - zero_point  # in the integers less the zero point, as Quantized holds them
     if accumulator.low > -float("inf"):
-        low = max(low, round(accumulator.low / scale) + zero_point)
+        low = max(low, round(accumulator.low / scale))
     if accumulator.high < float("inf"):
-        high = min(high, round(accumulator.high / scale) + zero_point)
+        high = min(high, round(accumulator.high / scale))
     multiplier = accumulator.per_channel((accumulator.step / torch.tensor(scale, dtype=torch.float32)).float())
-    q = torch.round(accumulator.acc.float() * multiplier).double() + zero_point  # round half to even, as lrintf
-    return Quantized(torch.clamp(q, low, high), scale, zero_point)
+    centred = (accumulator.acc.float() * multiplier).round_().clamp_(low, high)  # round half to even, as lrintf
+    return Quantized(centred, scale, zero_point)
 
 
-def _xnnpack_add(pending: PendingAdd, scale, zero_point, low, high) -> Quantized:
+def xnnpack_add(pending: PendingAdd, scale, zero_point, low, high) -> Quantized:
     """XNNPACK's qs8 add: a * a_multiplier + b * b_multiplier + bias, shifted right with rounding."""
     a_ratio, b_ratio = _f32(_f32(pending.a.scale) / _f32(scale)), _f32(_f32(pending.b.scale) / _f32(scale))
     exponent = (struct.unpack("<I", struct.pack("<f", max(a_ratio, b_ratio)))[0] >> 23) - 127
     shift = 20 - exponent  # the larger multiplier gets 21-22 bits
     a_multiplier, b_multiplier = round(a_ratio * 2.0**shift), round(b_ratio * 2.0**shift)
-    bias = (1 << (shift - 1)) - a_multiplier * pending.a.zero_point - b_multiplier * pending.b.zero_point
-    acc = bias + a_multiplier * pending.a.q.long() + b_multiplier * pending.b.q.long()
-    return Quantized(torch.clamp((acc >> shift).double() + zero_point, low, high), scale, zero_point)
+    # its bias, rounding less each input's zero point times its multiplier, cancels the zero points Quantized leaves out
+    acc = pending.a.centred.long().mul_(a_multiplier).add_(pending.b.centred.long().mul_(b_multiplier))
+    centred = acc.add_(1 << (shift - 1)).bitwise_right_shift_(shift).float()
+    return Quantized(centred.clamp_(low - zero_point, high - zero_point), scale, zero_point)
 
 
-def _xnnpack_convert(x: Quantized, scale, zero_point, low, high) -> Quantized:
+def xnnpack_convert(x: Quantized, scale, zero_point, low, high) -> Quantized:
     """XNNPACK's qs8 -> qs8 convert (LiteRT's requantize): an 8-bit fixed-point multiplier, round half up."""
     if x.scale == scale and x.zero_point == zero_point:
         return x
     multiplier = round(-256.0 * _f32(_f32(x.scale) / _f32(scale)))
-    acc = (zero_point << 8) + 0x80 + (x.zero_point - x.q.long()) * multiplier
-    return Quantized(torch.clamp((acc >> 8).double(), low, high), scale, zero_point)
+    # acc = (zero_point << 8) + 0x80 + (x.zero_point - q) * multiplier, shifted right by 8; the output zero point
+    # (a whole multiple of 256 there) passes the shift unchanged, so the centred result leaves it out
+    if 255 * abs(multiplier) + 0x80 < 2**24:  # float32 holds every value exactly, and / 256 then floor is the shift
+        centred = (x.centred * -multiplier).add_(0x80).div_(256).floor_()
+    else:
+        centred = ((0x80 - x.centred.long() * multiplier) >> 8).float()
+    return Quantized(centred.clamp_(low - zero_point, high - zero_point), scale, zero_point)
 
 
 def _f32(value: float) -> float:

@@ -38,7 +38,7 @@ _ACTIVATIONS = ("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "clamp")
 # XNNPACK's smallest int8 scale: both toolchains' quantizers give their observers this eps.
 SCALE_FLOOR = 2**-12
 # Argument positions in aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, ...)
-# and aten.dropout(input, p, train), as the QAT graph passes (qat.py, quantization/int32_bias.py) edit or read them.
+# and aten.dropout(input, p, train), as the QAT graph passes (qat.py, quantization/integer_forward.py) edit or read them.
 BN_RUNNING_VAR, BN_TRAINING, BN_EPS, DROPOUT_TRAIN = 4, 5, 7, 2
 # PT2E activation observers by the name users pick (`--observer`); weights are always per-channel min/max.
 OBSERVERS = ("histogram", "minmax", "moving-average")
@@ -360,12 +360,12 @@ def converted_qat(model, fold_quantize: bool):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from dermmobile.qat import folding_with_graph_eps, set_mode
-    from dermmobile.quantization import int32_bias
+    from dermmobile.quantization import integer_forward
     from dermmobile.targets import pattern_cache
 
     pattern_cache.install()  # convert_pt2e's conv + bn folding exports 96 pattern graphs otherwise
     graph = copy.deepcopy(model.prepared)
-    int32_bias.strip(graph)  # the runtime rounds the bias itself; the emulation is for the fake-quantize model only
+    integer_forward.strip(graph)  # the runtime computes in integers itself; the emulation is for the fake-quantize model
     with folding_with_graph_eps(graph):
         converted = convert_pt2e(graph, fold_quantize=fold_quantize)
     set_mode(converted, training=False)  # not torchao's move_exported_model_to_eval: it resets eps (qat.set_mode)
