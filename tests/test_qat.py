@@ -522,10 +522,9 @@ def test_integer_arithmetic_computes_what_the_file_computes(target, tmp_path):
     parted = {name: int((np.abs(outputs - file_out) > 1e-4).sum())
               for name, outputs in [("reference", reference), ("emulated", emulated), ("torch", torch_run),
                                     ("without", without)]}  # fmt: skip
-    # Measured (64 x 4,096 values, runs per target): the reference and the fake-quantize model part in 0 on TFLite;
-    # on ExecuTorch in 0 without the stem's conv bias, 2-6 with it (all at one position of one image, a single
-    # upstream value the runtime rounds otherwise, not yet explained); torch's run and the fake-quantize model
-    # without the rules in 4,000-33,000 (the observed ranges vary with thread timing). At most one position's 64
-    # channels may part.
-    assert parted["reference"] <= 64 and parted["emulated"] <= 64, parted
+    # Measured (64 x 4,096 values, runs per target): the reference and the fake-quantize model part in 0 on both
+    # targets; torch's run and the fake-quantize model without the rules in 4,000-33,000 (the observed ranges vary
+    # with thread timing). Before ExecuTorch's bias rule (times 1 / scale, in float32), a stem bias at exactly x.5
+    # steps made 2-6 part there; before LiteRT's float64 rule, 9-34.
+    assert parted["reference"] <= 5 and parted["emulated"] <= 5, parted
     assert parted["torch"] >= 1000 and parted["without"] >= 1000, parted
