@@ -35,13 +35,13 @@ from operator import is_not
 import torch
 
 from dermmobile.quantization.integer_reference import (
-    _CLAMPS,
     CONVERTER_PRECISION,
     REQUANTIZE,
     PendingAdd,
     Quantized,
     Weights,
     accumulate,
+    activation_range,
     clamped,
     integer_weights,
     requantize_accumulator,
@@ -166,12 +166,10 @@ def strip(graph_module) -> int:
 def _layer_plan(prepared, quantizer, ends, target: str):
     """("layer", layer_as_runtime, its arguments) where `quantizer` takes a fake-quantized layer's output, else None."""
     source, clamp = quantizer.args[0], (-float("inf"), float("inf"))
-    if source.target in _CLAMPS or source.target == torch.ops.aten.hardtanh.default:
+    if activation_range(source.target, source.args) is not None:
         if len(source.users) != 1:
             return None
-        low, high = (source.args[1:2] or [-1.0])[0], (source.args[2:3] or [1.0])[0]  # hardtanh's defaults
-        clamp = _CLAMPS.get(source.target, (low, high))
-        source = source.args[0]
+        clamp, source = activation_range(source.target, source.args), source.args[0]
     if source not in ends or len(source.users) != 1:
         return None
     layer, bias, norm = ends[source]

@@ -138,10 +138,8 @@ class IntegerReference(torch.fx.Interpreter):
             return Weights(*args[:4])
         if target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default) and integer_layer(args):
             return accumulate(target, args, self.precision)
-        if target in _CLAMPS and isinstance(args[0], Accumulator):
-            return clamped(args[0], *_CLAMPS[target])
-        if target == torch.ops.aten.hardtanh.default and isinstance(args[0], Accumulator):
-            return clamped(args[0], *args[1:3])
+        if isinstance(args[0], Accumulator) and activation_range(target, args) is not None:
+            return clamped(args[0], *activation_range(target, args))
         if target == torch.ops.aten.pad.default and isinstance(args[0], Quantized) and not args[2:]:
             x = args[0]  # zero padding is the zero point
             return replace(x, centred=torch.nn.functional.pad(x.centred, args[1]))
@@ -228,6 +226,13 @@ def _integer_sum(layer, x: Quantized, weights: torch.Tensor, bias: torch.Tensor 
     dtype = torch.float32 if x.centred.device.type == "cpu" and bound < 2**24 else torch.float64
     bias = None if bias is None else bias.to(dtype)
     return layer(x.centred.to(dtype), weights.to(dtype), bias, *layer_args)
+
+
+def activation_range(target, args) -> tuple[float, float] | None:
+    """The range a fused activation clamps to (ReLU, ReLU6, hardtanh with its defaults); None for any other op."""
+    if target == torch.ops.aten.hardtanh.default:
+        return (args[1] if len(args) > 1 else -1.0, args[2] if len(args) > 2 else 1.0)
+    return _CLAMPS.get(target)
 
 
 def clamped(accumulator: Accumulator, low: float, high: float) -> Accumulator:
